@@ -41,12 +41,16 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> 
     bincode::serde::encode_to_vec(value, config()).map_err(EncodeError)
 }
 
-/// Decodes a value from untrusted bytes, reading at most `limit` bytes and allocating at most
-/// `limit` bytes for length-prefixed data (strings, byte strings).
+/// Decodes a value from untrusted bytes under a size limit.
+///
+/// `limit` bounds both the input's length and the decoded data: bincode counts every integer
+/// at its in-memory width and every string or byte string at its length before reading it, and
+/// stops with [`DecodeError::LimitExceeded`] once the count passes `limit`. So a forged length
+/// prefix cannot make it allocate memory, and a varint-packed input may need a limit several
+/// times its length (a `u64` of one encoded byte counts eight).
 ///
 /// The whole input must be one value: trailing bytes are an error. Nothing here panics,
-/// whatever the bytes. Collections grow only as their elements are actually read, so a forged
-/// length prefix cannot make it reserve memory it has no input for.
+/// whatever the bytes.
 ///
 /// # Examples
 ///

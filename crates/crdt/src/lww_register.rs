@@ -90,10 +90,32 @@ where
     T: Clone + Eq + Serialize + DeserializeOwned,
 {
     fn merge(&mut self, other: &Self) -> bool {
-        let Some(theirs) = &other.entry else {
-            return false;
-        };
-        let take = match &self.entry {
+        let take = other
+            .entry
+            .as_ref()
+            .is_some_and(|theirs| self.loses_to(theirs));
+        if take {
+            self.entry.clone_from(&other.entry);
+        }
+        take
+    }
+
+    fn merge_owned(&mut self, other: Self) -> bool {
+        let take = other
+            .entry
+            .as_ref()
+            .is_some_and(|theirs| self.loses_to(theirs));
+        if take {
+            self.entry = other.entry;
+        }
+        take
+    }
+}
+
+impl<T: Eq + Serialize> LwwRegister<T> {
+    /// Whether `theirs` replaces what this register holds.
+    fn loses_to(&self, theirs: &Stamped<T>) -> bool {
+        match &self.entry {
             None => true,
             Some(ours) => match theirs.stamp.cmp(&ours.stamp) {
                 Ordering::Greater => true,
@@ -102,11 +124,7 @@ where
                     theirs.value != ours.value && wins_tie(&theirs.value, &ours.value)
                 }
             },
-        };
-        if take {
-            self.entry = Some(theirs.clone());
         }
-        take
     }
 }
 

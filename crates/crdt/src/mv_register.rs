@@ -168,12 +168,7 @@ where
     T: Clone + Eq + Serialize + DeserializeOwned,
 {
     fn merge(&mut self, other: &Self) -> bool {
-        let mut changed = false;
-        self.entries.retain(|dot, _| {
-            let keep = other.entries.contains_key(dot) || !covers(&other.context, dot);
-            changed |= !keep;
-            keep
-        });
+        let mut changed = self.drop_overwritten(other);
         for (dot, value) in &other.entries {
             if !self.entries.contains_key(dot) && !covers(&self.context, dot) {
                 self.entries.insert(*dot, value.clone());
@@ -182,6 +177,29 @@ where
         }
         changed |= self.context.merge(&other.context);
         changed
+    }
+
+    fn merge_owned(&mut self, other: Self) -> bool {
+        let mut changed = self.drop_overwritten(&other);
+        for (dot, value) in other.entries {
+            if !self.entries.contains_key(&dot) && !covers(&self.context, &dot) {
+                self.entries.insert(dot, value);
+                changed = true;
+            }
+        }
+        changed |= self.context.merge(&other.context);
+        changed
+    }
+}
+
+impl<T> MvRegister<T> {
+    /// The first half of a merge: drops the writes `other` has seen and replaced. Returns
+    /// whether any was dropped.
+    fn drop_overwritten(&mut self, other: &Self) -> bool {
+        let before = self.entries.len();
+        self.entries
+            .retain(|dot, _| other.entries.contains_key(dot) || !covers(&other.context, dot));
+        self.entries.len() != before
     }
 }
 

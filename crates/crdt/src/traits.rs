@@ -54,6 +54,12 @@ pub trait Crdt: Clone + Eq + Serialize + DeserializeOwned {
     /// Merges `other` into `self`, keeping the laws above. Returns whether `self` changed.
     fn merge(&mut self, other: &Self) -> bool;
 
+    /// Merges a state this replica owns, such as one just decoded from the network; the same
+    /// as [`Crdt::merge`], but values that win can be moved instead of cloned.
+    fn merge_owned(&mut self, other: Self) -> bool {
+        self.merge(&other)
+    }
+
     /// The canonical encoding of this state.
     fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         codec::encode(self)

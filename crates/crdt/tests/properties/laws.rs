@@ -1,7 +1,7 @@
 //! The semilattice laws, checked on states reachable by random histories of one universe
 //! (states from unrelated universes could reuse a write's identity, which no real replica does).
 
-use ferry_crdt::{GCounter, LwwRegister, MvRegister, PNCounter};
+use ferry_crdt::{Crdt, GCounter, LwwRegister, MvRegister, PNCounter};
 use proptest::prelude::*;
 
 use super::sim::{Sim, Step, Subject, steps};
@@ -42,6 +42,12 @@ fn check_laws<T: Subject>(
     let mut merged = a.clone();
     let changed = merged.merge(&b);
     prop_assert_eq!(changed, merged != a);
+
+    // Merging an owned state is the same merge.
+    let mut owned = a.clone();
+    let owned_changed = owned.merge_owned(b.clone());
+    prop_assert_eq!(owned_changed, changed);
+    prop_assert_eq!(owned, merged);
     Ok(())
 }
 

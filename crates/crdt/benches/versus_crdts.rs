@@ -18,11 +18,10 @@ fn id(i: usize) -> [u8; 16] {
     bytes
 }
 
+type CrdtsCounter = crdts::GCounter<[u8; 16]>;
+
 /// Two counters over the same 1,000 replicas; each is ahead on half of them.
-fn gcounters() -> (
-    (GCounter, GCounter),
-    (crdts::GCounter<[u8; 16]>, crdts::GCounter<[u8; 16]>),
-) {
+fn gcounters() -> ((GCounter, GCounter), (CrdtsCounter, CrdtsCounter)) {
     let (mut a, mut b) = (GCounter::new(), GCounter::new());
     let (mut x, mut y) = (crdts::GCounter::new(), crdts::GCounter::new());
     for i in 0..REPLICAS {

@@ -7,8 +7,9 @@ use proptest::prelude::*;
 use super::sim::{Sim, Step, Subject, steps};
 
 /// A history: a replica count, its steps, and two orders in which to merge everything.
-fn history<T: Subject + 'static>()
--> impl Strategy<Value = (usize, Vec<Step<T::Param>>, Vec<usize>, Vec<usize>)> {
+type History<P> = (usize, Vec<Step<P>>, Vec<usize>, Vec<usize>);
+
+fn history<T: Subject + 'static>() -> impl Strategy<Value = History<T::Param>> {
     (2..=6usize).prop_flat_map(|n| {
         let order = Just((0..n).collect::<Vec<_>>()).prop_shuffle();
         (Just(n), steps(T::param()), order.clone(), order)

@@ -1,7 +1,7 @@
 //! The semilattice laws, checked on states reachable by random histories of one universe
 //! (states from unrelated universes could reuse a write's identity, which no real replica does).
 
-use ferry_crdt::{Crdt, GCounter, LwwRegister, MvRegister, PNCounter};
+use ferry_crdt::{GCounter, LwwRegister, MvRegister, PNCounter};
 use proptest::prelude::*;
 
 use super::sim::{Sim, Step, Subject, steps};

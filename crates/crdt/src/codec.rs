@@ -49,6 +49,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> 
 /// prefix cannot make it allocate memory, and a varint-packed input may need a limit several
 /// times its length (a `u64` of one encoded byte counts eight).
 ///
+/// Memory: for the types in this crate with string values, the heap used while decoding stays
+/// under twice `limit` (the decoded data plus ordered-map nodes; `tests/decode_memory.rs`
+/// measures it). A value type that holds a sequence (`Vec<T>`) can also make serde reserve up
+/// to 1 MiB ahead of the elements it reads.
+///
 /// The whole input must be one value: trailing bytes are an error. Nothing here panics,
 /// whatever the bytes.
 ///
@@ -149,11 +154,36 @@ impl fmt::Debug for Digest {
 ///
 /// The types in this crate always encode; this comes from a register's value type whose
 /// `Serialize` implementation failed (for example a sequence of unknown length).
+///
+/// # Examples
+///
+/// ```
+/// use ferry_crdt::encode;
+/// use serde::ser::{Error, Serialize, Serializer};
+///
+/// struct Secret;
+/// impl Serialize for Secret {
+///     fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+///         Err(S::Error::custom("secrets stay home"))
+///     }
+/// }
+/// assert!(encode(&Secret).is_err());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode value")]
 pub struct EncodeError(#[source] bincode::error::EncodeError);
 
 /// Bytes could not be decoded into a state.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_crdt::{DecodeError, GCounter, decode};
+///
+/// // An empty counter is one byte (a map of length 0); a second byte is left over.
+/// let err = decode::<GCounter>(&[0, 0], 1024).unwrap_err();
+/// assert!(matches!(err, DecodeError::TrailingBytes { count: 1 }));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The input is longer than the limit; nothing of it was read.

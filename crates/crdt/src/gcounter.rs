@@ -102,6 +102,19 @@ impl Crdt for GCounter {
 }
 
 /// An increment would take a replica's slot past `u64::MAX`; nothing was changed.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_crdt::{GCounter, ReplicaId};
+///
+/// let a = ReplicaId::from_bytes([1; 16]);
+/// let mut counter = GCounter::new();
+/// counter.increment(a, u64::MAX).unwrap();
+/// let err = counter.increment(a, 1).unwrap_err();
+/// assert_eq!((err.current, err.n), (u64::MAX, 1));
+/// assert_eq!(counter.count(a), u64::MAX); // unchanged
+/// ```
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[error("incrementing replica {replica}'s count {current} by {n} overflows")]
 pub struct CounterOverflow {

@@ -9,6 +9,19 @@ use crate::version_vector::VersionVector;
 use crate::{CounterOverflow, Crdt, ReplicaId};
 
 /// The identity of one write: the replica that made it and that replica's count of writes.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_crdt::{Dot, MvRegister, ReplicaId};
+///
+/// let a = ReplicaId::from_bytes([1; 16]);
+/// let mut register = MvRegister::new();
+/// register.set(a, 10).unwrap();
+/// register.set(a, 11).unwrap();
+/// let dots: Vec<Dot> = register.entries().map(|(dot, _)| dot).collect();
+/// assert_eq!(dots, [Dot { replica: a, counter: 2 }]); // a's second write replaced its first
+/// ```
 #[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 pub struct Dot {
     /// The writer.

@@ -90,6 +90,15 @@ impl FromStr for ReplicaId {
 }
 
 /// Why a string is not a [`ReplicaId`].
+///
+/// # Examples
+///
+/// ```
+/// use ferry_crdt::{ParseReplicaIdError, ReplicaId};
+///
+/// assert_eq!("not an id!".parse::<ReplicaId>(), Err(ParseReplicaIdError::NotBase32));
+/// assert_eq!("aaaa".parse::<ReplicaId>(), Err(ParseReplicaIdError::WrongLength { len: 2 }));
+/// ```
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 pub enum ParseReplicaIdError {
     /// The string has characters outside lowercase base32, or a length no base32 text has.

@@ -1,0 +1,75 @@
+//! What can go wrong in the store.
+
+use ferry_crdt::CounterOverflow;
+
+use crate::{DocId, DocKind, IdentityError};
+
+/// An operation on the [`Store`](crate::Store) failed. Nothing of a failed write is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled could not read, write or flush.
+    #[error("storage failed")]
+    Storage(#[from] sled::Error),
+    /// The store directory was written by a format this version does not know.
+    #[error("store format {found} is not supported (this build reads format {supported})")]
+    UnknownFormat {
+        /// The format the directory records.
+        found: u32,
+        /// The format this build reads and writes.
+        supported: u32,
+    },
+    /// The replica's key pair could not be read or made.
+    #[error("identity unavailable")]
+    Identity(#[from] IdentityError),
+    /// No document has this id.
+    #[error("no document {0}")]
+    NoSuchDocument(DocId),
+    /// The document exists, but is of another kind than the operation needs.
+    #[error("document {doc} is a {found} document, not {expected}")]
+    WrongKind {
+        /// The document.
+        doc: DocId,
+        /// The kind the operation works on.
+        expected: DocKind,
+        /// The document's kind.
+        found: DocKind,
+    },
+    /// A stored record of this document is damaged; the other documents are unaffected.
+    #[error("document {doc} is damaged: {what}")]
+    Damaged {
+        /// The document.
+        doc: DocId,
+        /// Which record, and how.
+        what: &'static str,
+    },
+    /// A record that belongs to no one document (the format marker, a peer) is damaged.
+    #[error("store record damaged: {what}")]
+    DamagedRecord {
+        /// Which record.
+        what: &'static str,
+    },
+    /// Automerge refused a change or a set of changes; the document is as it was.
+    #[error("automerge refused a change to document {doc}")]
+    Automerge {
+        /// The document.
+        doc: DocId,
+        /// Automerge's reason.
+        #[source]
+        source: Box<automerge::AutomergeError>,
+    },
+    /// A CRDT state from a peer could not be decoded; the document is as it was.
+    #[error("a state for document {doc} could not be decoded")]
+    BadState {
+        /// The document.
+        doc: DocId,
+        /// The decoder's reason.
+        #[source]
+        source: ferry_crdt::DecodeError,
+    },
+    /// A counter would overflow; it is unchanged.
+    #[error("counter overflow")]
+    Overflow(#[from] CounterOverflow),
+    /// The background flusher of a batched store has stopped after an error.
+    #[error("the store's flusher has failed")]
+    FlusherFailed,
+}

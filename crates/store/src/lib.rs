@@ -1,0 +1,48 @@
+//! ferry's durable local replica: the source of truth an app reads and subscribes to, and that
+//! sync writes into.
+//!
+//! A [`Store`] lives in one directory: a sled database and the replica's key pair. It holds
+//! - **documents** of every [`DocKind`]: Automerge documents, persisted as a snapshot plus
+//!   incremental change records and compacted atomically, and the ferry-crdt counters and
+//!   registers, persisted as their canonical state;
+//! - **sync state** per (peer, document), for the sync protocol;
+//! - **peers**, with their addresses and per-document [`Access`].
+//!
+//! Every write is durable before it returns ([`Durability`]), then announced to subscribers as a
+//! [`StoreEvent`]. A damaged record gives an error naming its document; the others still load.
+//!
+//! # Examples
+//!
+//! ```
+//! use automerge::{ROOT, ReadDoc, transaction::Transactable};
+//! use ferry_store::{CrdtState, DocKind, Store};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path())?;
+//! println!("this replica is {}", store.peer_id());
+//!
+//! let note = store.create(DocKind::Automerge)?;
+//! store.change(note, |tx| tx.put(ROOT, "text", "milk, eggs"))?;
+//!
+//! let reads = store.create(DocKind::GCounter)?;
+//! store.increment(reads, 3)?;
+//! let CrdtState::GCounter(counter) = store.crdt(reads)? else { unreachable!() };
+//! assert_eq!(counter.value(), 3);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod durability;
+mod error;
+mod events;
+mod identity;
+mod ids;
+mod records;
+mod store;
+
+pub use durability::Durability;
+pub use error::StoreError;
+pub use events::{Origin, RecvError, StoreEvent, Subscription, Version};
+pub use identity::{Identity, IdentityError};
+pub use ids::{DocId, PeerId};
+pub use records::SyncRecord;
+pub use store::{Access, CrdtState, DocInfo, DocKind, PeerInfo, Store, StoreConfig, heads_digest};

@@ -1,0 +1,102 @@
+//! The store's on-disk layout: one sled tree, records under prefixed keys, each record encoded
+//! with ferry's canonical bincode encoding.
+//!
+//! | key | value |
+//! |---|---|
+//! | `f` | format version, `u32` little endian |
+//! | `d` doc | [`DocMeta`] |
+//! | `s` doc | snapshot: `Automerge::save()`, or the encoded CRDT state |
+//! | `i` doc seq(u64 BE) | an incremental Automerge chunk (`save_after`) |
+//! | `y` peer doc | [`SyncRecord`] |
+//! | `p` peer | [`PeerInfo`](crate::PeerInfo) |
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DocId, DocKind, PeerId};
+
+/// The format this build writes; bump it with any change to the layout or a record.
+pub(crate) const FORMAT: u32 = 1;
+
+/// Records are small; anything larger than this in a record slot is damage.
+pub(crate) const RECORD_LIMIT: usize = 16 << 20;
+
+pub(crate) const FORMAT_KEY: &[u8] = b"f";
+
+pub(crate) fn meta_key(doc: DocId) -> [u8; 17] {
+    prefixed(b'd', doc.as_bytes())
+}
+
+pub(crate) fn snapshot_key(doc: DocId) -> [u8; 17] {
+    prefixed(b's', doc.as_bytes())
+}
+
+pub(crate) fn incremental_prefix(doc: DocId) -> [u8; 17] {
+    prefixed(b'i', doc.as_bytes())
+}
+
+pub(crate) fn incremental_key(doc: DocId, seq: u64) -> [u8; 25] {
+    let mut key = [0u8; 25];
+    key[..17].copy_from_slice(&incremental_prefix(doc));
+    key[17..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(crate) fn sync_key(peer: PeerId, doc: DocId) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = b'y';
+    key[1..17].copy_from_slice(peer.as_bytes());
+    key[17..].copy_from_slice(doc.as_bytes());
+    key
+}
+
+pub(crate) const SYNC_PREFIX: &[u8] = b"y";
+
+pub(crate) fn peer_key(peer: PeerId) -> [u8; 17] {
+    prefixed(b'p', peer.as_bytes())
+}
+
+pub(crate) const PEER_PREFIX: &[u8] = b"p";
+pub(crate) const META_PREFIX: &[u8] = b"d";
+
+fn prefixed(tag: u8, id: &[u8; 16]) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = tag;
+    key[1..].copy_from_slice(id);
+    key
+}
+
+/// What the store knows of a document without loading it.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub(crate) struct DocMeta {
+    pub(crate) kind: DocKind,
+    /// Automerge heads, sorted; empty for the CRDT kinds.
+    pub(crate) heads: Vec<[u8; 32]>,
+    /// blake3 of the sorted heads, or of the canonical CRDT state.
+    pub(crate) digest: [u8; 32],
+    /// Automerge changes, or CRDT operations and merges that changed the state.
+    pub(crate) changes: u64,
+    pub(crate) snapshot_bytes: u64,
+    pub(crate) incremental_bytes: u64,
+    /// The sequence number the next incremental record gets.
+    pub(crate) next_incremental: u64,
+}
+
+/// Per (peer, document): how far sync with that peer has come.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_store::SyncRecord;
+///
+/// let record = SyncRecord::default();
+/// assert!(record.automerge_state.is_empty() && record.last_sync_millis.is_none());
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
+pub struct SyncRecord {
+    /// Automerge's `sync::State::encode()` for this peer, empty before the first sync.
+    pub automerge_state: Vec<u8>,
+    /// The heads (Automerge) or digest (CRDT kinds) the peer last acknowledged.
+    pub acked: Vec<[u8; 32]>,
+    /// When a sync with this peer last completed, in milliseconds since the Unix epoch.
+    pub last_sync_millis: Option<u64>,
+}

@@ -10,6 +10,12 @@ pub enum StoreError {
     /// sled could not read, write or flush.
     #[error("storage failed")]
     Storage(#[from] sled::Error),
+    /// Another process has the store open; a store has one process at a time.
+    #[error("the store at {} is open in another process", path.display())]
+    InUse {
+        /// The database directory.
+        path: std::path::PathBuf,
+    },
     /// The store directory was written by a format this version does not know.
     #[error("store format {found} is not supported (this build reads format {supported})")]
     UnknownFormat {
@@ -56,6 +62,15 @@ pub enum StoreError {
         /// Automerge's reason.
         #[source]
         source: Box<automerge::AutomergeError>,
+    },
+    /// Changes from a peer depend on changes neither the document nor the same batch holds;
+    /// nothing was applied. Ask the peer for the missing ones (automerge's sync does).
+    #[error("changes to document {doc} depend on {} change(s) it does not have", missing.len())]
+    MissingDependencies {
+        /// The document.
+        doc: DocId,
+        /// The changes that are missing.
+        missing: Vec<automerge::ChangeHash>,
     },
     /// A CRDT state from a peer could not be decoded; the document is as it was.
     #[error("a state for document {doc} could not be decoded")]

@@ -1,16 +1,16 @@
 //! The store: documents, peers and sync state in one sled database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::transaction::Transaction;
-use automerge::{ActorId, Automerge, AutomergeError, ChangeHash};
+use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash, ReadDoc};
 use ferry_crdt::{
     Clock, Crdt, Digest, GCounter, LwwRegister, MvRegister, PNCounter, ReplicaId, decode, encode,
 };
@@ -343,7 +343,7 @@ impl Store {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
         let identity = Identity::load_or_create(dir)?;
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let db = open_db(&dir.join("db"))?;
         check_format(&db)?;
 
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
@@ -545,16 +545,35 @@ impl Store {
         })
     }
 
-    /// Applies changes from a peer (the bytes of `save()`, `save_after()` or concatenated
-    /// changes) and returns the new heads. Applying the same changes again changes nothing.
+    /// Applies changes from a peer and returns the new heads. Parse each change's bytes with
+    /// [`Change::from_bytes`], which refuses anything damaged or left over. Changes already
+    /// held are skipped, so applying the same changes again changes nothing.
+    ///
+    /// Every change must be applicable: a dependency that is neither in the document nor
+    /// among `changes` is refused with [`StoreError::MissingDependencies`], and nothing is
+    /// applied. (automerge would otherwise hold such changes in memory only, where a restart
+    /// loses them without a word.)
     pub fn apply_changes(
         &self,
         doc: DocId,
         origin: Origin,
-        changes: &[u8],
+        changes: Vec<Change>,
     ) -> Result<Vec<ChangeHash>, StoreError> {
-        self.update(doc, origin, |am| {
-            am.load_incremental(changes)?;
+        let incoming: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
+        let mut outside: Vec<ChangeHash> = changes
+            .iter()
+            .flat_map(|c| c.deps().iter().copied())
+            .filter(|dep| !incoming.contains(dep))
+            .collect();
+        outside.sort_unstable();
+        outside.dedup();
+        self.update_with(doc, origin, |am| {
+            let missing = am.get_missing_deps(&outside);
+            if !missing.is_empty() {
+                return Err(StoreError::MissingDependencies { doc, missing });
+            }
+            am.apply_changes(changes)
+                .map_err(|source| automerge_error(doc, source))?;
             Ok(am.get_heads())
         })
     }
@@ -568,6 +587,20 @@ impl Store {
         origin: Origin,
         f: impl FnOnce(&mut Automerge) -> Result<R, AutomergeError>,
     ) -> Result<R, StoreError> {
+        self.update_with(doc, origin, |am| {
+            f(am).map_err(|source| automerge_error(doc, source))
+        })
+    }
+
+    /// [`Store::update`] for closures that may refuse with any store error. A refusal other
+    /// than [`StoreError::Automerge`] must leave the document untouched; after an automerge
+    /// error the document is reloaded from disk.
+    fn update_with<R>(
+        &self,
+        doc: DocId,
+        origin: Origin,
+        f: impl FnOnce(&mut Automerge) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut state = self.lock();
         let compact_min = self.shared.config.compact_min_bytes;
         let entry = self.entry(&mut state, doc)?;
@@ -577,12 +610,11 @@ impl Store {
         let old_heads: Vec<ChangeHash> = entry.meta.heads.iter().map(|h| ChangeHash(*h)).collect();
         let result = match f(am) {
             Ok(result) => result,
-            Err(source) => {
-                state.cache.pop(&doc);
-                return Err(StoreError::Automerge {
-                    doc,
-                    source: Box::new(source),
-                });
+            Err(e) => {
+                if matches!(e, StoreError::Automerge { .. }) {
+                    state.cache.pop(&doc);
+                }
+                return Err(e);
             }
         };
         let heads = am.get_heads();
@@ -996,6 +1028,36 @@ fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entry, StoreErr
     Ok(Entry { meta, doc: loaded })
 }
 
+/// Opens the sled database, waiting a little for a lock that a store just closed in this
+/// process may still hold: sled releases its file lock from a background thread after the
+/// last handle is dropped. Another process holding it is reported as [`StoreError::InUse`].
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let mut wait = Duration::from_millis(5);
+    let mut waited = Duration::ZERO;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                if waited >= LOCK_PATIENCE {
+                    return Err(StoreError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(wait);
+                waited += wait;
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// How long [`open_db`] waits for the lock of a store closed a moment ago.
+const LOCK_PATIENCE: Duration = Duration::from_secs(3);
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Other && e.to_string().starts_with("could not acquire lock")
+}
+
 fn read_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
     match db.get(records::meta_key(doc))? {
         None => Ok(None),
@@ -1051,6 +1113,13 @@ fn check_format(db: &sled::Db) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+fn automerge_error(doc: DocId, source: AutomergeError) -> StoreError {
+    StoreError::Automerge {
+        doc,
+        source: Box::new(source),
+    }
 }
 
 fn wrong_kind(doc: DocId, expected: DocKind, found: DocKind) -> StoreError {

@@ -1,0 +1,551 @@
+//! Behaviour of the store that apps and the sync layer rely on.
+
+// Helpers outside #[test] functions fail loudly too; that is what a test wants.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, Change, ROOT, ReadDoc};
+use ferry_store::{
+    Access, CrdtState, DocId, DocKind, Durability, Origin, PeerId, PeerInfo, RecvError, Store,
+    StoreConfig, StoreError, StoreEvent, SyncRecord, Version, heads_digest,
+};
+
+/// Opens a closed store's database directly, to tamper with it. sled releases its lock from
+/// a background thread after the store is dropped, so this waits for it.
+fn open_sled(dir: &std::path::Path) -> sled::Db {
+    for _ in 0..300 {
+        match sled::open(dir.join("db")) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the store's lock was never released");
+}
+
+fn text(store: &Store, doc: DocId, key: &str) -> Option<String> {
+    store
+        .read(doc, |d| {
+            d.get(ROOT, key)
+                .unwrap()
+                .and_then(|(v, _)| v.as_str().map(str::to_owned))
+        })
+        .unwrap()
+}
+
+#[test]
+fn identity_is_created_once_kept_private_and_derives_the_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).unwrap();
+    let peer = first.peer_id();
+    assert_eq!(peer, PeerId::from_public_key(first.identity().public_key()));
+    assert_eq!(first.replica_id().as_bytes(), peer.as_bytes());
+    drop(first);
+
+    let mode = std::fs::metadata(dir.path().join("identity.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "key file mode {mode:o}");
+    assert_eq!(Store::open(dir.path()).unwrap().peer_id(), peer);
+
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(Store::open(other.path()).unwrap().peer_id(), peer);
+}
+
+#[test]
+fn automerge_changes_are_written_under_the_replica_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doc = store.create(DocKind::Automerge).unwrap();
+    store.change(doc, |tx| tx.put(ROOT, "k", "v")).unwrap();
+    let actor = store.read(doc, |d| d.get_actor().clone()).unwrap();
+    assert_eq!(actor, ActorId::from(*store.replica_id().as_bytes()));
+}
+
+#[test]
+fn a_damaged_key_file_is_an_error_not_a_new_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    std::fs::write(dir.path().join("identity.key"), b"garbage").unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Identity(_)), "{err:?}");
+}
+
+#[test]
+fn an_unknown_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    {
+        let db = open_sled(dir.path());
+        db.insert(b"f", &99u32.to_le_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::UnknownFormat {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn documents_are_created_listed_reopened_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for kind in DocKind::ALL {
+            let doc = store.create(kind).unwrap();
+            assert_eq!(store.info(doc).unwrap().kind, kind);
+            ids.push(doc);
+        }
+        store
+            .change(ids[0], |tx| tx.put(ROOT, "title", "notes"))
+            .unwrap();
+        store.increment(ids[1], 5).unwrap();
+        store.decrement(ids[2], 2).unwrap();
+        store.set_register(ids[3], b"lww".to_vec()).unwrap();
+        store.set_register(ids[4], b"mv".to_vec()).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let mut listed = store.list().unwrap();
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    assert_eq!(text(&store, ids[0], "title").as_deref(), Some("notes"));
+    assert!(matches!(store.crdt(ids[1]).unwrap(), CrdtState::GCounter(c) if c.value() == 5));
+    assert!(matches!(store.crdt(ids[2]).unwrap(), CrdtState::PNCounter(c) if c.value() == -2));
+    assert!(
+        matches!(store.crdt(ids[3]).unwrap(), CrdtState::LwwRegister(r) if r.get() == Some(&b"lww".to_vec()))
+    );
+    assert!(
+        matches!(store.crdt(ids[4]).unwrap(), CrdtState::MvRegister(r) if r.values() == [&b"mv".to_vec()])
+    );
+
+    store.delete(ids[0]).unwrap();
+    assert!(matches!(store.info(ids[0]), Err(StoreError::NoSuchDocument(d)) if d == ids[0]));
+    assert!(matches!(
+        store.read(ids[0], |_| ()),
+        Err(StoreError::NoSuchDocument(_))
+    ));
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.list().unwrap().len(), 4);
+}
+
+#[test]
+fn operations_on_the_wrong_kind_fail_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let counter = store.create(DocKind::GCounter).unwrap();
+    let note = store.create(DocKind::Automerge).unwrap();
+    let before = store.info(counter).unwrap();
+
+    assert!(matches!(
+        store.decrement(counter, 1),
+        Err(StoreError::WrongKind { .. })
+    ));
+    assert!(matches!(
+        store.set_register(counter, vec![1]),
+        Err(StoreError::WrongKind { .. })
+    ));
+    assert!(matches!(
+        store.change(counter, |tx| tx.put(ROOT, "k", 1)),
+        Err(StoreError::WrongKind { .. })
+    ));
+    assert!(matches!(
+        store.increment(note, 1),
+        Err(StoreError::WrongKind { .. })
+    ));
+    assert!(matches!(
+        store.create_with_id(counter, DocKind::Automerge, Origin::Local),
+        Err(StoreError::WrongKind { .. })
+    ));
+    assert_eq!(store.info(counter).unwrap(), before);
+}
+
+#[test]
+fn remote_changes_apply_once_and_bad_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doc = store.create(DocKind::Automerge).unwrap();
+    store.change(doc, |tx| tx.put(ROOT, "mine", 1)).unwrap();
+
+    let mut remote = Automerge::new().with_actor(ActorId::from([9u8; 16]));
+    remote
+        .transact(|tx| tx.put(ROOT, "theirs", "hello"))
+        .unwrap();
+    let first = remote.get_changes(&[]);
+    let peer = PeerId::from_bytes([9; 16]);
+
+    let heads = store
+        .apply_changes(doc, Origin::Remote(peer), first.clone())
+        .unwrap();
+    let info = store.info(doc).unwrap();
+    assert_eq!(info.version, Version::Heads(heads.clone()));
+    assert_eq!(info.digest, heads_digest(&heads));
+    assert_eq!(info.changes, 2);
+
+    // Again: nothing changes, nothing is written.
+    assert_eq!(
+        store
+            .apply_changes(doc, Origin::Remote(peer), first.clone())
+            .unwrap(),
+        heads
+    );
+    assert_eq!(store.info(doc).unwrap(), info);
+
+    // Bytes with anything after a good change do not parse: the caller never gets a change
+    // to apply. (automerge's own load_incremental would quietly apply the good part.)
+    let mut bytes = first[0].raw_bytes().to_vec();
+    assert!(Change::from_bytes(bytes.clone()).is_ok());
+    bytes.extend_from_slice(b"junk");
+    assert!(Change::from_bytes(bytes).is_err());
+
+    // A change whose dependency never arrived: refused with the missing hash, nothing
+    // applied, not even the applicable change sent with it.
+    let before_gap = remote.get_heads();
+    remote.transact(|tx| tx.put(ROOT, "gap", 1)).unwrap();
+    let gap = remote.get_changes(&before_gap);
+    let after_gap = remote.get_heads();
+    remote.transact(|tx| tx.put(ROOT, "after", 2)).unwrap();
+    let after = remote.get_changes(&after_gap);
+    let mut other = Automerge::new().with_actor(ActorId::from([8u8; 16]));
+    other.transact(|tx| tx.put(ROOT, "unrelated", 3)).unwrap();
+    let mut batch = after.clone();
+    batch.extend(other.get_changes(&[]));
+    let err = store
+        .apply_changes(doc, Origin::Remote(peer), batch)
+        .unwrap_err();
+    match &err {
+        StoreError::MissingDependencies { doc: d, missing } => {
+            assert_eq!(*d, doc);
+            assert_eq!(missing, &vec![gap[0].hash()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.info(doc).unwrap(), info);
+    assert_eq!(text(&store, doc, "unrelated"), None);
+
+    // With the gap filled, in any order within the batch, both apply.
+    let mut filled = after.clone();
+    filled.extend(gap);
+    let heads = store
+        .apply_changes(doc, Origin::Remote(peer), filled)
+        .unwrap();
+    assert_eq!(
+        heads.len(),
+        2,
+        "the local head and the remote one: {heads:?}"
+    );
+    assert!(heads.contains(&remote.get_heads()[0]));
+    let info = store.info(doc).unwrap();
+    assert_eq!(info.changes, 4);
+
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.info(doc).unwrap(), info);
+    assert_eq!(text(&store, doc, "theirs").as_deref(), Some("hello"));
+}
+
+#[test]
+fn crdt_states_from_peers_merge_and_bad_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doc = store.create(DocKind::GCounter).unwrap();
+    store.increment(doc, 2).unwrap();
+
+    let mut theirs = ferry_crdt::GCounter::new();
+    theirs
+        .increment(ferry_crdt::ReplicaId::from_bytes([9; 16]), 5)
+        .unwrap();
+    let bytes = ferry_crdt::encode(&theirs).unwrap();
+    let peer = Origin::Remote(PeerId::from_bytes([9; 16]));
+    let digest = store.merge_state(doc, peer, &bytes).unwrap();
+    assert_eq!(
+        store.merge_state(doc, peer, &bytes).unwrap(),
+        digest,
+        "merging twice"
+    );
+    assert!(matches!(store.crdt(doc).unwrap(), CrdtState::GCounter(c) if c.value() == 7));
+
+    let before = store.info(doc).unwrap();
+    let err = store
+        .merge_state(doc, peer, &[0xff, 0xff, 0xff])
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::BadState { doc: d, .. } if d == doc),
+        "{err:?}"
+    );
+    assert_eq!(store.info(doc).unwrap(), before);
+}
+
+/// Overwrites every stored record of `doc` whose key starts with `tag` with garbage.
+fn garble(dir: &std::path::Path, doc: DocId, tag: u8) -> usize {
+    let db = open_sled(dir);
+    let mut garbled = 0;
+    for item in db.iter() {
+        let (key, _) = item.unwrap();
+        if key[0] == tag && key.len() >= 17 && key[1..17] == doc.as_bytes()[..] {
+            db.insert(key, &b"\xde\xad\xbe\xef not a record"[..])
+                .unwrap();
+            garbled += 1;
+        }
+    }
+    db.flush().unwrap();
+    garbled
+}
+
+#[test]
+fn a_damaged_document_names_itself_and_the_others_still_open() {
+    for tag in [b's', b'i', b'd'] {
+        let dir = tempfile::tempdir().unwrap();
+        let (victim, others) = {
+            let store = Store::open(dir.path()).unwrap();
+            let victim = store.create(DocKind::Automerge).unwrap();
+            let mut others = Vec::new();
+            for kind in DocKind::ALL {
+                others.push(store.create(kind).unwrap());
+            }
+            for doc in [victim, others[0]] {
+                store.change(doc, |tx| tx.put(ROOT, "k", "v")).unwrap();
+                store.compact(doc).unwrap();
+                store.change(doc, |tx| tx.put(ROOT, "k2", "v2")).unwrap();
+            }
+            store.increment(others[1], 1).unwrap();
+            (victim, others)
+        };
+        assert!(
+            garble(dir.path(), victim, tag) > 0,
+            "nothing to garble for {}",
+            tag as char
+        );
+
+        let store = Store::open(dir.path()).unwrap();
+        let err = store.read(victim, |_| ()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Damaged { doc, .. } if doc == victim),
+            "tag {}: {err:?}",
+            tag as char
+        );
+        assert!(err.to_string().contains(&victim.to_string()), "{err}");
+        assert!(store.list().unwrap().contains(&victim));
+        assert_eq!(text(&store, others[0], "k2").as_deref(), Some("v2"));
+        assert!(matches!(store.crdt(others[1]).unwrap(), CrdtState::GCounter(c) if c.value() == 1));
+    }
+}
+
+#[test]
+fn a_lost_incremental_record_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = {
+        let store = Store::open(dir.path()).unwrap();
+        let doc = store.create(DocKind::Automerge).unwrap();
+        store.change(doc, |tx| tx.put(ROOT, "a", 1)).unwrap();
+        store.change(doc, |tx| tx.put(ROOT, "b", 2)).unwrap();
+        doc
+    };
+    {
+        let db = open_sled(dir.path());
+        let mut prefix = vec![b'i'];
+        prefix.extend_from_slice(doc.as_bytes());
+        let last = db.scan_prefix(prefix).keys().last().unwrap().unwrap();
+        db.remove(last).unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(store.read(doc, |_| ()), Err(StoreError::Damaged { doc: d, .. }) if d == doc));
+}
+
+#[test]
+fn events_carry_origin_and_version_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut all = store.subscribe();
+    let doc = store.create(DocKind::Automerge).unwrap();
+    let other = store.create(DocKind::GCounter).unwrap();
+    let mut one = store.subscribe_doc(doc);
+
+    store.change(doc, |tx| tx.put(ROOT, "n", 1)).unwrap();
+    store.increment(other, 1).unwrap();
+    let mut remote = Automerge::new();
+    remote.transact(|tx| tx.put(ROOT, "r", 1)).unwrap();
+    let peer = PeerId::from_bytes([5; 16]);
+    store
+        .apply_changes(doc, Origin::Remote(peer), remote.get_changes(&[]))
+        .unwrap();
+    store.delete(other).unwrap();
+
+    let mut seen = Vec::new();
+    while let Some(event) = all.try_recv().unwrap() {
+        seen.push(event);
+    }
+    let summary: Vec<(DocId, Option<Origin>)> = seen
+        .iter()
+        .map(|e| match e {
+            StoreEvent::Changed { doc, origin, .. } => (*doc, Some(*origin)),
+            StoreEvent::Deleted { doc } => (*doc, None),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (doc, Some(Origin::Local)),
+            (other, Some(Origin::Local)),
+            (doc, Some(Origin::Local)),
+            (other, Some(Origin::Local)),
+            (doc, Some(Origin::Remote(peer))),
+            (other, None),
+        ]
+    );
+    let StoreEvent::Changed { version, .. } = &seen[4] else {
+        panic!()
+    };
+    assert_eq!(version, &store.info(doc).unwrap().version);
+
+    // The per-document stream sees only its document.
+    let mine: Vec<_> = std::iter::from_fn(|| one.try_recv().unwrap()).collect();
+    assert_eq!(mine.len(), 2);
+    assert!(mine.iter().all(|e| e.doc() == doc));
+}
+
+#[test]
+fn a_slow_subscriber_is_told_it_lagged_and_never_blocks_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        event_capacity: 4,
+        ..StoreConfig::default()
+    };
+    let store = Store::open_with(dir.path(), config).unwrap();
+    let doc = store.create(DocKind::GCounter).unwrap();
+    let mut slow = store.subscribe();
+    for _ in 0..20 {
+        store.increment(doc, 1).unwrap(); // would hang here if a full subscriber blocked it
+    }
+    assert!(matches!(
+        slow.try_recv(),
+        Err(RecvError::Lagged { missed: 16 })
+    ));
+    // After the lag it goes on with the newest events.
+    assert!(matches!(
+        slow.try_recv(),
+        Ok(Some(StoreEvent::Changed { .. }))
+    ));
+}
+
+#[test]
+fn batched_writers_share_flushes_and_every_commit_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        durability: Durability::Batched {
+            interval: Duration::from_millis(2),
+        },
+        ..StoreConfig::default()
+    };
+    let docs: Vec<DocId>;
+    {
+        let store = Arc::new(Store::open_with(dir.path(), config.clone()).unwrap());
+        docs = (0..4)
+            .map(|_| store.create(DocKind::Automerge).unwrap())
+            .collect();
+        let mut events = store.subscribe();
+        let threads: Vec<_> = docs
+            .iter()
+            .map(|doc| {
+                let (store, doc) = (Arc::clone(&store), *doc);
+                std::thread::spawn(move || {
+                    for i in 0..25i64 {
+                        store
+                            .change(doc, |tx| tx.put(ROOT, format!("k{i}"), i))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Every commit's event was released, after its flush.
+        let mut count = 0;
+        while count < 100 {
+            match events.blocking_recv().unwrap() {
+                StoreEvent::Changed { .. } => count += 1,
+                StoreEvent::Deleted { .. } => unreachable!(),
+            }
+        }
+    }
+    let store = Store::open(dir.path()).unwrap();
+    for doc in docs {
+        assert_eq!(store.info(doc).unwrap().changes, 25);
+        assert_eq!(text(&store, doc, "k24"), None); // ints, not strings
+        let v = store
+            .read(doc, |d| d.get(ROOT, "k24").unwrap().unwrap().0.as_i64())
+            .unwrap();
+        assert_eq!(v, Some(24));
+    }
+}
+
+#[test]
+fn peers_and_access_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = PeerId::from_bytes([3; 16]);
+    let (shared, private) = (DocId::random(), DocId::random());
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut info = PeerInfo::new(peer, "relay");
+        info.addresses.push("127.0.0.1:4433".parse().unwrap());
+        info.default_access = Access::Read;
+        info.docs.insert(private, Access::None);
+        info.docs.insert(shared, Access::ReadWrite);
+        store.put_peer(&info).unwrap();
+        let record = SyncRecord {
+            automerge_state: vec![1, 2, 3],
+            acked: vec![[7; 32]],
+            last_sync_millis: Some(42),
+        };
+        store.put_sync_record(peer, shared, &record).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.peers().unwrap().len(), 1);
+    assert_eq!(store.access(peer, shared).unwrap(), Access::ReadWrite);
+    assert_eq!(store.access(peer, private).unwrap(), Access::None);
+    assert_eq!(store.access(peer, DocId::random()).unwrap(), Access::Read);
+    assert_eq!(
+        store.access(PeerId::from_bytes([4; 16]), shared).unwrap(),
+        Access::None
+    );
+    let record = store.sync_record(peer, shared).unwrap().unwrap();
+    assert_eq!(record.last_sync_millis, Some(42));
+
+    assert!(store.remove_peer(peer).unwrap());
+    assert!(store.peer(peer).unwrap().is_none());
+    assert!(store.sync_record(peer, shared).unwrap().is_none());
+    assert!(!store.remove_peer(peer).unwrap());
+}
+
+#[test]
+fn a_store_open_elsewhere_is_reported_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains("open in another process"), "{err}");
+    // Closing the first lets it open, even straight away.
+    drop(store);
+    Store::open(dir.path()).unwrap();
+}

@@ -1,0 +1,238 @@
+//! SIGKILL at random moments loses no commit that returned.
+//!
+//! This binary is its own child. Run as a test, it starts itself again with `FERRY_CRASH_DIR`
+//! set. The child opens the store, commits changes in a loop (from one writer, or from several
+//! writers sharing group commits), compacts now and then, and prints each change's key once
+//! its commit has returned. The parent SIGKILLs it at a random moment, then reopens the store
+//! and checks that every printed key is there with its value. Some rounds kill right as the
+//! child announces a compaction, so kills land inside compactions too.
+//!
+//! `FERRY_CRASH_ROUNDS` sets the number of kills (default 24).
+
+// Helpers fail loudly; that is what a test wants.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{ROOT, ReadDoc};
+use ferry_store::{DocId, DocKind, Durability, Store, StoreConfig};
+use rand::Rng;
+
+const DIR_VAR: &str = "FERRY_CRASH_DIR";
+const WRITERS_VAR: &str = "FERRY_CRASH_WRITERS";
+
+fn main() {
+    match std::env::var_os(DIR_VAR) {
+        Some(dir) => child(Path::new(&dir)),
+        None => parent(),
+    }
+}
+
+/// The value stored under `key`: long enough that compactions have work to do, and checkable.
+fn value_of(key: &str) -> String {
+    let hash = blake3::hash(key.as_bytes()).to_hex();
+    format!("{key}={hash}{hash}")
+}
+
+fn config(writers: usize) -> StoreConfig {
+    StoreConfig {
+        durability: if writers == 1 {
+            Durability::Immediate
+        } else {
+            Durability::Batched {
+                interval: Duration::from_millis(2),
+            }
+        },
+        cache_docs: NonZeroUsize::new(4).unwrap(),
+        compact_min_bytes: 16 * 1024,
+        ..StoreConfig::default()
+    }
+}
+
+/// The one document the rounds write to, made on first use.
+fn the_doc(store: &Store) -> DocId {
+    match store.list().unwrap().first() {
+        Some(doc) => *doc,
+        None => store.create(DocKind::Automerge).unwrap(),
+    }
+}
+
+fn child(dir: &Path) {
+    let writers: usize = std::env::var(WRITERS_VAR).unwrap().parse().unwrap();
+    let store = Store::open_with(dir, config(writers)).unwrap();
+    let doc = the_doc(&store);
+    let keys: Vec<String> = store.read(doc, |d| d.keys(ROOT).collect()).unwrap();
+    println!("ready");
+    std::thread::scope(|scope| {
+        for writer in 0..writers {
+            let store = &store;
+            // Continue numbering after whatever this writer committed before.
+            let prefix = format!("w{writer}/");
+            let mut n = keys
+                .iter()
+                .filter_map(|k| k.strip_prefix(&prefix)?.parse::<u64>().ok())
+                .max()
+                .map_or(0, |n| n + 1);
+            scope.spawn(move || {
+                loop {
+                    let key = format!("{prefix}{n}");
+                    let value = value_of(&key);
+                    store
+                        .change(doc, |tx| tx.put(ROOT, &key, value.as_str()))
+                        .unwrap();
+                    println!("{key}");
+                    if writer == 0 && n % 40 == 39 {
+                        println!("compact-start");
+                        store.compact(doc).unwrap();
+                        println!("compact-end");
+                    }
+                    n += 1;
+                }
+            });
+        }
+    });
+}
+
+struct Round {
+    committed: Vec<String>,
+    killed_in_compaction: bool,
+}
+
+/// Runs one child and kills it; returns the keys it reported as committed.
+fn round(dir: &Path, writers: usize, aim: Aim) -> Round {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(DIR_VAR, dir)
+        .env(WRITERS_VAR, writers.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut lines = Vec::new();
+    let mut rng = rand::rng();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let wait_for = |lines: &mut Vec<String>, wanted: &str| {
+        while Instant::now() < give_up {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                let found = line == wanted;
+                lines.push(line);
+                if found {
+                    return;
+                }
+            }
+        }
+        panic!("the child never printed {wanted:?}");
+    };
+    match aim {
+        Aim::Anywhere => {
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..120)));
+        }
+        Aim::WhileWriting => {
+            wait_for(&mut lines, "ready");
+            std::thread::sleep(Duration::from_millis(rng.random_range(5..250)));
+        }
+        Aim::Compaction => {
+            wait_for(&mut lines, "ready");
+            wait_for(&mut lines, "compact-start");
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+
+    let markers: Vec<&String> = lines.iter().filter(|l| l.starts_with("compact-")).collect();
+    Round {
+        killed_in_compaction: markers.last().is_some_and(|m| *m == "compact-start"),
+        committed: lines.into_iter().filter(|l| l.starts_with('w')).collect(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Aim {
+    Anywhere,
+    WhileWriting,
+    Compaction,
+}
+
+fn parent() {
+    let rounds: usize = std::env::var("FERRY_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut promised = BTreeSet::new();
+    let mut in_compaction = 0;
+    for i in 0..rounds {
+        let writers = if i % 2 == 0 { 1 } else { 4 };
+        let aim = match i % 6 {
+            0 => Aim::Anywhere,
+            1 | 4 => Aim::Compaction,
+            _ => Aim::WhileWriting,
+        };
+        let round = round(dir.path(), writers, aim);
+        in_compaction += usize::from(round.killed_in_compaction);
+        promised.extend(round.committed);
+
+        // Every key a child printed is there, with its value, after the kill.
+        let store = Store::open_with(dir.path(), config(1)).unwrap();
+        let doc = the_doc(&store);
+        let missing: Vec<&String> = store
+            .read(doc, |d| {
+                promised
+                    .iter()
+                    .filter(|key| {
+                        let stored = d.get(ROOT, key.as_str()).unwrap();
+                        stored.and_then(|(v, _)| v.into_string().ok()) != Some(value_of(key))
+                    })
+                    .collect()
+            })
+            .unwrap();
+        assert!(
+            missing.is_empty(),
+            "round {i} ({writers} writer(s), {aim:?}): {} of {} committed keys lost, e.g. {:?}",
+            missing.len(),
+            promised.len(),
+            &missing[..missing.len().min(5)]
+        );
+        let info = store.info(doc).unwrap();
+        println!(
+            "round {i:2}: {writers} writer(s), {aim:?}, killed in compaction: {}, keys so far: {}, \
+             stored bytes: {}",
+            round.killed_in_compaction,
+            promised.len(),
+            info.stored_bytes
+        );
+        std::io::stdout().flush().unwrap();
+    }
+    println!(
+        "{rounds} kills, {in_compaction} during a compaction, {} keys checked, in {:.1?}",
+        promised.len(),
+        started.elapsed()
+    );
+    assert!(
+        promised.len() > rounds,
+        "the children committed almost nothing"
+    );
+    if rounds >= 12 {
+        assert!(in_compaction > 0, "no kill landed during a compaction");
+    }
+}

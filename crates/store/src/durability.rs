@@ -1,7 +1,6 @@
 //! When a commit returns: after its own flush, or after a shared group flush.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -25,46 +24,57 @@ use crate::{StoreError, StoreEvent};
 /// ```
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub enum Durability {
-    /// Every commit is flushed to disk (fsync) before it returns. The default.
+    /// Every commit is flushed to disk (fsync) before it returns. The default. Commits from
+    /// concurrent writers that are ready at the same moment share a flush.
     #[default]
     Immediate,
-    /// Group commit: a background thread flushes every `interval`, and each commit returns once
-    /// the flush that covers it is done. Concurrent writers share one flush, so throughput rises
-    /// and each commit waits up to `interval` longer. Events wait for that flush too; reads
-    /// may see a change a moment before it is durable, so the sync layer calls
-    /// [`Store::flush`](crate::Store::flush) before it sends anything to a peer.
+    /// Group commit with a gathering delay: a flush waits `interval` before it starts, so
+    /// that the commits of other writers made meanwhile join it, and each commit returns once
+    /// the flush that covers it is done. Fewer, larger flushes; each commit waits up to about
+    /// `interval` longer.
     Batched {
-        /// How often the background thread flushes.
+        /// How long a flush waits for more commits to join it.
         interval: Duration,
     },
 }
 
-/// The group-commit machinery of a batched store: commits are numbered as they are applied,
-/// and the flusher thread flushes and then releases everything up to the latest number.
+/// Group commit, for both modes: commits are numbered as they are applied to sled (in commit
+/// order, under the store's lock), and a committer waits until a flush covers its number.
+/// Whoever finds no flush running leads the next one, which covers every commit applied by then;
+/// the others wait for it. Concurrent writers so share flushes in either mode; a batched store's
+/// leader first waits its interval, to let more commits join.
+///
+/// Events of a commit are sent by the leader of the flush that covers it, under this lock, so
+/// subscribers see them in commit order and only once they are durable.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
     state: Mutex<GroupState>,
-    flushed: Condvar,
-    wake: Condvar,
+    changed: Condvar,
+    gather: Duration,
 }
 
 #[derive(Debug, Default)]
 struct GroupState {
     applied: u64,
     flushed: u64,
+    flushing: bool,
     /// Events of applied commits, in commit order, sent once their flush is done.
     pending: Vec<StoreEvent>,
+    /// A flush failed: what was written since may not be on disk, and nothing more is
+    /// promised until the store is reopened.
     failed: bool,
-    stop: bool,
 }
 
 impl GroupCommit {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
+    pub(crate) fn new(durability: Durability) -> Self {
+        Self {
             state: Mutex::new(GroupState::default()),
-            flushed: Condvar::new(),
-            wake: Condvar::new(),
-        })
+            changed: Condvar::new(),
+            gather: match durability {
+                Durability::Immediate => Duration::ZERO,
+                Durability::Batched { interval } => interval,
+            },
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, GroupState> {
@@ -74,7 +84,8 @@ impl GroupCommit {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records an applied commit and its events (called in commit order); returns its ticket.
+    /// Records a commit just applied to sled, and its events (called in commit order); returns
+    /// its ticket.
     pub(crate) fn applied(&self, events: Vec<StoreEvent>) -> u64 {
         let mut state = self.lock();
         state.applied += 1;
@@ -82,77 +93,56 @@ impl GroupCommit {
         state.applied
     }
 
-    /// Waits until the commit with this ticket is flushed.
-    pub(crate) fn wait(&self, ticket: u64) -> Result<(), StoreError> {
+    /// Returns once a flush has covered the commit with this ticket, leading one if none is
+    /// running.
+    pub(crate) fn wait_durable(
+        &self,
+        db: &sled::Db,
+        events: &broadcast::Sender<StoreEvent>,
+        ticket: u64,
+    ) -> Result<(), StoreError> {
         let mut state = self.lock();
-        while state.flushed < ticket && !state.failed {
+        loop {
+            if state.flushed >= ticket {
+                return Ok(());
+            }
+            if state.failed {
+                return Err(StoreError::FlushFailed);
+            }
+            if !state.flushing {
+                break;
+            }
             state = self
-                .flushed
+                .changed
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        if state.flushed >= ticket {
-            Ok(())
-        } else {
-            Err(StoreError::FlusherFailed)
+        state.flushing = true;
+        drop(state);
+
+        if !self.gather.is_zero() {
+            std::thread::sleep(self.gather);
         }
-    }
+        let (target, pending) = {
+            let mut state = self.lock();
+            (state.applied, std::mem::take(&mut state.pending))
+        };
+        let flushed = db.flush();
 
-    /// Starts the flusher thread.
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        db: sled::Db,
-        events: broadcast::Sender<StoreEvent>,
-        interval: Duration,
-    ) -> std::io::Result<JoinHandle<()>> {
-        let group = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("ferry-store-flush".into())
-            .spawn(move || group.run(&db, &events, interval))
-    }
-
-    fn run(&self, db: &sled::Db, events: &broadcast::Sender<StoreEvent>, interval: Duration) {
-        loop {
-            let (target, pending, stop) = {
-                let mut state = self.lock();
-                if !state.stop {
-                    state = self
-                        .wake
-                        .wait_timeout(state, interval)
-                        .map(|(guard, _)| guard)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-                }
-                (
-                    state.applied,
-                    std::mem::take(&mut state.pending),
-                    state.stop,
-                )
-            };
-            let ok = target == 0 || db.flush().is_ok();
-            {
-                let mut state = self.lock();
-                if ok {
-                    state.flushed = state.flushed.max(target);
-                } else {
-                    state.failed = true;
-                }
-            }
-            self.flushed.notify_all();
-            if ok {
+        let mut state = self.lock();
+        state.flushing = false;
+        match &flushed {
+            Ok(_) => {
+                state.flushed = target;
                 for event in pending {
                     // No subscribers is fine.
                     let _ = events.send(event);
                 }
             }
-            if stop || !ok {
-                return;
-            }
+            Err(_) => state.failed = true,
         }
-    }
-
-    /// Asks the flusher to flush once more and stop.
-    pub(crate) fn stop(&self) {
-        self.lock().stop = true;
-        self.wake.notify_all();
+        drop(state);
+        self.changed.notify_all();
+        flushed.map(|_| ()).map_err(StoreError::from)
     }
 }

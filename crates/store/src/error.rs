@@ -84,7 +84,8 @@ pub enum StoreError {
     /// A counter would overflow; it is unchanged.
     #[error("counter overflow")]
     Overflow(#[from] CounterOverflow),
-    /// The background flusher of a batched store has stopped after an error.
-    #[error("the store's flusher has failed")]
-    FlusherFailed,
+    /// A flush to disk failed. What was written since the last good flush may be lost, so the
+    /// store promises nothing more: every later write fails too. Reopen it.
+    #[error("flushing the store to disk failed; reopen it")]
+    FlushFailed,
 }

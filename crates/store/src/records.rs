@@ -4,9 +4,14 @@
 //! | key | value |
 //! |---|---|
 //! | `f` | format version, `u32` little endian |
-//! | `d` doc | [`DocMeta`] |
+//! | `d` doc | [`DocMeta`] as of the document's creation, last compaction or CRDT update |
 //! | `s` doc | snapshot: `Automerge::save()`, or the encoded CRDT state |
-//! | `i` doc seq(u64 BE) | an incremental Automerge chunk (`save_after`) |
+//! | `i` doc seq(u64 BE) | [`Incremental`]: one commit's Automerge changes and the metadata after it |
+//!
+//! An Automerge commit writes one record, its incremental, which carries the document's new
+//! metadata: one sled insert, never a batch (sled's batches cost half as much again as an
+//! insert). The document's current metadata is its last incremental's, or `d` if it has none.
+//! Compaction replaces the snapshot, removes the incrementals and rewrites `d`, in one batch.
 //! | `y` peer doc | [`SyncRecord`] |
 //! | `p` peer | [`PeerInfo`](crate::PeerInfo) |
 
@@ -79,6 +84,15 @@ pub(crate) struct DocMeta {
     pub(crate) incremental_bytes: u64,
     /// The sequence number the next incremental record gets.
     pub(crate) next_incremental: u64,
+}
+
+/// One Automerge commit: its changes, and the document's metadata once they are applied.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub(crate) struct Incremental {
+    pub(crate) meta: DocMeta,
+    /// The raw bytes of the commit's changes, concatenated.
+    #[serde(with = "serde_bytes")]
+    pub(crate) changes: Vec<u8>,
 }
 
 /// Per (peer, document): how far sync with that peer has come.

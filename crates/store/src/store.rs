@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::transaction::Transaction;
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::durability::GroupCommit;
-use crate::records::{self, DocMeta, FORMAT, RECORD_LIMIT};
+use crate::records::{self, DocMeta, FORMAT, Incremental, RECORD_LIMIT};
 use crate::{
     DocId, Durability, Identity, Origin, PeerId, StoreError, StoreEvent, Subscription, SyncRecord,
     Version,
@@ -252,8 +251,10 @@ pub fn heads_digest(heads: &[ChangeHash]) -> Digest {
 /// that sync writes into.
 ///
 /// Cloning a `Store` gives another handle to the same store; it closes when the last handle is
-/// dropped. Every write is durable before it returns (see [`Durability`]) and is then announced
-/// to subscribers.
+/// dropped. Every write is durable before it returns (see [`Durability`]), and subscribers hear
+/// of it only once it is durable. Reads on other threads may see a change a moment earlier,
+/// while its flush runs; the sync layer calls [`Store::flush`] before it sends anything to a
+/// peer, so peers only ever receive durable changes.
 ///
 /// # Examples
 ///
@@ -284,8 +285,7 @@ struct Shared {
     config: StoreConfig,
     state: Mutex<State>,
     events: broadcast::Sender<StoreEvent>,
-    group: Option<Arc<GroupCommit>>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    group: GroupCommit,
 }
 
 struct State {
@@ -313,22 +313,16 @@ impl fmt::Debug for Store {
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Some(group) = &self.group {
-            group.stop();
-        }
-        let handle = self.flusher.get_mut().ok().and_then(Option::take);
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
-    }
-}
-
 /// What a write hands to [`Store::commit`].
 struct Commit {
-    batch: sled::Batch,
+    writes: Writes,
     events: Vec<StoreEvent>,
+}
+
+/// A commit's records: one insert where one record says it all, a batch otherwise.
+enum Writes {
+    One(Vec<u8>, Vec<u8>),
+    Batch(sled::Batch),
 }
 
 impl Store {
@@ -347,16 +341,7 @@ impl Store {
         check_format(&db)?;
 
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
-        let (group, flusher) = match config.durability {
-            Durability::Immediate => (None, None),
-            Durability::Batched { interval } => {
-                let group = GroupCommit::new();
-                let handle = group
-                    .start(db.clone(), events.clone(), interval)
-                    .map_err(sled::Error::Io)?;
-                (Some(group), Some(handle))
-            }
-        };
+        let group = GroupCommit::new(config.durability);
         let clock = Clock::new(identity.replica_id());
         Ok(Self {
             shared: Arc::new(Shared {
@@ -369,7 +354,6 @@ impl Store {
                 config,
                 events,
                 group,
-                flusher: Mutex::new(flusher),
             }),
         })
     }
@@ -454,12 +438,11 @@ impl Store {
             incremental_bytes: 0,
             next_incremental: 0,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(&records::meta_key(doc), encode_record(&meta));
+        let writes = Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta));
         let version = version_of(&meta);
         state.cache.put(doc, Entry { meta, doc: loaded });
         let commit = Commit {
-            batch,
+            writes,
             events: vec![StoreEvent::Changed {
                 doc,
                 origin,
@@ -523,7 +506,7 @@ impl Store {
         }
         state.cache.pop(&doc);
         let commit = Commit {
-            batch,
+            writes: Writes::Batch(batch),
             events: vec![StoreEvent::Deleted { doc }],
         };
         self.commit(state, doc, commit)
@@ -622,21 +605,20 @@ impl Store {
             return Ok(result);
         }
 
-        let changes = am.get_changes(&old_heads);
-        let mut chunk = Vec::new();
-        for change in &changes {
-            chunk.extend_from_slice(change.raw_bytes());
-        }
+        // The commit's changes as `save_after` writes them: compressed where that pays.
+        let chunk = am.save_after(&old_heads);
         let mut meta = entry.meta.clone();
         meta.heads = heads.iter().map(|h| h.0).collect();
         meta.digest = *heads_digest(&heads).as_bytes();
-        meta.changes += changes.len() as u64;
+        meta.changes = am.stats().num_changes;
 
-        let mut batch = sled::Batch::default();
         let outgrown =
             meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
-        if outgrown {
+        let writes = if outgrown {
+            // Compaction: the new snapshot replaces the old one and every incremental, and the
+            // base metadata is rewritten, in one batch.
             let snapshot = am.save();
+            let mut batch = sled::Batch::default();
             for key in self
                 .shared
                 .db
@@ -648,19 +630,23 @@ impl Store {
             meta.snapshot_bytes = snapshot.len() as u64;
             meta.incremental_bytes = 0;
             batch.insert(&records::snapshot_key(doc), snapshot);
+            batch.insert(&records::meta_key(doc), encode_record(&meta));
+            Writes::Batch(batch)
         } else {
-            batch.insert(
-                &records::incremental_key(doc, meta.next_incremental),
-                chunk.as_slice(),
-            );
+            // One record, carrying the metadata after this commit.
+            let key = records::incremental_key(doc, meta.next_incremental);
             meta.next_incremental += 1;
             meta.incremental_bytes += chunk.len() as u64;
-        }
-        batch.insert(&records::meta_key(doc), encode_record(&meta));
+            let record = Incremental {
+                meta: meta.clone(),
+                changes: chunk,
+            };
+            Writes::One(key.to_vec(), encode_record(&record))
+        };
         let version = Version::Heads(heads);
         entry.meta = meta;
         let commit = Commit {
-            batch,
+            writes,
             events: vec![StoreEvent::Changed {
                 doc,
                 origin,
@@ -702,7 +688,7 @@ impl Store {
             state,
             doc,
             Commit {
-                batch,
+                writes: Writes::Batch(batch),
                 events: Vec::new(),
             },
         )
@@ -825,7 +811,7 @@ impl Store {
         *crdt = updated;
         entry.meta = meta;
         let commit = Commit {
-            batch,
+            writes: Writes::Batch(batch),
             events: vec![StoreEvent::Changed {
                 doc,
                 origin,
@@ -938,9 +924,10 @@ impl Store {
         entry_in(&mut state.cache, &self.shared.db, self.replica_id(), doc)
     }
 
-    /// Applies a commit's batch and makes it durable, then announces its events, in commit
-    /// order. Releases the state lock before waiting for a group flush. A failed commit drops
-    /// the document from the cache, so the next read reloads what sled holds.
+    /// Applies a commit's records and returns once they are durable; its events are sent, in
+    /// commit order, by the flush that covers it. The state lock is released before the flush,
+    /// so reads and other writers go on meanwhile. A failed commit drops the document from the
+    /// cache, so the next read reloads what sled holds.
     fn commit(
         &self,
         state: MutexGuard<'_, State>,
@@ -952,28 +939,20 @@ impl Store {
             self.lock().cache.pop(&doc);
             e
         };
-        if let Err(e) = db.apply_batch(commit.batch) {
+        let applied = match commit.writes {
+            Writes::One(key, value) => db.insert(key, value).map(drop),
+            Writes::Batch(batch) => db.apply_batch(batch),
+        };
+        if let Err(e) = applied {
             drop(state);
             return Err(evict(e.into()));
         }
-        match &self.shared.group {
-            None => {
-                if let Err(e) = db.flush() {
-                    drop(state);
-                    return Err(evict(e.into()));
-                }
-                for event in commit.events {
-                    let _ = self.shared.events.send(event);
-                }
-                drop(state);
-                Ok(())
-            }
-            Some(group) => {
-                let ticket = group.applied(commit.events);
-                drop(state);
-                group.wait(ticket)
-            }
-        }
+        let group = &self.shared.group;
+        let ticket = group.applied(commit.events);
+        drop(state);
+        group
+            .wait_durable(db, &self.shared.events, ticket)
+            .map_err(evict)
     }
 }
 
@@ -1003,8 +982,15 @@ fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entry, StoreErr
                 Some(bytes) => Automerge::load(bytes).map_err(|_| damaged("snapshot"))?,
                 None => Automerge::new(),
             };
-            for chunk in db.scan_prefix(records::incremental_prefix(doc)).values() {
-                am.load_incremental(&chunk?)
+            let base = read_base_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
+            let records = db.scan_prefix(records::incremental_prefix(doc));
+            for (seq, item) in (base.next_incremental..).zip(records) {
+                let (key, value) = item?;
+                if key.get(17..) != Some(&seq.to_be_bytes()[..]) {
+                    return Err(damaged("incremental records are not contiguous"));
+                }
+                let record = decode_incremental(doc, &value)?;
+                am.load_incremental(&record.changes)
                     .map_err(|_| damaged("incremental change record"))?;
             }
             let heads: Vec<[u8; 32]> = am.get_heads().iter().map(|h| h.0).collect();
@@ -1058,7 +1044,25 @@ fn is_lock_error(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::Other && e.to_string().starts_with("could not acquire lock")
 }
 
+/// A document's current metadata: its last incremental record's, or else its base record.
 fn read_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
+    let Some(base) = read_base_meta(db, doc)? else {
+        return Ok(None);
+    };
+    if base.kind != DocKind::Automerge {
+        return Ok(Some(base));
+    }
+    match db.scan_prefix(records::incremental_prefix(doc)).next_back() {
+        None => Ok(Some(base)),
+        Some(item) => {
+            let (_, value) = item?;
+            Ok(Some(decode_incremental(doc, &value)?.meta))
+        }
+    }
+}
+
+/// A document's metadata as of its creation, last compaction or CRDT update.
+fn read_base_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
     match db.get(records::meta_key(doc))? {
         None => Ok(None),
         Some(bytes) => decode(&bytes, RECORD_LIMIT)
@@ -1068,6 +1072,13 @@ fn read_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
                 what: "metadata",
             }),
     }
+}
+
+fn decode_incremental(doc: DocId, bytes: &[u8]) -> Result<Incremental, StoreError> {
+    decode(bytes, RECORD_LIMIT).map_err(|_| StoreError::Damaged {
+        doc,
+        what: "incremental change record",
+    })
 }
 
 fn decode_peer(bytes: &[u8]) -> Result<PeerInfo, StoreError> {

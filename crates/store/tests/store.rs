@@ -351,24 +351,33 @@ fn a_damaged_document_names_itself_and_the_others_still_open() {
 
 #[test]
 fn a_lost_incremental_record_is_detected() {
+    // Each incremental record carries the metadata after its commit, so a record lost from the
+    // middle breaks the chain. (A lost last record would look like a commit that never
+    // happened; sled's atomic inserts are what rule that out.)
     let dir = tempfile::tempdir().unwrap();
     let doc = {
         let store = Store::open(dir.path()).unwrap();
         let doc = store.create(DocKind::Automerge).unwrap();
-        store.change(doc, |tx| tx.put(ROOT, "a", 1)).unwrap();
-        store.change(doc, |tx| tx.put(ROOT, "b", 2)).unwrap();
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            store.change(doc, |tx| tx.put(ROOT, key, i as i64)).unwrap();
+        }
         doc
     };
     {
         let db = open_sled(dir.path());
         let mut prefix = vec![b'i'];
         prefix.extend_from_slice(doc.as_bytes());
-        let last = db.scan_prefix(prefix).keys().last().unwrap().unwrap();
-        db.remove(last).unwrap();
+        let keys: Vec<_> = db.scan_prefix(prefix).keys().map(Result::unwrap).collect();
+        assert_eq!(keys.len(), 3);
+        db.remove(&keys[1]).unwrap();
         db.flush().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    assert!(matches!(store.read(doc, |_| ()), Err(StoreError::Damaged { doc: d, .. }) if d == doc));
+    let err = store.read(doc, |_| ()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Damaged { doc: d, .. } if d == doc),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -447,56 +456,77 @@ fn a_slow_subscriber_is_told_it_lagged_and_never_blocks_writers() {
     ));
 }
 
-#[test]
-fn batched_writers_share_flushes_and_every_commit_lands() {
+/// Four writers commit concurrently; every commit lands, and each document's events arrive in
+/// its commit order.
+fn concurrent_writers(durability: Durability) {
+    const COMMITS: usize = 25;
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
-        durability: Durability::Batched {
-            interval: Duration::from_millis(2),
-        },
+        durability,
         ..StoreConfig::default()
     };
-    let docs: Vec<DocId>;
-    {
-        let store = Arc::new(Store::open_with(dir.path(), config.clone()).unwrap());
-        docs = (0..4)
-            .map(|_| store.create(DocKind::Automerge).unwrap())
-            .collect();
-        let mut events = store.subscribe();
-        let threads: Vec<_> = docs
-            .iter()
-            .map(|doc| {
-                let (store, doc) = (Arc::clone(&store), *doc);
-                std::thread::spawn(move || {
-                    for i in 0..25i64 {
-                        store
-                            .change(doc, |tx| tx.put(ROOT, format!("k{i}"), i))
-                            .unwrap();
-                    }
-                })
+    let store = Arc::new(Store::open_with(dir.path(), config).unwrap());
+    let docs: Vec<DocId> = (0..4)
+        .map(|_| store.create(DocKind::Automerge).unwrap())
+        .collect();
+    let mut events = store.subscribe();
+    let threads: Vec<_> = docs
+        .iter()
+        .map(|doc| {
+            let (store, doc) = (Arc::clone(&store), *doc);
+            std::thread::spawn(move || {
+                for i in 0..COMMITS as i64 {
+                    store
+                        .change(doc, |tx| tx.put(ROOT, format!("k{i}"), i))
+                        .unwrap();
+                }
             })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        // Every commit's event was released, after its flush.
-        let mut count = 0;
-        while count < 100 {
-            match events.blocking_recv().unwrap() {
-                StoreEvent::Changed { .. } => count += 1,
-                StoreEvent::Deleted { .. } => unreachable!(),
-            }
-        }
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
     }
+    // Every commit's event was released once its flush was done, and per document they come
+    // in commit order: after the k-th event, COMMITS - k changes are still to come.
+    let mut seen = std::collections::HashMap::<DocId, usize>::new();
+    for _ in 0..docs.len() * COMMITS {
+        let StoreEvent::Changed {
+            doc,
+            version: Version::Heads(heads),
+            ..
+        } = events.blocking_recv().unwrap()
+        else {
+            panic!("unexpected event");
+        };
+        let k = seen.entry(doc).or_default();
+        *k += 1;
+        let after = store.read(doc, |d| d.get_changes(&heads).len()).unwrap();
+        assert_eq!(after, COMMITS - *k, "event {k} of {doc} is out of order");
+    }
+    assert_eq!(events.try_recv().unwrap(), None);
+    drop(events);
+    drop(store);
+
     let store = Store::open(dir.path()).unwrap();
     for doc in docs {
-        assert_eq!(store.info(doc).unwrap().changes, 25);
-        assert_eq!(text(&store, doc, "k24"), None); // ints, not strings
+        assert_eq!(store.info(doc).unwrap().changes, COMMITS as u64);
         let v = store
             .read(doc, |d| d.get(ROOT, "k24").unwrap().unwrap().0.as_i64())
             .unwrap();
         assert_eq!(v, Some(24));
     }
+}
+
+#[test]
+fn concurrent_immediate_writers_all_land_and_events_keep_commit_order() {
+    concurrent_writers(Durability::Immediate);
+}
+
+#[test]
+fn concurrent_batched_writers_all_land_and_events_keep_commit_order() {
+    concurrent_writers(Durability::Batched {
+        interval: Duration::from_millis(2),
+    });
 }
 
 #[test]

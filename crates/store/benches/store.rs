@@ -177,7 +177,9 @@ fn batched_throughput() {
         interval: Duration::from_millis(ms),
     };
     println!();
-    println!("## Commit throughput (commits/s), each writer on its own document, {time:?} per figure");
+    println!(
+        "## Commit throughput (commits/s), each writer on its own document, {time:?} per figure"
+    );
     println!("writers   immediate   batched 1 ms   batched 5 ms   best batched / immediate");
     for writers in [1, 4, 16] {
         let immediate = throughput(Durability::Immediate, writers, time);

@@ -373,6 +373,12 @@ impl Store {
         self.shared.identity.replica_id()
     }
 
+    /// How many documents are loaded in memory now; never more than
+    /// [`StoreConfig::cache_docs`].
+    pub fn loaded_docs(&self) -> usize {
+        self.lock().cache.len()
+    }
+
     /// Events for every document.
     pub fn subscribe(&self) -> Subscription {
         Subscription::new(self.shared.events.subscribe(), None)

@@ -579,3 +579,34 @@ fn a_store_open_elsewhere_is_reported_in_use() {
     drop(store);
     Store::open(dir.path()).unwrap();
 }
+
+#[test]
+fn the_document_cache_stays_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        cache_docs: std::num::NonZeroUsize::new(8).unwrap(),
+        // Many small commits; group them so the test is quick.
+        durability: Durability::Batched {
+            interval: Duration::from_millis(1),
+        },
+        ..StoreConfig::default()
+    };
+    let store = Store::open_with(dir.path(), config).unwrap();
+    let docs: Vec<DocId> = (0..300)
+        .map(|i| {
+            let doc = store.create(DocKind::Automerge).unwrap();
+            store.change(doc, |tx| tx.put(ROOT, "i", i as i64)).unwrap();
+            doc
+        })
+        .collect();
+    assert!(store.loaded_docs() <= 8, "{} loaded", store.loaded_docs());
+    // Every one reloads from disk when asked for, and the cache still holds at most 8.
+    for (i, doc) in docs.iter().enumerate() {
+        let v = store
+            .read(*doc, |d| d.get(ROOT, "i").unwrap().unwrap().0.as_i64())
+            .unwrap();
+        assert_eq!(v, Some(i as i64));
+        assert!(store.loaded_docs() <= 8);
+    }
+    assert_eq!(store.loaded_docs(), 8);
+}

@@ -1,0 +1,443 @@
+//! Sessions between replicas: catch-up, clone, divergence, access, bad input, live pushes.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ROOT, ReadDoc};
+use ferry_crdt::GCounter;
+use ferry_proto::{ErrorCode, Event, Message, Role, Session, SessionConfig};
+use ferry_store::{Access, CrdtState, DocId, DocKind, Store};
+use support::{Faults, Replica, pump, sync, trust};
+
+fn friends() -> (Replica, Replica) {
+    let (a, b) = (Replica::new(), Replica::new());
+    trust(&a, &b, Access::ReadWrite);
+    trust(&b, &a, Access::ReadWrite);
+    (a, b)
+}
+
+fn get(store: &Store, doc: DocId, key: &str) -> Option<i64> {
+    store
+        .read(doc, |d| {
+            d.get(ROOT, key).unwrap().and_then(|(v, _)| v.as_i64())
+        })
+        .ok()
+        .flatten()
+}
+
+fn heads(store: &Store, doc: DocId) -> Vec<automerge::ChangeHash> {
+    store.read(doc, |d| d.get_heads()).unwrap()
+}
+
+#[test]
+fn identical_replicas_finish_in_one_round_trip_with_a_few_bytes() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    for i in 0..200 {
+        a.store.change(doc, |tx| tx.put(ROOT, "n", i)).unwrap();
+    }
+    assert!(sync(&a, &b, Faults::default()).error.is_none());
+    assert_eq!(heads(&a.store, doc), heads(&b.store, doc));
+
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(run.turns, 1, "one round trip");
+    let total = run.bytes[0] + run.bytes[1];
+    assert!(total <= 100, "{total} bytes");
+    assert!(run.events[0].contains(&Event::Reconciled));
+}
+
+#[test]
+fn an_empty_replica_gets_one_snapshot() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    for i in 0..300 {
+        a.store
+            .change(doc, |tx| tx.put(ROOT, format!("k{i}"), i))
+            .unwrap();
+    }
+    let saved = a.store.read(doc, Automerge::save).unwrap();
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(heads(&a.store, doc), heads(&b.store, doc));
+    assert_eq!(get(&b.store, doc, "k299"), Some(299));
+    let snapshots = run.sent[0]
+        .iter()
+        .filter(|f| {
+            matches!(
+                Message::from_frame(f, u32::MAX),
+                Ok(Message::Snapshot { .. })
+            )
+        })
+        .count();
+    assert_eq!(snapshots, 1);
+    let total = run.bytes[0] + run.bytes[1];
+    assert!(
+        total as f64 <= saved.len() as f64 * 1.05 + 200.0,
+        "{total} vs {}",
+        saved.len()
+    );
+    assert!(run.events[1].contains(&Event::DocUpdated { doc }));
+}
+
+#[test]
+fn diverged_copies_exchange_what_each_lacks() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    for i in 0..50 {
+        a.store.change(doc, |tx| tx.put(ROOT, "base", i)).unwrap();
+    }
+    sync(&a, &b, Faults::default());
+    a.store.change(doc, |tx| tx.put(ROOT, "a", 1)).unwrap();
+    b.store.change(doc, |tx| tx.put(ROOT, "b", 2)).unwrap();
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    for s in [&a.store, &b.store] {
+        assert_eq!(get(s, doc, "a"), Some(1));
+        assert_eq!(get(s, doc, "b"), Some(2));
+    }
+    assert_eq!(heads(&a.store, doc), heads(&b.store, doc));
+    assert_eq!(
+        a.store.info(doc).unwrap().digest,
+        b.store.info(doc).unwrap().digest
+    );
+    // The peer's heads are recorded as acknowledged, with the time of the sync.
+    let record = a
+        .store
+        .sync_record(b.store.peer_id(), doc)
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.last_sync_millis, Some(1_000));
+    assert!(!record.acked.is_empty());
+}
+
+#[test]
+fn crdt_documents_merge_both_ways() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::GCounter).unwrap();
+    a.store.increment(doc, 3).unwrap();
+    sync(&a, &b, Faults::default());
+    a.store.increment(doc, 1).unwrap();
+    b.store.increment(doc, 10).unwrap();
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    for s in [&a.store, &b.store] {
+        let CrdtState::GCounter(c) = s.crdt(doc).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.value(), 14);
+    }
+}
+
+#[test]
+fn a_read_only_peer_receives_but_its_changes_are_not_stored() {
+    let (a, b) = (Replica::new(), Replica::new());
+    trust(&a, &b, Access::Read); // a takes nothing from b
+    trust(&b, &a, Access::ReadWrite);
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "from_a", 1)).unwrap();
+    sync(&a, &b, Faults::default());
+    assert_eq!(get(&b.store, doc, "from_a"), Some(1));
+
+    b.store.change(doc, |tx| tx.put(ROOT, "from_b", 2)).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "again", 3)).unwrap();
+    let before = a.store.info(doc).unwrap();
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(get(&b.store, doc, "again"), Some(3));
+    assert_eq!(get(&a.store, doc, "from_b"), None);
+    assert_eq!(a.store.info(doc).unwrap(), before);
+}
+
+#[test]
+fn changes_forced_on_a_read_only_document_are_refused_and_not_stored() {
+    let (a, b) = (Replica::new(), Replica::new());
+    trust(&a, &b, Access::Read);
+    trust(&b, &a, Access::ReadWrite);
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    sync(&a, &b, Faults::default());
+    let before = a.store.info(doc).unwrap();
+
+    // b's software ignores the read-only flag and sends a change anyway.
+    let mut forged = b.store.read(doc, |d| d.fork()).unwrap();
+    forged.set_actor(ActorId::from([3u8; 16]));
+    forged.transact(|tx| tx.put(ROOT, "forced", 1)).unwrap();
+    let mut state = automerge::sync::State::new();
+    let mut peer_a = a.store.read(doc, |d| d.fork()).unwrap();
+    let mut state_a = automerge::sync::State::new();
+    use automerge::sync::SyncDoc;
+    let mut message = None;
+    for _ in 0..6 {
+        if let Some(m) = forged.generate_sync_message(&mut state) {
+            if !m.changes.is_empty() {
+                message = Some(m);
+                break;
+            }
+            peer_a.receive_sync_message(&mut state_a, m).unwrap();
+        }
+        if let Some(m) = peer_a.generate_sync_message(&mut state_a) {
+            forged.receive_sync_message(&mut state, m).unwrap();
+        }
+    }
+    let message = message.expect("a message with changes").encode();
+
+    let mut sa = Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Responder,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let hello = Message::Hello {
+        version: 1,
+        capabilities: 0,
+    }
+    .to_frame();
+    sa.handle_frame(&hello, 0).unwrap();
+    sa.handle_frame(&Message::Sync { doc, message }.to_frame(), 0)
+        .unwrap();
+    let out: Vec<Message> = std::iter::from_fn(|| sa.poll_transmit())
+        .map(|f| Message::from_frame(&f, u32::MAX).unwrap())
+        .collect();
+    assert!(
+        out.contains(&Message::Refused {
+            doc,
+            code: ErrorCode::ReadOnly
+        }),
+        "{out:?}"
+    );
+    assert_eq!(a.store.info(doc).unwrap(), before);
+    assert_eq!(get(&a.store, doc, "forced"), None);
+}
+
+#[test]
+fn a_peer_never_learns_of_documents_it_may_not_read() {
+    let (a, b) = friends();
+    let shared = a.store.create(DocKind::Automerge).unwrap();
+    let hidden = a.store.create(DocKind::Automerge).unwrap();
+    let mut info = a.store.peer(b.store.peer_id()).unwrap().unwrap();
+    info.docs.insert(hidden, Access::None);
+    a.store.put_peer(&info).unwrap();
+    a.store
+        .change(hidden, |tx| tx.put(ROOT, "secret", 1))
+        .unwrap();
+    a.store
+        .change(shared, |tx| tx.put(ROOT, "open", 1))
+        .unwrap();
+
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(get(&b.store, shared, "open"), Some(1));
+    assert!(b.store.info(hidden).is_err());
+    let id = hidden.as_bytes();
+    for frame in &run.sent[0] {
+        assert!(
+            !frame.windows(16).any(|w| w == id),
+            "a frame carried the hidden id"
+        );
+    }
+    // Asking for it by id ends the session, and a learns nothing new.
+    let mut sa = Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Responder,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    sa.handle_frame(
+        &Message::Hello {
+            version: 1,
+            capabilities: 0,
+        }
+        .to_frame(),
+        0,
+    )
+    .unwrap();
+    let err = sa
+        .handle_frame(&Message::Want { doc: hidden }.to_frame(), 0)
+        .unwrap_err();
+    assert!(
+        matches!(err, ferry_proto::SessionError::NoAccess(d) if d == hidden),
+        "{err}"
+    );
+    assert!(sa.is_closed());
+    let last = std::iter::from_fn(|| sa.poll_transmit()).last().unwrap();
+    assert!(matches!(
+        Message::from_frame(&last, u32::MAX).unwrap(),
+        Message::Error {
+            code: ErrorCode::NoAccess,
+            ..
+        }
+    ));
+}
+
+/// A responder session over `a` for peer `b`, past the hello.
+fn open_session(a: &Replica, b: &Replica) -> Session {
+    let mut s = Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Responder,
+        SessionConfig {
+            max_frame: 4096,
+            ..SessionConfig::default()
+        },
+    )
+    .unwrap();
+    s.handle_frame(
+        &Message::Hello {
+            version: 1,
+            capabilities: 0,
+        }
+        .to_frame(),
+        0,
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn malformed_frames_end_the_session_and_change_nothing() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    let before = a.store.info(doc).unwrap();
+    let good = Message::Want { doc }.to_frame();
+
+    let mut oversized = good.clone();
+    oversized[..4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    let mut unknown = good.clone();
+    unknown[4] = 0xee;
+    let mut bad_payload = Message::State {
+        doc,
+        bytes: vec![1, 2, 3],
+    }
+    .to_frame();
+    bad_payload.truncate(bad_payload.len() - 1);
+    let len = (bad_payload.len() - 4) as u32;
+    bad_payload[..4].copy_from_slice(&len.to_le_bytes());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..good.len() - 3].to_vec()),
+        ("oversized length", oversized),
+        ("unknown type", unknown),
+        ("empty", Vec::new()),
+        ("bad payload", bad_payload),
+        (
+            "garbage sync message",
+            Message::Sync {
+                doc,
+                message: vec![0x42; 40],
+            }
+            .to_frame(),
+        ),
+        (
+            "garbage snapshot",
+            Message::Snapshot {
+                doc,
+                kind: DocKind::Automerge,
+                bytes: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2],
+            }
+            .to_frame(),
+        ),
+        (
+            "unsupported version",
+            Message::Hello {
+                version: 99,
+                capabilities: 0,
+            }
+            .to_frame(),
+        ),
+    ];
+    for (name, frame) in cases {
+        let mut s = if name == "unsupported version" {
+            Session::new(
+                a.store.clone(),
+                b.store.peer_id(),
+                Role::Responder,
+                SessionConfig::default(),
+            )
+            .unwrap()
+        } else {
+            open_session(&a, &b)
+        };
+        let err = s.handle_frame(&frame, 0);
+        assert!(err.is_err(), "{name}: accepted");
+        assert!(s.is_closed(), "{name}: still open");
+        let last = std::iter::from_fn(|| s.poll_transmit()).last().unwrap();
+        assert!(
+            matches!(
+                Message::from_frame(&last, u32::MAX),
+                Ok(Message::Error { .. })
+            ),
+            "{name}: no error frame"
+        );
+        assert!(
+            s.handle_frame(&good, 0).is_err(),
+            "{name}: accepts after closing"
+        );
+        assert_eq!(a.store.info(doc).unwrap(), before, "{name}: store changed");
+    }
+
+    // A frame before hello.
+    let mut s = Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Responder,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    assert!(s.handle_frame(&good, 0).is_err());
+    assert!(s.is_closed());
+}
+
+#[test]
+fn live_changes_are_pushed_as_they_happen() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "n", 0)).unwrap();
+    let counter = a.store.create(DocKind::PNCounter).unwrap();
+    let new = |store: &Store, peer, role| {
+        Session::new(store.clone(), peer, role, SessionConfig::default()).unwrap()
+    };
+    let sa = new(&a.store, b.store.peer_id(), Role::Initiator);
+    let sb = new(&b.store, a.store.peer_id(), Role::Responder);
+    let (_, [mut sa, sb]) = pump([sa, sb], Faults::default());
+    assert_eq!(get(&b.store, doc, "n"), Some(0));
+
+    a.store.change(doc, |tx| tx.put(ROOT, "n", 1)).unwrap();
+    a.store.decrement(counter, 4).unwrap();
+    sa.doc_changed(doc).unwrap();
+    sa.doc_changed(counter).unwrap();
+    let (run, _) = pump([sa, sb], Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(get(&b.store, doc, "n"), Some(1));
+    let CrdtState::PNCounter(c) = b.store.crdt(counter).unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.value(), -4);
+    assert!(run.events[1].contains(&Event::DocUpdated { doc }));
+}
+
+#[test]
+fn changes_relay_through_a_middle_replica() {
+    let (a, r) = friends();
+    let b = Replica::new();
+    trust(&r, &b, Access::ReadWrite);
+    trust(&b, &r, Access::ReadWrite);
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "a", 1)).unwrap();
+    let counter = b.store.create(DocKind::GCounter).unwrap();
+    b.store.increment(counter, 5).unwrap();
+    for _ in 0..2 {
+        sync(&a, &r, Faults::default());
+        sync(&r, &b, Faults::default());
+    }
+    assert_eq!(get(&b.store, doc, "a"), Some(1));
+    let CrdtState::GCounter(c) = a.store.crdt(counter).unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.value(), 5);
+    let _ = GCounter::new();
+}

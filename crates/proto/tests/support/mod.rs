@@ -1,0 +1,132 @@
+//! Replicas in temporary directories, and a pump that moves frames between two sessions.
+
+#![allow(dead_code, unreachable_pub)]
+
+use ferry_proto::{Event, Role, Session, SessionConfig, SessionError};
+use ferry_store::{Access, PeerInfo, Store};
+
+pub struct Replica {
+    pub store: Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            store: Store::open(dir.path()).unwrap(),
+            _dir: dir,
+        }
+    }
+}
+
+/// `a` lets `b` have `access` to every document.
+pub fn trust(a: &Replica, b: &Replica, access: Access) {
+    let mut info = a
+        .store
+        .peer(b.store.peer_id())
+        .unwrap()
+        .unwrap_or_else(|| PeerInfo::new(b.store.peer_id(), "peer"));
+    info.default_access = access;
+    a.store.put_peer(&info).unwrap();
+}
+
+/// How a pump run went.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// Bytes sent by the initiator, and by the responder.
+    pub bytes: [usize; 2],
+    /// Frames delivered.
+    pub frames: usize,
+    /// Turns in which some frame moved: in a turn the initiator's frames go out and then the
+    /// responder's, so a turn is a round trip.
+    pub turns: usize,
+    /// Events of each side.
+    pub events: [Vec<Event>; 2],
+    /// Every frame, per sender.
+    pub sent: [Vec<Vec<u8>>; 2],
+    /// The first error, if the session ended with one.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Stop after this many frames.
+    pub cut_after: Option<usize>,
+    /// Deliver every n-th frame twice.
+    pub duplicate_every: Option<usize>,
+}
+
+/// Runs a session between `a` (initiator) and `b` until no frame moves, or a fault cuts it.
+pub fn sync(a: &Replica, b: &Replica, faults: Faults) -> Run {
+    let sa = Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Initiator,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let sb = Session::new(
+        b.store.clone(),
+        a.store.peer_id(),
+        Role::Responder,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    pump([sa, sb], faults).0
+}
+
+/// Moves frames between two sessions until quiet; returns the run and the sessions.
+pub fn pump(mut sessions: [Session; 2], faults: Faults) -> (Run, [Session; 2]) {
+    let mut run = Run::default();
+    'outer: loop {
+        let mut moved = false;
+        for from in 0..2 {
+            let to = 1 - from;
+            let frames: Vec<Vec<u8>> =
+                std::iter::from_fn(|| sessions[from].poll_transmit()).collect();
+            for frame in frames {
+                if faults.cut_after.is_some_and(|n| run.frames >= n) {
+                    break 'outer;
+                }
+                moved = true;
+                run.frames += 1;
+                run.bytes[from] += frame.len();
+                run.sent[from].push(frame.clone());
+                let times = if faults.duplicate_every.is_some_and(|n| run.frames % n == 0) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..times {
+                    if let Err(e) = deliver(&mut sessions[to], &frame) {
+                        run.error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            while let Some(e) = sessions[from].poll_event() {
+                run.events[from].push(e);
+            }
+        }
+        if !moved {
+            break;
+        }
+        run.turns += 1;
+        if sessions.iter().all(Session::is_closed) {
+            break;
+        }
+    }
+    for (i, s) in sessions.iter_mut().enumerate() {
+        while let Some(e) = s.poll_event() {
+            run.events[i].push(e);
+        }
+    }
+    (run, sessions)
+}
+
+fn deliver(session: &mut Session, frame: &[u8]) -> Result<(), SessionError> {
+    if session.is_closed() {
+        return Ok(());
+    }
+    session.handle_frame(frame, 1_000)
+}

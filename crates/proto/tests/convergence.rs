@@ -1,0 +1,182 @@
+//! Convergence: 2 to 5 replicas make random documents of every kind and random operations,
+//! and run random pairwise sessions, some cut after a random number of frames and some with
+//! duplicated frames. After a final round of complete sessions every replica holds the same
+//! documents (heads and digests), and every operation made anywhere is in them.
+//!
+//! `FERRY_PROTO_CASES` sets the number of cases (default 32, which CI runs).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::Transactable;
+use automerge::{ROOT, ReadDoc};
+use ferry_store::{Access, CrdtState, DocId, DocKind};
+use proptest::prelude::*;
+use support::{Faults, Replica, sync, trust};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        at: usize,
+        kind: usize,
+    },
+    Edit {
+        at: usize,
+        doc: usize,
+        n: u8,
+    },
+    Sync {
+        a: usize,
+        b: usize,
+        cut: Option<usize>,
+        duplicate: Option<usize>,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (any::<usize>(), 0..5usize).prop_map(|(at, kind)| Op::Create { at, kind }),
+        5 => (any::<usize>(), any::<usize>(), 1..20u8).prop_map(|(at, doc, n)| Op::Edit { at, doc, n }),
+        3 => (any::<usize>(), any::<usize>(), proptest::option::of(0..12usize), proptest::option::of(1..4usize))
+            .prop_map(|(a, b, cut, duplicate)| Op::Sync { a, b, cut, duplicate }),
+    ]
+}
+
+/// What every replica must end up with, per document.
+#[derive(Default)]
+struct Expected {
+    keys: BTreeMap<String, i64>,
+    added: i128,
+    registers: Vec<Vec<u8>>,
+}
+
+fn cases() -> u32 {
+    std::env::var("FERRY_PROTO_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn replicas_converge_through_cut_and_duplicated_sessions(
+        n in 2..=5usize,
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        let replicas: Vec<Replica> = (0..n).map(|_| Replica::new()).collect();
+        for a in &replicas {
+            for b in &replicas {
+                if a.store.peer_id() != b.store.peer_id() {
+                    trust(a, b, Access::ReadWrite);
+                }
+            }
+        }
+        let mut docs: Vec<(DocId, DocKind)> = Vec::new();
+        let mut expected: BTreeMap<DocId, Expected> = BTreeMap::new();
+        let mut counter = 0i64;
+        for op in ops {
+            match op {
+                Op::Create { at, kind } => {
+                    let kind = DocKind::ALL[kind];
+                    let doc = replicas[at % n].store.create(kind).unwrap();
+                    docs.push((doc, kind));
+                    expected.insert(doc, Expected::default());
+                }
+                Op::Edit { at, doc, n: amount } => {
+                    if docs.is_empty() { continue; }
+                    let (doc, kind) = docs[doc % docs.len()];
+                    let store = &replicas[at % n].store;
+                    if store.info(doc).is_err() { continue; } // not here yet
+                    counter += 1;
+                    let e = expected.get_mut(&doc).unwrap();
+                    match kind {
+                        DocKind::Automerge => {
+                            let key = format!("e{counter}");
+                            store.change(doc, |tx| tx.put(ROOT, &key, counter)).unwrap();
+                            e.keys.insert(key, counter);
+                        }
+                        DocKind::GCounter => {
+                            store.increment(doc, u64::from(amount)).unwrap();
+                            e.added += i128::from(amount);
+                        }
+                        DocKind::PNCounter => {
+                            if amount % 2 == 0 {
+                                store.increment(doc, u64::from(amount)).unwrap();
+                                e.added += i128::from(amount);
+                            } else {
+                                store.decrement(doc, u64::from(amount)).unwrap();
+                                e.added -= i128::from(amount);
+                            }
+                        }
+                        DocKind::LwwRegister | DocKind::MvRegister => {
+                            let value = counter.to_le_bytes().to_vec();
+                            store.set_register(doc, value.clone()).unwrap();
+                            e.registers.push(value);
+                        }
+                    }
+                }
+                Op::Sync { a, b, cut, duplicate } => {
+                    let (a, b) = (a % n, b % n);
+                    if a == b { continue; }
+                    let run = sync(&replicas[a], &replicas[b], Faults { cut_after: cut, duplicate_every: duplicate });
+                    prop_assert!(run.error.is_none(), "session error: {:?}", run.error);
+                }
+            }
+        }
+        // A final round of complete sessions, twice over every pair.
+        for _ in 0..2 {
+            for a in 0..n {
+                for b in a + 1..n {
+                    let run = sync(&replicas[a], &replicas[b], Faults::default());
+                    prop_assert!(run.error.is_none(), "final session error: {:?}", run.error);
+                }
+            }
+        }
+        for (doc, kind) in &docs {
+            let first = replicas[0].store.info(*doc).unwrap();
+            for r in &replicas[1..] {
+                let info = r.store.info(*doc).unwrap();
+                prop_assert_eq!(&info.version, &first.version);
+                prop_assert_eq!(info.digest, first.digest);
+            }
+            let e = &expected[doc];
+            for r in &replicas {
+                match kind {
+                    DocKind::Automerge => {
+                        let keys: BTreeMap<String, i64> = r.store.read(*doc, |d| {
+                            d.keys(ROOT)
+                                .map(|k| {
+                                    let v = d.get(ROOT, &k).unwrap().unwrap().0.as_i64().unwrap();
+                                    (k, v)
+                                })
+                                .collect()
+                        }).unwrap();
+                        prop_assert_eq!(&keys, &e.keys);
+                    }
+                    _ => match r.store.crdt(*doc).unwrap() {
+                        CrdtState::GCounter(c) => prop_assert_eq!(c.value() as i128, e.added),
+                        CrdtState::PNCounter(c) => prop_assert_eq!(c.value(), e.added),
+                        CrdtState::LwwRegister(reg) => {
+                            // The winner is one of the writes (which one, the stamps decide).
+                            prop_assert_eq!(reg.get().is_some(), !e.registers.is_empty());
+                            if let Some(v) = reg.get() {
+                                prop_assert!(e.registers.contains(v));
+                            }
+                        }
+                        CrdtState::MvRegister(reg) => {
+                            prop_assert_eq!(reg.values().is_empty(), e.registers.is_empty());
+                            for v in reg.values() {
+                                prop_assert!(e.registers.contains(v));
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+}

@@ -621,23 +621,7 @@ impl Store {
         let outgrown =
             meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
         let writes = if outgrown {
-            // Compaction: the new snapshot replaces the old one and every incremental, and the
-            // base metadata is rewritten, in one batch.
-            let snapshot = am.save();
-            let mut batch = sled::Batch::default();
-            for key in self
-                .shared
-                .db
-                .scan_prefix(records::incremental_prefix(doc))
-                .keys()
-            {
-                batch.remove(key?);
-            }
-            meta.snapshot_bytes = snapshot.len() as u64;
-            meta.incremental_bytes = 0;
-            batch.insert(&records::snapshot_key(doc), snapshot);
-            batch.insert(&records::meta_key(doc), encode_record(&meta));
-            Writes::Batch(batch)
+            Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
         } else {
             // One record, carrying the metadata after this commit.
             let key = records::incremental_key(doc, meta.next_incremental);
@@ -674,21 +658,8 @@ impl Store {
         if entry.meta.incremental_bytes == 0 {
             return Ok(());
         }
-        let snapshot = am.save();
-        let mut batch = sled::Batch::default();
-        for key in self
-            .shared
-            .db
-            .scan_prefix(records::incremental_prefix(doc))
-            .keys()
-        {
-            batch.remove(key?);
-        }
         let mut meta = entry.meta.clone();
-        meta.snapshot_bytes = snapshot.len() as u64;
-        meta.incremental_bytes = 0;
-        batch.insert(&records::snapshot_key(doc), snapshot);
-        batch.insert(&records::meta_key(doc), encode_record(&meta));
+        let batch = compaction(&self.shared.db, doc, am, &mut meta)?;
         entry.meta = meta;
         self.commit(
             state,
@@ -960,6 +931,27 @@ impl Store {
             .wait_durable(db, &self.shared.events, ticket)
             .map_err(evict)
     }
+}
+
+/// The batch that compacts `doc`: its new snapshot replaces the old one and every incremental,
+/// and the base metadata is rewritten, so a crash leaves the old records or the new ones.
+/// Updates `meta` to match.
+fn compaction(
+    db: &sled::Db,
+    doc: DocId,
+    am: &Automerge,
+    meta: &mut DocMeta,
+) -> Result<sled::Batch, StoreError> {
+    let snapshot = am.save();
+    let mut batch = sled::Batch::default();
+    for key in db.scan_prefix(records::incremental_prefix(doc)).keys() {
+        batch.remove(key?);
+    }
+    meta.snapshot_bytes = snapshot.len() as u64;
+    meta.incremental_bytes = 0;
+    batch.insert(&records::snapshot_key(doc), snapshot);
+    batch.insert(&records::meta_key(doc), encode_record(meta));
+    Ok(batch)
 }
 
 /// Finds `doc` in the cache or loads it from sled.

@@ -104,13 +104,7 @@ fn main() {
     // The paper document, built in a store by 250-edit commits.
     let trace = trace::load();
     let (a, b) = friends();
-    let doc = a.store.create(DocKind::Automerge).unwrap();
-    let text = a.store.change(doc, |tx| trace::create_text(tx)).unwrap();
-    for edits in trace.edits.chunks(250) {
-        a.store
-            .change(doc, |tx| trace::apply(tx, &text, edits))
-            .unwrap();
-    }
+    let doc = trace::build(&a.store, &trace, 250);
     let saved = a.store.read(doc, Automerge::save).unwrap();
     let paper = Automerge::load(&saved).unwrap();
 

@@ -552,7 +552,7 @@ impl Session {
                     // This side had more: the peer needs it.
                     self.push_automerge(doc)?;
                 } else {
-                    self.persist(doc, None)?;
+                    self.persist(doc, None, None)?;
                 }
                 Ok(())
             }
@@ -684,7 +684,7 @@ impl Session {
         let state = self.sync_state(doc)?;
         if state.shared_heads != heads {
             state.shared_heads = heads.clone();
-            self.persist(doc, Some(heads))?;
+            self.persist(doc, Some(heads), None)?;
         }
         Ok(())
     }
@@ -753,30 +753,28 @@ impl Session {
             self.events.push_back(Event::DocUpdated { doc });
         }
         // The peer's heads are what it acknowledges holding.
-        let in_sync = heads == their_heads;
-        self.persist(doc, Some(their_heads))?;
-        if in_sync {
-            self.touch(doc, now)?;
-        }
+        let synced_at = (heads == their_heads).then_some(now);
+        self.persist(doc, Some(their_heads), synced_at)?;
         self.generate(doc)
     }
 
-    /// Saves the session's sync state for `doc`, with the heads the peer acknowledged.
-    fn persist(&mut self, doc: DocId, acked: Option<Vec<ChangeHash>>) -> Result<(), SessionError> {
-        let state = self.sync_state(doc)?;
-        let encoded = state.encode();
-        let mut record = self.store.sync_record(self.peer, doc)?.unwrap_or_default();
+    /// Saves the session's sync state for `doc`, with the heads the peer acknowledged and,
+    /// when both sides now hold the same heads, the time of this successful sync.
+    fn persist(
+        &mut self,
+        doc: DocId,
+        acked: Option<Vec<ChangeHash>>,
+        synced_at: Option<u64>,
+    ) -> Result<(), SessionError> {
+        let encoded = self.sync_state(doc)?.encode();
+        let mut record: SyncRecord = self.store.sync_record(self.peer, doc)?.unwrap_or_default();
         record.automerge_state = encoded;
         if let Some(acked) = acked {
             record.acked = acked.iter().map(|h| h.0).collect();
         }
-        self.store.put_sync_record(self.peer, doc, &record)?;
-        Ok(())
-    }
-
-    fn touch(&mut self, doc: DocId, now: u64) -> Result<(), SessionError> {
-        let mut record: SyncRecord = self.store.sync_record(self.peer, doc)?.unwrap_or_default();
-        record.last_sync_millis = Some(now);
+        if synced_at.is_some() {
+            record.last_sync_millis = synced_at;
+        }
         self.store.put_sync_record(self.peer, doc, &record)?;
         Ok(())
     }

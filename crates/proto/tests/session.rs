@@ -184,19 +184,8 @@ fn changes_forced_on_a_read_only_document_are_refused_and_not_stored() {
     }
     let message = message.expect("a message with changes").encode();
 
-    let mut sa = Session::new(
-        a.store.clone(),
-        b.store.peer_id(),
-        Role::Responder,
-        SessionConfig::default(),
-    )
-    .unwrap();
-    let hello = Message::Hello {
-        version: 1,
-        capabilities: 0,
-    }
-    .to_frame();
-    sa.handle_frame(&hello, 0).unwrap();
+    let mut sa = responder(&a, &b, SessionConfig::default());
+    say_hello(&mut sa);
     sa.handle_frame(&Message::Sync { doc, message }.to_frame(), 0)
         .unwrap();
     let out: Vec<Message> = std::iter::from_fn(|| sa.poll_transmit())
@@ -240,22 +229,8 @@ fn a_peer_never_learns_of_documents_it_may_not_read() {
         );
     }
     // Asking for it by id ends the session, and a learns nothing new.
-    let mut sa = Session::new(
-        a.store.clone(),
-        b.store.peer_id(),
-        Role::Responder,
-        SessionConfig::default(),
-    )
-    .unwrap();
-    sa.handle_frame(
-        &Message::Hello {
-            version: 1,
-            capabilities: 0,
-        }
-        .to_frame(),
-        0,
-    )
-    .unwrap();
+    let mut sa = responder(&a, &b, SessionConfig::default());
+    say_hello(&mut sa);
     let err = sa
         .handle_frame(&Message::Want { doc: hidden }.to_frame(), 0)
         .unwrap_err();
@@ -274,27 +249,31 @@ fn a_peer_never_learns_of_documents_it_may_not_read() {
     ));
 }
 
+/// A responder session over `a` for peer `b`, before any frame from `b`.
+fn responder(a: &Replica, b: &Replica, config: SessionConfig) -> Session {
+    Session::new(a.store.clone(), b.store.peer_id(), Role::Responder, config).unwrap()
+}
+
+/// Hands the session the peer's hello.
+fn say_hello(s: &mut Session) {
+    let hello = Message::Hello {
+        version: 1,
+        capabilities: 0,
+    };
+    s.handle_frame(&hello.to_frame(), 0).unwrap();
+}
+
 /// A responder session over `a` for peer `b`, past the hello.
 fn open_session(a: &Replica, b: &Replica) -> Session {
-    let mut s = Session::new(
-        a.store.clone(),
-        b.store.peer_id(),
-        Role::Responder,
+    let mut s = responder(
+        a,
+        b,
         SessionConfig {
             max_frame: 4096,
             ..SessionConfig::default()
         },
-    )
-    .unwrap();
-    s.handle_frame(
-        &Message::Hello {
-            version: 1,
-            capabilities: 0,
-        }
-        .to_frame(),
-        0,
-    )
-    .unwrap();
+    );
+    say_hello(&mut s);
     s
 }
 
@@ -352,13 +331,7 @@ fn malformed_frames_end_the_session_and_change_nothing() {
     ];
     for (name, frame) in cases {
         let mut s = if name == "unsupported version" {
-            Session::new(
-                a.store.clone(),
-                b.store.peer_id(),
-                Role::Responder,
-                SessionConfig::default(),
-            )
-            .unwrap()
+            responder(&a, &b, SessionConfig::default())
         } else {
             open_session(&a, &b)
         };
@@ -381,13 +354,7 @@ fn malformed_frames_end_the_session_and_change_nothing() {
     }
 
     // A frame before hello.
-    let mut s = Session::new(
-        a.store.clone(),
-        b.store.peer_id(),
-        Role::Responder,
-        SessionConfig::default(),
-    )
-    .unwrap();
+    let mut s = responder(&a, &b, SessionConfig::default());
     assert!(s.handle_frame(&good, 0).is_err());
     assert!(s.is_closed());
 }

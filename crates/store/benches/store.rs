@@ -199,13 +199,7 @@ fn paper_document() {
     let dir = scratch();
     let (doc, saved) = {
         let store = Store::open(dir.path()).unwrap();
-        let doc = store.create(DocKind::Automerge).unwrap();
-        let text = store.change(doc, |tx| trace::create_text(tx)).unwrap();
-        for edits in trace.edits.chunks(EDITS_PER_COMMIT) {
-            store
-                .change(doc, |tx| trace::apply(tx, &text, edits))
-                .unwrap();
-        }
+        let doc = trace::build(&store, &trace, EDITS_PER_COMMIT);
         store.compact(doc).unwrap();
         let (saved, text) = store
             .read(doc, |d| {

@@ -319,6 +319,20 @@ struct Commit {
     events: Vec<StoreEvent>,
 }
 
+impl Commit {
+    /// A commit that changes `doc`, announced with `origin` and the new `version`.
+    fn changed(writes: Writes, doc: DocId, origin: Origin, version: Version) -> Self {
+        Self {
+            writes,
+            events: vec![StoreEvent::Changed {
+                doc,
+                origin,
+                version,
+            }],
+        }
+    }
+}
+
 /// A commit's records: one insert where one record says it all, a batch otherwise.
 enum Writes {
     One(Vec<u8>, Vec<u8>),
@@ -447,14 +461,7 @@ impl Store {
         let writes = Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta));
         let version = version_of(&meta);
         state.cache.put(doc, Entry { meta, doc: loaded });
-        let commit = Commit {
-            writes,
-            events: vec![StoreEvent::Changed {
-                doc,
-                origin,
-                version,
-            }],
-        };
+        let commit = Commit::changed(writes, doc, origin, version);
         self.commit(state, doc, commit)?;
         Ok(true)
     }
@@ -635,14 +642,7 @@ impl Store {
         };
         let version = Version::Heads(heads);
         entry.meta = meta;
-        let commit = Commit {
-            writes,
-            events: vec![StoreEvent::Changed {
-                doc,
-                origin,
-                version,
-            }],
-        };
+        let commit = Commit::changed(writes, doc, origin, version);
         self.commit(state, doc, commit)?;
         Ok(result)
     }
@@ -787,14 +787,7 @@ impl Store {
         batch.insert(&records::meta_key(doc), encode_record(&meta));
         *crdt = updated;
         entry.meta = meta;
-        let commit = Commit {
-            writes: Writes::Batch(batch),
-            events: vec![StoreEvent::Changed {
-                doc,
-                origin,
-                version: Version::Digest(digest),
-            }],
-        };
+        let commit = Commit::changed(Writes::Batch(batch), doc, origin, Version::Digest(digest));
         self.commit(state, doc, commit)?;
         Ok(digest)
     }

@@ -9,7 +9,7 @@ mod support {
 }
 
 use automerge::{ROOT, ReadDoc};
-use ferry_store::{DocKind, Store};
+use ferry_store::Store;
 use support::trace;
 
 /// Edits per commit: 1,040 commits in all, with compactions along the way.
@@ -23,13 +23,7 @@ fn the_paper_trace_survives_commits_compactions_and_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (doc, heads, changes) = {
         let store = Store::open(dir.path()).unwrap();
-        let doc = store.create(DocKind::Automerge).unwrap();
-        let text = store.change(doc, |tx| trace::create_text(tx)).unwrap();
-        for edits in trace.edits.chunks(EDITS_PER_COMMIT) {
-            store
-                .change(doc, |tx| trace::apply(tx, &text, edits))
-                .unwrap();
-        }
+        let doc = trace::build(&store, &trace, EDITS_PER_COMMIT);
         let info = store.info(doc).unwrap();
         let heads = store.read(doc, |d| d.get_heads()).unwrap();
         (doc, heads, info.changes)

@@ -5,6 +5,7 @@ use std::io::Read;
 
 use automerge::transaction::Transactable;
 use automerge::{ObjId, ObjType, ROOT};
+use ferry_store::{DocId, DocKind, Store};
 use serde::Deserialize;
 
 /// One edit: at `position`, delete `deleted` characters and insert `inserted`.
@@ -62,4 +63,19 @@ pub(crate) fn apply(
         tx.splice_text(text, *position, *deleted as isize, inserted)?;
     }
     Ok(())
+}
+
+/// Builds the trace into a new Automerge document in `store`: one commit making the text
+/// object, then one commit per `edits_per_commit` edits. Returns the document.
+pub(crate) fn build(store: &Store, trace: &Trace, edits_per_commit: usize) -> DocId {
+    let doc = store.create(DocKind::Automerge).expect("a document");
+    let text = store
+        .change(doc, |tx| create_text(tx))
+        .expect("the text object");
+    for edits in trace.edits.chunks(edits_per_commit) {
+        store
+            .change(doc, |tx| apply(tx, &text, edits))
+            .expect("a commit of edits");
+    }
+    doc
 }

@@ -125,6 +125,12 @@ impl Prefix {
             .collect()
     }
 
+    /// Whether `child` is one of this prefix's 16 children.
+    pub fn is_parent_of(&self, child: &Prefix) -> bool {
+        child.len == self.len + 1
+            && (0..self.len).all(|i| Self::nibble(&child.bytes, i) == Self::nibble(&self.bytes, i))
+    }
+
     /// The smallest id under this prefix, for searching a sorted list.
     pub fn first_id(&self) -> [u8; 16] {
         self.bytes
@@ -140,6 +146,9 @@ pub struct Item {
     pub kind: DocKind,
     /// Its digest (shortened): heads digest or state digest.
     pub digest: ShortDigest,
+    /// Whether the sender has recorded that the receiver holds this very version; if not, and
+    /// the receiver does, the receiver acknowledges it.
+    pub acked: bool,
 }
 
 /// What one side says about the documents under a prefix.
@@ -159,6 +168,15 @@ pub enum Range {
         /// The documents, in id order.
         items: Vec<Item>,
     },
+}
+
+impl Range {
+    /// The prefix it describes.
+    pub fn prefix(&self) -> &Prefix {
+        match self {
+            Range::Fingerprint { prefix, .. } | Range::Items { prefix, .. } => prefix,
+        }
+    }
 }
 
 /// Why a session ended, or why a document's changes were refused.
@@ -239,6 +257,24 @@ pub enum Message {
         /// The canonical encoding.
         bytes: Vec<u8>,
     },
+    /// An Automerge document's heads, with the changes the sender believes the receiver
+    /// lacks (none: "send me what I lack"). Each change is its raw, uncompressed bytes.
+    Changes {
+        /// The document.
+        doc: DocId,
+        /// The sender's heads, with these changes applied.
+        heads: Vec<[u8; 32]>,
+        /// The changes, each one whole change chunk, dependencies first.
+        changes: Vec<Vec<u8>>,
+    },
+    /// The sender now holds the version with this digest (shortened): heads digest or state
+    /// digest.
+    Ack {
+        /// The document.
+        doc: DocId,
+        /// The digest.
+        digest: ShortDigest,
+    },
     /// A document's changes were refused; the session goes on without it.
     Refused {
         /// The document.
@@ -286,6 +322,17 @@ struct BytesBody {
     bytes: Vec<u8>,
 }
 #[derive(Serialize, Deserialize)]
+struct ChangesBody {
+    doc: DocId,
+    heads: Vec<[u8; 32]>,
+    changes: Vec<serde_bytes::ByteBuf>,
+}
+#[derive(Serialize, Deserialize)]
+struct AckBody {
+    doc: DocId,
+    digest: ShortDigest,
+}
+#[derive(Serialize, Deserialize)]
 struct RefusedBody {
     doc: DocId,
     code: ErrorCode,
@@ -302,6 +349,8 @@ mod kind {
     pub(super) const SYNC: u8 = 7;
     pub(super) const STATE: u8 = 8;
     pub(super) const REFUSED: u8 = 9;
+    pub(super) const CHANGES: u8 = 10;
+    pub(super) const ACK: u8 = 11;
 }
 
 /// A frame that could not be read.
@@ -341,6 +390,8 @@ impl Message {
             Message::Sync { .. } => kind::SYNC,
             Message::State { .. } => kind::STATE,
             Message::Refused { .. } => kind::REFUSED,
+            Message::Changes { .. } => kind::CHANGES,
+            Message::Ack { .. } => kind::ACK,
         }
     }
 
@@ -373,6 +424,19 @@ impl Message {
             }),
             Message::State { doc, bytes } => encode(&BytesBody { doc, bytes }),
             Message::Refused { doc, code } => encode(&RefusedBody { doc, code }),
+            Message::Changes {
+                doc,
+                heads,
+                changes,
+            } => encode(&ChangesBody {
+                doc,
+                heads,
+                changes: changes
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+            }),
+            Message::Ack { doc, digest } => encode(&AckBody { doc, digest }),
         }
         // ferry's own types and byte strings always encode.
         .unwrap_or_default();
@@ -457,6 +521,21 @@ impl Message {
                 Message::Refused {
                     doc: b.doc,
                     code: b.code,
+                }
+            }
+            kind::CHANGES => {
+                let b: ChangesBody = decode(payload, limit).map_err(bad)?;
+                Message::Changes {
+                    doc: b.doc,
+                    heads: b.heads,
+                    changes: b.changes.into_iter().map(|c| c.into_vec()).collect(),
+                }
+            }
+            kind::ACK => {
+                let b: AckBody = decode(payload, limit).map_err(bad)?;
+                Message::Ack {
+                    doc: b.doc,
+                    digest: b.digest,
                 }
             }
             other => return Err(FrameError::UnknownType(other)),

@@ -3,13 +3,17 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, AutomergeError, ChangeHash, LoadOptions, OnPartialLoad};
+use automerge::{
+    Automerge, AutomergeError, Change, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc,
+};
 use ferry_crdt::{Digest, GCounter, LwwRegister, MvRegister, PNCounter, decode};
-use ferry_store::{Access, DocId, DocKind, Origin, PeerId, Store, StoreError, SyncRecord};
+use ferry_store::{
+    Access, DocId, DocKind, Origin, PeerId, Store, StoreError, SyncUpdate, Version, heads_digest,
+};
 
 use crate::message::{
-    DEFAULT_MAX_FRAME, ErrorCode, FrameError, Item, Message, PROTOCOL_VERSION, Prefix, Range,
-    ShortDigest, short,
+    DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, Item, Message, PROTOCOL_VERSION, Prefix,
+    Range, ShortDigest, short,
 };
 
 /// Which side of the connection this session is.
@@ -49,6 +53,12 @@ pub enum Event {
     },
     /// Data from the peer was stored in `doc`.
     DocUpdated {
+        /// The document.
+        doc: DocId,
+    },
+    /// The peer holds everything this replica has of `doc`: nothing of it is pending for this
+    /// peer, and the store's sync record says so.
+    Acked {
         /// The document.
         doc: DocId,
     },
@@ -107,6 +117,20 @@ struct Entry {
     doc: DocId,
     kind: DocKind,
     digest: ShortDigest,
+    /// The store records that the peer holds this version.
+    acked: bool,
+}
+
+/// What [`Session::send_changes_since`] could do.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Pushed {
+    /// Changes went out.
+    Sent,
+    /// The peer already holds everything.
+    Nothing,
+    /// What the peer lacks is unknown (some heads it holds are not here), or a guess at it
+    /// was too large.
+    Unknown,
 }
 
 /// A sync session over a [`Store`] with one peer. It does no I/O, starts no threads, and
@@ -131,13 +155,24 @@ pub struct Session {
     phase: Phase,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
-    reader: crate::message::FrameReader,
+    reader: FrameReader,
     /// This side's documents the peer may read, sorted by id, as of the session's start.
     listed: Vec<Entry>,
+    /// Prefixes whose fingerprints this side sent last; those the reply passes over matched.
+    outstanding: Vec<Prefix>,
+    reconciled: bool,
     /// Automerge sync states of this session, by document.
     syncs: HashMap<DocId, sync::State>,
     heads_sent: HashSet<DocId>,
     refused: HashSet<DocId>,
+    /// Automerge heads the peer said it holds.
+    peer_heads: HashMap<DocId, Vec<ChangeHash>>,
+    /// This side's heads when it last sent changes: the peer will hold them.
+    sent_heads: HashMap<DocId, Vec<ChangeHash>>,
+    /// CRDT state digests the peer said it holds.
+    peer_states: HashMap<DocId, Digest>,
+    /// The time the driver gave with the frame being handled.
+    now: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -152,6 +187,16 @@ impl std::fmt::Debug for Session {
 /// At most this many ancestors go into a `Heads` message (depths 1, 2, 4, ... 1024).
 const ANCESTOR_DEPTHS: u32 = 11;
 
+/// At most this many heads in a `Heads` or `Changes` message.
+const MAX_HEADS: usize = 1024;
+
+/// Changes since the last acknowledged version are pushed on a guess (both sides changed since)
+/// only up to this many bytes; beyond it automerge's sync finds what the peer lacks.
+const GUESS_BYTES: usize = 8 * 1024;
+
+/// The chunk type byte of an uncompressed Automerge change (after 4 magic and 4 checksum bytes).
+const CHANGE_CHUNK: u8 = 1;
+
 impl Session {
     /// Starts a session with `peer` over `store`.
     pub fn new(
@@ -162,7 +207,7 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let listed = listed_docs(&store, peer)?;
         let mut session = Self {
-            reader: crate::message::FrameReader::new(config.max_frame),
+            reader: FrameReader::new(config.max_frame),
             store,
             peer,
             config,
@@ -170,9 +215,15 @@ impl Session {
             out: VecDeque::new(),
             events: VecDeque::new(),
             listed,
+            outstanding: Vec::new(),
+            reconciled: false,
             syncs: HashMap::new(),
             heads_sent: HashSet::new(),
             refused: HashSet::new(),
+            peer_heads: HashMap::new(),
+            sent_heads: HashMap::new(),
+            peer_states: HashMap::new(),
+            now: 0,
         };
         session.send(&Message::Hello {
             version: PROTOCOL_VERSION,
@@ -180,6 +231,9 @@ impl Session {
         });
         if role == Role::Initiator {
             let root = session.describe(&Prefix::ROOT);
+            if let Range::Fingerprint { prefix, .. } = &root {
+                session.outstanding.push(prefix.clone());
+            }
             session.send(&Message::Reconcile { ranges: vec![root] });
         }
         Ok(session)
@@ -193,6 +247,11 @@ impl Session {
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// Whether reconciliation has finished.
+    pub fn is_reconciled(&self) -> bool {
+        self.reconciled
     }
 
     /// The next frame to send, if any.
@@ -219,11 +278,12 @@ impl Session {
     }
 
     /// Handles one whole frame from the peer. `now_millis` is the wall time, recorded as the
-    /// time of the last successful sync.
+    /// time of a completed sync.
     pub fn handle_frame(&mut self, frame: &[u8], now_millis: u64) -> Result<(), SessionError> {
         if self.phase == Phase::Closed {
             return Err(SessionError::Closed);
         }
+        self.now = now_millis;
         let message = match Message::from_frame(frame, self.config.max_frame) {
             Ok(message) => message,
             Err(e) => return self.fail(ErrorCode::Malformed, e.into()),
@@ -249,8 +309,7 @@ impl Session {
                 ),
             };
         }
-        let result = self.dispatch(message, now_millis);
-        match result {
+        match self.dispatch(message) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let code = match &e {
@@ -265,7 +324,8 @@ impl Session {
     }
 
     /// Tells the session that `doc` changed in the store (locally, or from another peer), so
-    /// that it pushes the change if the peer may read the document.
+    /// that it pushes the change if the peer may read the document. Changes the peer already
+    /// holds (because they came from it) are not sent back.
     pub fn doc_changed(&mut self, doc: DocId) -> Result<(), SessionError> {
         if self.phase != Phase::Open || self.refused.contains(&doc) || !self.may_read(doc)? {
             return Ok(());
@@ -276,7 +336,16 @@ impl Session {
             Err(e) => return Err(e.into()),
         };
         match info.kind {
-            DocKind::Automerge => self.push_automerge(doc),
+            DocKind::Automerge => {
+                if let Some(base) = self.peer_has(doc) {
+                    match self.send_changes_since(doc, &base, None)? {
+                        Pushed::Sent | Pushed::Nothing => return Ok(()),
+                        Pushed::Unknown => {}
+                    }
+                }
+                self.push_automerge(doc)
+            }
+            _ if self.peer_states.get(&doc) == Some(&info.digest) => Ok(()),
             _ => self.send_state(doc),
         }
     }
@@ -328,7 +397,7 @@ impl Session {
         Ok(())
     }
 
-    fn dispatch(&mut self, message: Message, now: u64) -> Result<(), SessionError> {
+    fn dispatch(&mut self, message: Message) -> Result<(), SessionError> {
         match message {
             // A replayed hello is harmless; another version mid-session is not.
             Message::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(()),
@@ -342,8 +411,14 @@ impl Session {
                 heads,
                 ancestors,
             } => self.on_heads(doc, &heads, &ancestors),
-            Message::Sync { doc, message } => self.on_sync(doc, &message, now),
+            Message::Sync { doc, message } => self.on_sync(doc, &message),
             Message::State { doc, bytes } => self.on_state(doc, &bytes),
+            Message::Changes {
+                doc,
+                heads,
+                changes,
+            } => self.on_changes(doc, &heads, &changes),
+            Message::Ack { doc, digest } => self.on_ack(doc, digest),
             Message::Refused { doc, code } => {
                 self.refused.insert(doc);
                 self.events.push_back(Event::Refused { doc, code });
@@ -382,9 +457,19 @@ impl Session {
     }
 
     fn on_reconcile(&mut self, ranges: Vec<Range>) -> Result<(), SessionError> {
+        // A fingerprint this side sent is answered by items or children of its prefix, or by
+        // nothing when it matched: then the peer holds every document under it as listed here.
+        for prefix in std::mem::take(&mut self.outstanding) {
+            let answered = ranges.iter().any(|r| {
+                let p = r.prefix();
+                *p == prefix || prefix.is_parent_of(p)
+            });
+            if !answered {
+                self.confirm_under(&prefix)?;
+            }
+        }
         if ranges.is_empty() {
-            self.events.push_back(Event::Reconciled);
-            return Ok(());
+            return self.finish_reconcile();
         }
         let mut reply = Vec::new();
         for range in ranges {
@@ -395,9 +480,8 @@ impl Session {
                 } => {
                     let mine = self.under(&prefix);
                     if fingerprint(mine) == theirs {
-                        continue;
-                    }
-                    if mine.len() <= self.config.leaf || prefix.len() >= 32 {
+                        self.confirm_under(&prefix)?;
+                    } else if mine.len() <= self.config.leaf || prefix.len() >= 32 {
                         reply.push(Range::Items {
                             items: mine.iter().map(Entry::item).collect(),
                             prefix,
@@ -414,10 +498,27 @@ impl Session {
                 }
             }
         }
-        if reply.is_empty() {
+        self.outstanding = reply
+            .iter()
+            .filter_map(|r| match r {
+                Range::Fingerprint { prefix, .. } => Some(prefix.clone()),
+                Range::Items { .. } => None,
+            })
+            .collect();
+        let done = reply.is_empty();
+        self.send(&Message::Reconcile { ranges: reply });
+        if done {
+            self.finish_reconcile()?;
+        }
+        Ok(())
+    }
+
+    fn finish_reconcile(&mut self) -> Result<(), SessionError> {
+        if !self.reconciled {
+            self.reconciled = true;
+            self.store.set_reconciled(self.peer, self.now)?;
             self.events.push_back(Event::Reconciled);
         }
-        self.send(&Message::Reconcile { ranges: reply });
         Ok(())
     }
 
@@ -446,10 +547,20 @@ impl Session {
             match (m.peek(), t.peek()) {
                 (None, None) => return Ok(()),
                 (Some(a), Some(b)) if a.doc == b.doc => {
-                    if a.kind == b.kind && a.digest != b.digest {
-                        self.start_doc_sync(a.doc, a.kind)?;
-                    } else if a.kind == DocKind::Automerge && a.digest == b.digest {
-                        self.seed_equal(a.doc)?;
+                    if a.kind != b.kind {
+                        // Ids are random: two kinds under one id is a broken peer's doing.
+                    } else if a.digest == b.digest {
+                        if !a.acked {
+                            self.confirm(a.doc)?;
+                        }
+                        if !b.acked {
+                            self.send(&Message::Ack {
+                                doc: a.doc,
+                                digest: a.digest,
+                            });
+                        }
+                    } else {
+                        self.start_doc_sync(a, b.digest)?;
                     }
                     m.next();
                     t.next();
@@ -460,17 +571,55 @@ impl Session {
                     self.send_snapshot(doc)?;
                 }
                 (_, Some(b)) => {
-                    let (doc, kind) = (b.doc, b.kind);
+                    let doc = b.doc;
                     t.next();
-                    self.offered(doc, kind)?;
+                    self.offered(doc)?;
                 }
                 (Some(_), None) => unreachable!("handled by the arm above"),
             }
         }
     }
 
+    /// Records that the peer holds every document under `prefix` as listed here.
+    fn confirm_under(&mut self, prefix: &Prefix) -> Result<(), SessionError> {
+        let stale: Vec<DocId> = self
+            .under(prefix)
+            .iter()
+            .filter(|e| !e.acked)
+            .map(|e| e.doc)
+            .collect();
+        for doc in stale {
+            self.confirm(doc)?;
+        }
+        Ok(())
+    }
+
+    /// Records that the peer holds `doc` as listed here, unless it has changed since.
+    fn confirm(&mut self, doc: DocId) -> Result<(), SessionError> {
+        let Some(listed) = self.listed_entry(doc).map(|e| e.digest) else {
+            return Ok(());
+        };
+        let info = match self.store.info(doc) {
+            Ok(info) => info,
+            Err(StoreError::NoSuchDocument(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if short(info.digest.as_bytes()) != listed {
+            return Ok(()); // changed locally since: the live push takes it from here
+        }
+        match info.version {
+            Version::Heads(heads) => self.settled(doc, heads),
+            Version::Digest(digest) => self.settled_state(doc, digest),
+        }
+    }
+
+    fn listed_entry(&mut self, doc: DocId) -> Option<&mut Entry> {
+        let at = self.listed.binary_search_by(|e| e.doc.cmp(&doc)).ok()?;
+        self.listed.get_mut(at)
+    }
+
     /// The peer has a document this side does not list.
-    fn offered(&mut self, doc: DocId, _kind: DocKind) -> Result<(), SessionError> {
+    fn offered(&mut self, doc: DocId) -> Result<(), SessionError> {
         if self.holds(doc)?.is_some() {
             // Held but hidden from this peer: say nothing.
             return Ok(());
@@ -481,14 +630,50 @@ impl Session {
         Ok(())
     }
 
-    fn start_doc_sync(&mut self, doc: DocId, kind: DocKind) -> Result<(), SessionError> {
-        match kind {
-            DocKind::Automerge => {
-                self.send_heads(doc)?;
-                Ok(())
-            }
-            _ => self.send_state(doc),
+    /// Starts syncing a document both sides hold with different digests.
+    fn start_doc_sync(&mut self, mine: &Entry, theirs: ShortDigest) -> Result<(), SessionError> {
+        let doc = mine.doc;
+        if mine.kind != DocKind::Automerge {
+            return self.send_state(doc);
         }
+        let acked = self.acked_heads(doc)?;
+        if let Some(acked) = acked {
+            // The peer's digest is the version it last acknowledged: it holds exactly those
+            // heads, so what came since is what it lacks.
+            let exact = short(heads_digest(&acked).as_bytes()) == theirs;
+            // Otherwise it holds those heads and more: what came here since is a guess, which
+            // may repeat changes it got elsewhere, so only a small guess is worth sending.
+            let limit = if exact { None } else { Some(GUESS_BYTES) };
+            if self.send_changes_since(doc, &acked, limit)? == Pushed::Sent {
+                self.peer_heads.insert(doc, acked);
+                return Ok(());
+            }
+        }
+        if mine.acked {
+            // This side has nothing new since the peer acknowledged it: the peer can tell what
+            // it lacks from these heads.
+            let heads = self.store.read(doc, |am| am.get_heads())?;
+            self.send(&Message::Changes {
+                doc,
+                heads: heads.iter().map(|h| h.0).collect(),
+                changes: Vec::new(),
+            });
+            return Ok(());
+        }
+        self.send_heads(doc)
+    }
+
+    /// The heads the store records the peer as holding, if any.
+    fn acked_heads(&self, doc: DocId) -> Result<Option<Vec<ChangeHash>>, SessionError> {
+        let record = match self.store.sync_record(self.peer, doc) {
+            Ok(record) => record,
+            // A damaged record costs a longer sync, nothing more.
+            Err(StoreError::Damaged { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(record
+            .filter(|r| !r.acked.is_empty())
+            .map(|r| r.acked.iter().map(|h| ChangeHash(*h)).collect()))
     }
 
     // ---- whole documents -------------------------------------------------------------------
@@ -499,8 +684,8 @@ impl Session {
             DocKind::Automerge => {
                 let (bytes, heads) = self.store.read(doc, |am| (am.save(), am.get_heads()))?;
                 // Once the peer has loaded it, it holds these heads.
-                let state = self.sync_state(doc)?;
-                state.shared_heads = heads;
+                self.sync_state(doc)?.shared_heads = heads.clone();
+                self.sent_heads.insert(doc, heads);
                 bytes
             }
             _ => self.store.crdt(doc)?.encode(),
@@ -539,22 +724,11 @@ impl Session {
                 let their_heads = theirs.get_heads();
                 self.store.create_with_id(doc, kind, origin)?;
                 let before = self.store.info(doc)?.version;
-                let heads = self.store.update(doc, origin, |am| {
-                    am.merge(&mut theirs)?;
-                    Ok(am.get_heads())
-                })?;
+                self.store.update(doc, origin, |am| am.merge(&mut theirs))?;
                 if self.store.info(doc)?.version != before {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
-                let state = self.sync_state(doc)?;
-                state.shared_heads = their_heads.clone();
-                if heads != their_heads {
-                    // This side had more: the peer needs it.
-                    self.push_automerge(doc)?;
-                } else {
-                    self.persist(doc, None, None)?;
-                }
-                Ok(())
+                self.answer_heads(doc, their_heads)
             }
             _ => {
                 validate_state(kind, bytes, self.config.max_frame)?;
@@ -576,7 +750,7 @@ impl Session {
         self.check_visible(doc)?;
         let Some(kind) = self.holds(doc)? else {
             // Not here yet: ask for it whole, if the peer may write it.
-            return self.offered(doc, DocKind::GCounter);
+            return self.offered(doc);
         };
         if kind == DocKind::Automerge {
             return Err(SessionError::Protocol("a state for an automerge document"));
@@ -587,12 +761,17 @@ impl Session {
                 doc,
                 code: ErrorCode::ReadOnly,
             });
+            // The peer may still read: it gets this side's state, once.
+            if self.store.info(doc)?.digest != Digest::of_bytes(bytes) {
+                self.send_state(doc)?;
+            }
             return Ok(());
         }
         self.merge_state(doc, bytes)
     }
 
-    /// Merges a validated state; answers with this side's state if it holds more.
+    /// Merges a validated state; acknowledges it if the result is the state received, else
+    /// answers with the merged state (unless the peer refused this side's changes).
     fn merge_state(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
         let before = self.store.info(doc)?.digest;
         let after = self
@@ -601,18 +780,256 @@ impl Session {
         if after != before {
             self.events.push_back(Event::DocUpdated { doc });
         }
-        if after != Digest::of_bytes(bytes) {
+        let received = Digest::of_bytes(bytes);
+        if after == received {
+            self.send(&Message::Ack {
+                doc,
+                digest: short(after.as_bytes()),
+            });
+            return self.settled_state(doc, after);
+        }
+        self.peer_states.insert(doc, received);
+        if !self.refused.contains(&doc) {
             self.send_state(doc)?;
         }
         Ok(())
     }
 
+    /// The peer holds this side's state of a CRDT document, with this digest.
+    fn settled_state(&mut self, doc: DocId, digest: Digest) -> Result<(), SessionError> {
+        self.store.record_sync(
+            self.peer,
+            doc,
+            SyncUpdate {
+                acked: Some(Version::Digest(digest)),
+                synced_at: Some(self.now),
+                ..SyncUpdate::default()
+            },
+        )?;
+        let fresh = self.peer_states.insert(doc, digest) != Some(digest);
+        self.mark_acked(doc, fresh);
+        Ok(())
+    }
+
+    fn mark_acked(&mut self, doc: DocId, announce: bool) {
+        if let Some(entry) = self.listed_entry(doc) {
+            entry.acked = true;
+        }
+        if announce {
+            self.events.push_back(Event::Acked { doc });
+        }
+    }
+
     // ---- Automerge documents -------------------------------------------------------------
+
+    /// Every head the peer holds or will hold once what was sent arrives, if any is known.
+    fn peer_has(&self, doc: DocId) -> Option<Vec<ChangeHash>> {
+        let mut heads: Vec<ChangeHash> = self
+            .peer_heads
+            .get(&doc)
+            .into_iter()
+            .chain(self.sent_heads.get(&doc))
+            .flatten()
+            .copied()
+            .collect();
+        if heads.is_empty() {
+            return None;
+        }
+        heads.sort_unstable();
+        heads.dedup();
+        Some(heads)
+    }
+
+    /// Sends the changes a peer holding `base` lacks, with this side's heads, if every head in
+    /// `base` is held here and the changes come to at most `limit` bytes.
+    fn send_changes_since(
+        &mut self,
+        doc: DocId,
+        base: &[ChangeHash],
+        limit: Option<usize>,
+    ) -> Result<Pushed, SessionError> {
+        let found = self.store.read(doc, |am| {
+            if !am.get_missing_deps(base).is_empty() {
+                return None;
+            }
+            let changes: Vec<Vec<u8>> = am
+                .get_changes(base)
+                .iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect();
+            Some((am.get_heads(), changes))
+        })?;
+        let Some((heads, changes)) = found else {
+            return Ok(Pushed::Unknown);
+        };
+        if changes.is_empty() {
+            return Ok(Pushed::Nothing);
+        }
+        if limit.is_some_and(|limit| changes.iter().map(Vec::len).sum::<usize>() > limit) {
+            return Ok(Pushed::Unknown);
+        }
+        self.send(&Message::Changes {
+            doc,
+            heads: heads.iter().map(|h| h.0).collect(),
+            changes,
+        });
+        self.sent_heads.insert(doc, heads);
+        Ok(Pushed::Sent)
+    }
+
+    fn on_changes(
+        &mut self,
+        doc: DocId,
+        heads: &[[u8; 32]],
+        changes: &[Vec<u8>],
+    ) -> Result<(), SessionError> {
+        if heads.len() > MAX_HEADS {
+            return Err(SessionError::Protocol("too many heads"));
+        }
+        self.check_visible(doc)?;
+        match self.holds(doc)? {
+            None => return self.offered(doc),
+            Some(DocKind::Automerge) => {}
+            Some(_) => return Err(SessionError::Protocol("changes for a crdt document")),
+        }
+        if !changes.is_empty() {
+            let parsed = parse_changes(changes)?;
+            if !self.may_write(doc)? {
+                self.send(&Message::Refused {
+                    doc,
+                    code: ErrorCode::ReadOnly,
+                });
+                // The peer may still read: automerge's sync, with this side's state marked
+                // read-only, gives it what it lacks without asking for its changes.
+                return self.push_automerge(doc);
+            }
+            let before = self.store.info(doc)?.version;
+            match self
+                .store
+                .apply_changes(doc, Origin::Remote(self.peer), parsed)
+            {
+                Ok(_) => {}
+                // The peer misjudged what this side holds: automerge's sync works it out.
+                Err(StoreError::MissingDependencies { .. }) => return self.fallback(doc),
+                Err(StoreError::Automerge { .. }) => {
+                    return Err(SessionError::Protocol("changes automerge refuses"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if self.store.info(doc)?.version != before {
+                self.events.push_back(Event::DocUpdated { doc });
+            }
+        }
+        let theirs = heads.iter().map(|h| ChangeHash(*h)).collect();
+        self.answer_heads(doc, theirs)
+    }
+
+    /// The peer holds `theirs`. If this side holds the same, acknowledge; if it holds more and
+    /// knows every head of theirs, send what the peer lacks; else let automerge's sync work it
+    /// out.
+    fn answer_heads(
+        &mut self,
+        doc: DocId,
+        mut theirs: Vec<ChangeHash>,
+    ) -> Result<(), SessionError> {
+        theirs.sort_unstable();
+        theirs.dedup();
+        let (mine, all_known) = self.store.read(doc, |am| {
+            (am.get_heads(), am.get_missing_deps(&theirs).is_empty())
+        })?;
+        if !all_known {
+            return self.fallback(doc);
+        }
+        if mine == theirs {
+            self.send(&Message::Ack {
+                doc,
+                digest: short(heads_digest(&mine).as_bytes()),
+            });
+            return self.settled(doc, mine);
+        }
+        self.record_acked(doc, theirs.clone())?;
+        if self.refused.contains(&doc) {
+            return Ok(()); // the peer takes nothing more of this document from this side
+        }
+        self.send_changes_since(doc, &theirs, None).map(drop)
+    }
+
+    fn on_ack(&mut self, doc: DocId, digest: ShortDigest) -> Result<(), SessionError> {
+        self.check_visible(doc)?;
+        let info = match self.store.info(doc) {
+            Ok(info) => info,
+            Err(StoreError::NoSuchDocument(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if short(info.digest.as_bytes()) == digest {
+            return match info.version {
+                Version::Heads(heads) => self.settled(doc, heads),
+                Version::Digest(state) => self.settled_state(doc, state),
+            };
+        }
+        // An acknowledgement of what was sent before a newer local change.
+        if let Some(sent) = self.sent_heads.get(&doc).cloned()
+            && short(heads_digest(&sent).as_bytes()) == digest
+        {
+            return self.record_acked(doc, sent);
+        }
+        Ok(()) // stale: replayed, or overtaken
+    }
+
+    /// The peer holds the same heads as this side: seed automerge's sync with them and record
+    /// the peer as in sync.
+    fn settled(&mut self, doc: DocId, heads: Vec<ChangeHash>) -> Result<(), SessionError> {
+        let state = self.sync_state(doc)?;
+        state.shared_heads = heads.clone();
+        let encoded = state.encode();
+        self.store.record_sync(
+            self.peer,
+            doc,
+            SyncUpdate {
+                automerge_state: Some(encoded),
+                acked: Some(Version::Heads(heads.clone())),
+                synced_at: Some(self.now),
+            },
+        )?;
+        let fresh = self.peer_heads.get(&doc) != Some(&heads);
+        self.peer_heads.insert(doc, heads);
+        self.mark_acked(doc, fresh);
+        Ok(())
+    }
+
+    /// The peer holds `heads`, which are not (all) this side's.
+    fn record_acked(&mut self, doc: DocId, heads: Vec<ChangeHash>) -> Result<(), SessionError> {
+        self.store.record_sync(
+            self.peer,
+            doc,
+            SyncUpdate {
+                acked: Some(Version::Heads(heads.clone())),
+                ..SyncUpdate::default()
+            },
+        )?;
+        self.peer_heads.insert(doc, heads);
+        Ok(())
+    }
+
+    /// What the peer holds is unclear: forget the guesses and run automerge's sync.
+    fn fallback(&mut self, doc: DocId) -> Result<(), SessionError> {
+        self.peer_heads.remove(&doc);
+        self.sent_heads.remove(&doc);
+        if self.heads_sent.contains(&doc) {
+            self.generate(doc)
+        } else {
+            self.send_heads(doc)
+        }
+    }
 
     /// The session's sync state for `doc`, loaded from the store on first use.
     fn sync_state(&mut self, doc: DocId) -> Result<&mut sync::State, SessionError> {
         if !self.syncs.contains_key(&doc) {
-            let record = self.store.sync_record(self.peer, doc)?;
+            let record = match self.store.sync_record(self.peer, doc) {
+                Ok(record) => record,
+                Err(StoreError::Damaged { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
             let mut state = record
                 .and_then(|r| sync::State::decode(&r.automerge_state).ok())
                 .unwrap_or_default();
@@ -647,12 +1064,12 @@ impl Session {
         heads: &[[u8; 32]],
         ancestors: &[[u8; 32]],
     ) -> Result<(), SessionError> {
-        if heads.len() > 1024 || ancestors.len() > ANCESTOR_DEPTHS as usize {
+        if heads.len() > MAX_HEADS || ancestors.len() > ANCESTOR_DEPTHS as usize {
             return Err(SessionError::Protocol("too many heads"));
         }
         self.check_visible(doc)?;
         match self.holds(doc)? {
-            None => return self.offered(doc, DocKind::Automerge),
+            None => return self.offered(doc),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("heads for a crdt document")),
         }
@@ -662,9 +1079,10 @@ impl Session {
             .map(|h| ChangeHash(*h))
             .collect();
         let shared: Vec<ChangeHash> = self.store.read(doc, |am| {
+            let missing = am.get_missing_deps(&candidates);
             candidates
                 .into_iter()
-                .filter(|h| am.get_change_meta_by_hash(h).is_some())
+                .filter(|h| !missing.contains(h))
                 .collect()
         })?;
         let state = self.sync_state(doc)?;
@@ -677,16 +1095,6 @@ impl Session {
             self.send_heads(doc)?;
         }
         self.generate(doc)
-    }
-
-    fn seed_equal(&mut self, doc: DocId) -> Result<(), SessionError> {
-        let heads = self.store.read(doc, |am| am.get_heads())?;
-        let state = self.sync_state(doc)?;
-        if state.shared_heads != heads {
-            state.shared_heads = heads.clone();
-            self.persist(doc, Some(heads), None)?;
-        }
-        Ok(())
     }
 
     fn push_automerge(&mut self, doc: DocId) -> Result<(), SessionError> {
@@ -713,10 +1121,10 @@ impl Session {
         Ok(())
     }
 
-    fn on_sync(&mut self, doc: DocId, bytes: &[u8], now: u64) -> Result<(), SessionError> {
+    fn on_sync(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
         self.check_visible(doc)?;
         match self.holds(doc)? {
-            None => return self.offered(doc, DocKind::Automerge),
+            None => return self.offered(doc),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("a sync message for a crdt document")),
         }
@@ -734,7 +1142,8 @@ impl Session {
                 validate_changes(chunk)?;
             }
         }
-        let their_heads = message.heads.clone();
+        let mut their_heads = message.heads.clone();
+        their_heads.sort_unstable();
         let mut state = std::mem::take(self.sync_state(doc)?);
         let before = self.store.info(doc)?.version;
         let received = self.store.update(doc, Origin::Remote(self.peer), |am| {
@@ -753,30 +1162,22 @@ impl Session {
             self.events.push_back(Event::DocUpdated { doc });
         }
         // The peer's heads are what it acknowledges holding.
-        let synced_at = (heads == their_heads).then_some(now);
-        self.persist(doc, Some(their_heads), synced_at)?;
+        if heads == their_heads {
+            self.settled(doc, heads)?;
+        } else {
+            let encoded = self.sync_state(doc)?.encode();
+            self.store.record_sync(
+                self.peer,
+                doc,
+                SyncUpdate {
+                    automerge_state: Some(encoded),
+                    acked: Some(Version::Heads(their_heads.clone())),
+                    synced_at: None,
+                },
+            )?;
+            self.peer_heads.insert(doc, their_heads);
+        }
         self.generate(doc)
-    }
-
-    /// Saves the session's sync state for `doc`, with the heads the peer acknowledged and,
-    /// when both sides now hold the same heads, the time of this successful sync.
-    fn persist(
-        &mut self,
-        doc: DocId,
-        acked: Option<Vec<ChangeHash>>,
-        synced_at: Option<u64>,
-    ) -> Result<(), SessionError> {
-        let encoded = self.sync_state(doc)?.encode();
-        let mut record: SyncRecord = self.store.sync_record(self.peer, doc)?.unwrap_or_default();
-        record.automerge_state = encoded;
-        if let Some(acked) = acked {
-            record.acked = acked.iter().map(|h| h.0).collect();
-        }
-        if synced_at.is_some() {
-            record.last_sync_millis = synced_at;
-        }
-        self.store.put_sync_record(self.peer, doc, &record)?;
-        Ok(())
     }
 }
 
@@ -786,11 +1187,13 @@ impl Entry {
             doc: self.doc,
             kind: self.kind,
             digest: self.digest,
+            acked: self.acked,
         }
     }
 }
 
-/// This side's documents that `peer` may read, sorted by id.
+/// This side's documents that `peer` may read, sorted by id, each marked with whether the
+/// store records the peer as holding its current version.
 fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, SessionError> {
     let info = store.peer(peer)?;
     let mut listed = Vec::new();
@@ -802,17 +1205,37 @@ fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, SessionError> 
             continue;
         }
         match store.info(doc) {
-            Ok(i) => listed.push(Entry {
-                doc,
-                kind: i.kind,
-                digest: short(i.digest.as_bytes()),
-            }),
+            Ok(i) => {
+                let digest = short(i.digest.as_bytes());
+                let acked = matches!(
+                    store.sync_record(peer, doc),
+                    Ok(Some(r)) if acked_digest(i.kind, &r.acked) == Some(digest)
+                );
+                listed.push(Entry {
+                    doc,
+                    kind: i.kind,
+                    digest,
+                    acked,
+                });
+            }
             // A damaged document is left out, not fatal to the session.
             Err(StoreError::Damaged { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
     Ok(listed)
+}
+
+/// The short digest of the version a sync record says the peer acknowledged.
+fn acked_digest(kind: DocKind, acked: &[[u8; 32]]) -> Option<ShortDigest> {
+    match (kind, acked) {
+        (_, []) => None,
+        (DocKind::Automerge, heads) => {
+            let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+            Some(short(heads_digest(&heads).as_bytes()))
+        }
+        (_, [digest, ..]) => Some(short(digest)),
+    }
 }
 
 /// blake3 over the (id, digest) pairs, shortened.
@@ -862,6 +1285,22 @@ fn validate_changes(bytes: &[u8]) -> Result<(), SessionError> {
         Ok(_) | Err(AutomergeError::MissingDeps) => Ok(()),
         Err(_) => Err(SessionError::Protocol("changes that do not parse")),
     }
+}
+
+/// Parses the changes of a `Changes` message: each must be one whole, uncompressed change
+/// chunk (a compressed one could inflate far beyond the frame that carried it).
+fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, SessionError> {
+    raw.iter()
+        .map(|bytes| {
+            if bytes.get(8) != Some(&CHANGE_CHUNK) {
+                return Err(SessionError::Protocol(
+                    "a change that is not a change chunk",
+                ));
+            }
+            Change::try_from(bytes.as_slice())
+                .map_err(|_| SessionError::Protocol("a change that does not parse"))
+        })
+        .collect()
 }
 
 /// Ancestors of `head` along first dependencies, at depths 1, 2, 4, ... 1024.

@@ -49,13 +49,18 @@ fn range() -> impl Strategy<Value = Range> {
         }),
         (
             prefix(),
-            proptest::collection::vec((doc(), kind(), any::<[u8; 16]>()), 0..5)
+            proptest::collection::vec((doc(), kind(), any::<[u8; 16]>(), any::<bool>()), 0..5)
         )
             .prop_map(|(prefix, items)| Range::Items {
                 prefix,
                 items: items
                     .into_iter()
-                    .map(|(doc, kind, digest)| Item { doc, kind, digest })
+                    .map(|(doc, kind, digest, acked)| Item {
+                        doc,
+                        kind,
+                        digest,
+                        acked
+                    })
                     .collect()
             }),
     ]
@@ -92,6 +97,17 @@ fn message() -> impl Strategy<Value = Message> {
         (doc(), bytes()).prop_map(|(doc, message)| Message::Sync { doc, message }),
         (doc(), bytes()).prop_map(|(doc, bytes)| Message::State { doc, bytes }),
         (doc(), code()).prop_map(|(doc, code)| Message::Refused { doc, code }),
+        (
+            doc(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..4),
+            proptest::collection::vec(bytes(), 0..4)
+        )
+            .prop_map(|(doc, heads, changes)| Message::Changes {
+                doc,
+                heads,
+                changes
+            }),
+        (doc(), any::<[u8; 16]>()).prop_map(|(doc, digest)| Message::Ack { doc, digest }),
     ]
 }
 

@@ -1,7 +1,8 @@
 //! Convergence: 2 to 5 replicas make random documents of every kind and random operations,
 //! and run random pairwise sessions, some cut after a random number of frames and some with
 //! duplicated frames. After a final round of complete sessions every replica holds the same
-//! documents (heads and digests), and every operation made anywhere is in them.
+//! documents (heads and digests), every operation made anywhere is in them, and every replica's
+//! sync status shows nothing pending for any peer.
 //!
 //! `FERRY_PROTO_CASES` sets the number of cases (default 32, which CI runs).
 
@@ -134,6 +135,17 @@ proptest! {
                 for b in a + 1..n {
                     let run = sync(&replicas[a], &replicas[b], Faults::default());
                     prop_assert!(run.error.is_none(), "final session error: {:?}", run.error);
+                }
+            }
+        }
+        // And every replica knows it: nothing is pending for any peer.
+        for a in &replicas {
+            for b in &replicas {
+                if a.store.peer_id() == b.store.peer_id() { continue; }
+                for (doc, _) in &docs {
+                    let status = a.store.sync_status(b.store.peer_id(), *doc).unwrap();
+                    prop_assert_eq!(status.pending, 0, "pending after the final round");
+                    prop_assert!(status.last_sync_millis.is_some());
                 }
             }
         }

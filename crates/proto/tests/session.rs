@@ -321,6 +321,24 @@ fn malformed_frames_end_the_session_and_change_nothing() {
             .to_frame(),
         ),
         (
+            "garbage change",
+            Message::Changes {
+                doc,
+                heads: vec![],
+                changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 5, 1, 2, 3]],
+            }
+            .to_frame(),
+        ),
+        (
+            "compressed change chunk",
+            Message::Changes {
+                doc,
+                heads: vec![],
+                changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2, 1, 0]],
+            }
+            .to_frame(),
+        ),
+        (
             "unsupported version",
             Message::Hello {
                 version: 99,
@@ -407,4 +425,229 @@ fn changes_relay_through_a_middle_replica() {
     };
     assert_eq!(c.value(), 5);
     let _ = GCounter::new();
+}
+
+/// Every message the frames decode to.
+fn messages(frames: &[Vec<u8>]) -> Vec<Message> {
+    frames
+        .iter()
+        .map(|f| Message::from_frame(f, u32::MAX).unwrap())
+        .collect()
+}
+
+fn uses_automerge_sync(frames: &[Vec<u8>]) -> bool {
+    messages(frames)
+        .iter()
+        .any(|m| matches!(m, Message::Heads { .. } | Message::Sync { .. }))
+}
+
+fn pending(from: &Replica, to: &Replica, doc: DocId) -> u64 {
+    from.store
+        .sync_status(to.store.peer_id(), doc)
+        .unwrap()
+        .pending
+}
+
+#[test]
+fn after_a_sync_new_changes_travel_alone_and_are_acknowledged() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    for i in 0..100 {
+        a.store.change(doc, |tx| tx.put(ROOT, "base", i)).unwrap();
+    }
+    sync(&a, &b, Faults::default());
+    assert_eq!(pending(&a, &b, doc), 0);
+    assert_eq!(pending(&b, &a, doc), 0);
+
+    let before_a = heads(&a.store, doc);
+    a.store.change(doc, |tx| tx.put(ROOT, "a", 1)).unwrap();
+    let before_b = heads(&b.store, doc);
+    b.store.change(doc, |tx| tx.put(ROOT, "b", 2)).unwrap();
+    b.store.change(doc, |tx| tx.put(ROOT, "b", 3)).unwrap();
+    assert_eq!(pending(&a, &b, doc), 1);
+    assert_eq!(pending(&b, &a, doc), 2);
+    let change_bytes = a
+        .store
+        .read(doc, |d| d.save_after(&before_a).len())
+        .unwrap()
+        + b.store
+            .read(doc, |d| d.save_after(&before_b).len())
+            .unwrap();
+
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(heads(&a.store, doc), heads(&b.store, doc));
+    assert_eq!(get(&a.store, doc, "b"), Some(3));
+    assert_eq!(get(&b.store, doc, "a"), Some(1));
+    // The stored state says what each side holds: the changes go straight across, without
+    // automerge's handshake, and the whole session is the changes plus a little framing.
+    assert!(!uses_automerge_sync(&run.sent[0]) && !uses_automerge_sync(&run.sent[1]));
+    let total = run.bytes[0] + run.bytes[1];
+    assert!(
+        total <= change_bytes + 250,
+        "{total} bytes for {change_bytes} bytes of changes"
+    );
+    assert_eq!(pending(&a, &b, doc), 0);
+    assert_eq!(pending(&b, &a, doc), 0);
+    assert!(run.events[0].contains(&Event::Acked { doc }));
+    assert!(run.events[1].contains(&Event::Acked { doc }));
+}
+
+#[test]
+fn a_side_with_nothing_new_asks_for_what_it_lacks() {
+    // Either side may be the one comparing: run both ways.
+    for initiator_changed in [true, false] {
+        let (a, b) = friends();
+        let doc = a.store.create(DocKind::Automerge).unwrap();
+        a.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
+        sync(&a, &b, Faults::default());
+        let changer = if initiator_changed { &a } else { &b };
+        changer
+            .store
+            .change(doc, |tx| tx.put(ROOT, "k", 1))
+            .unwrap();
+        let run = sync(&a, &b, Faults::default());
+        assert!(run.error.is_none(), "{:?}", run.error);
+        assert_eq!(get(&a.store, doc, "k"), Some(1));
+        assert_eq!(get(&b.store, doc, "k"), Some(1));
+        assert!(!uses_automerge_sync(&run.sent[0]) && !uses_automerge_sync(&run.sent[1]));
+        assert_eq!(pending(&a, &b, doc), 0);
+        assert_eq!(pending(&b, &a, doc), 0);
+    }
+}
+
+#[test]
+fn live_pushes_are_acknowledged_and_the_status_drops_to_zero() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "n", 0)).unwrap();
+    let counter = a.store.create(DocKind::GCounter).unwrap();
+    let new = |store: &Store, peer, role| {
+        Session::new(store.clone(), peer, role, SessionConfig::default()).unwrap()
+    };
+    let sa = new(&a.store, b.store.peer_id(), Role::Initiator);
+    let sb = new(&b.store, a.store.peer_id(), Role::Responder);
+    let (_, [mut sa, sb]) = pump([sa, sb], Faults::default());
+
+    for i in 1..=3 {
+        a.store.change(doc, |tx| tx.put(ROOT, "n", i)).unwrap();
+        sa.doc_changed(doc).unwrap();
+    }
+    a.store.increment(counter, 2).unwrap();
+    sa.doc_changed(counter).unwrap();
+    assert_eq!(pending(&a, &b, doc), 3);
+    assert_eq!(pending(&a, &b, counter), 1);
+    let (run, _) = pump([sa, sb], Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(get(&b.store, doc, "n"), Some(3));
+    assert!(!uses_automerge_sync(&run.sent[0]));
+    for d in [doc, counter] {
+        assert!(
+            run.events[0].contains(&Event::Acked { doc: d }),
+            "{:?}",
+            run.events[0]
+        );
+        let status = a.store.sync_status(b.store.peer_id(), d).unwrap();
+        assert_eq!(status.pending, 0);
+        assert_eq!(status.last_sync_millis, Some(1_000));
+    }
+}
+
+#[test]
+fn documents_that_reached_a_peer_by_relay_are_confirmed_by_fingerprint() {
+    let (a, r) = friends();
+    let b = Replica::new();
+    trust(&r, &b, Access::ReadWrite);
+    trust(&b, &r, Access::ReadWrite);
+    trust(&a, &b, Access::ReadWrite);
+    trust(&b, &a, Access::ReadWrite);
+    // More documents than one listing holds, so reconciliation compares fingerprints.
+    let docs: Vec<DocId> = (0..40)
+        .map(|i| {
+            let doc = a.store.create(DocKind::Automerge).unwrap();
+            a.store.change(doc, |tx| tx.put(ROOT, "i", i)).unwrap();
+            doc
+        })
+        .collect();
+    sync(&a, &r, Faults::default());
+    sync(&r, &b, Faults::default());
+    assert!(docs.iter().all(|d| pending(&a, &b, *d) == 1));
+
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(run.turns, 1, "equal roots: one round trip");
+    for doc in &docs {
+        assert_eq!(pending(&a, &b, *doc), 0);
+        assert_eq!(pending(&b, &a, *doc), 0);
+        assert!(run.events[0].contains(&Event::Acked { doc: *doc }));
+        assert!(run.events[1].contains(&Event::Acked { doc: *doc }));
+    }
+}
+
+#[test]
+fn changes_that_do_not_fit_what_this_side_holds_fall_back_to_automerge_sync() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
+    sync(&a, &b, Faults::default());
+
+    // Two changes on a fork of b's copy; a is sent only the second, whose dependency it lacks.
+    let mut fork = b.store.read(doc, |d| d.fork()).unwrap();
+    fork.set_actor(ActorId::from([9u8; 16]));
+    fork.transact(|tx| tx.put(ROOT, "k", 1)).unwrap();
+    fork.transact(|tx| tx.put(ROOT, "k", 2)).unwrap();
+    let second = fork.get_last_local_change().unwrap();
+    let before = a.store.info(doc).unwrap();
+
+    let mut sa = responder(&a, &b, SessionConfig::default());
+    say_hello(&mut sa);
+    let changes = Message::Changes {
+        doc,
+        heads: fork.get_heads().iter().map(|h| h.0).collect(),
+        changes: vec![second.raw_bytes().to_vec()],
+    };
+    sa.handle_frame(&changes.to_frame(), 0).unwrap();
+    let out = messages(&std::iter::from_fn(|| sa.poll_transmit()).collect::<Vec<_>>());
+    assert!(
+        out.iter()
+            .any(|m| matches!(m, Message::Heads { doc: d, .. } if *d == doc)),
+        "{out:?}"
+    );
+    assert!(!sa.is_closed());
+    assert_eq!(a.store.info(doc).unwrap(), before);
+}
+
+#[test]
+fn changes_from_a_read_only_peer_are_refused_and_not_stored() {
+    let (a, b) = (Replica::new(), Replica::new());
+    trust(&a, &b, Access::Read);
+    trust(&b, &a, Access::ReadWrite);
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    sync(&a, &b, Faults::default());
+    let before = a.store.info(doc).unwrap();
+
+    let mut fork = b.store.read(doc, |d| d.fork()).unwrap();
+    fork.set_actor(ActorId::from([3u8; 16]));
+    fork.transact(|tx| tx.put(ROOT, "forced", 1)).unwrap();
+    let change = fork.get_last_local_change().unwrap();
+    let mut sa = responder(&a, &b, SessionConfig::default());
+    say_hello(&mut sa);
+    let frame = Message::Changes {
+        doc,
+        heads: fork.get_heads().iter().map(|h| h.0).collect(),
+        changes: vec![change.raw_bytes().to_vec()],
+    }
+    .to_frame();
+    sa.handle_frame(&frame, 0).unwrap();
+    let out = messages(&std::iter::from_fn(|| sa.poll_transmit()).collect::<Vec<_>>());
+    assert!(
+        out.contains(&Message::Refused {
+            doc,
+            code: ErrorCode::ReadOnly
+        }),
+        "{out:?}"
+    );
+    assert_eq!(a.store.info(doc).unwrap(), before);
+    assert_eq!(get(&a.store, doc, "forced"), None);
 }

@@ -45,4 +45,7 @@ pub use events::{Origin, RecvError, StoreEvent, Subscription, Version};
 pub use identity::{Identity, IdentityError};
 pub use ids::{DocId, PeerId};
 pub use records::SyncRecord;
-pub use store::{Access, CrdtState, DocInfo, DocKind, PeerInfo, Store, StoreConfig, heads_digest};
+pub use store::{
+    Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo, Store, StoreConfig, SyncUpdate,
+    heads_digest,
+};

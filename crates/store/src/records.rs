@@ -14,13 +14,14 @@
 //! Compaction replaces the snapshot, removes the incrementals and rewrites `d`, in one batch.
 //! | `y` peer doc | [`SyncRecord`] |
 //! | `p` peer | [`PeerInfo`](crate::PeerInfo) |
+//! | `r` peer | when a sync session with the peer last finished reconciling: `u64` millis, little endian |
 
 use serde::{Deserialize, Serialize};
 
 use crate::{DocId, DocKind, PeerId};
 
 /// The format this build writes; bump it with any change to the layout or a record.
-pub(crate) const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 2;
 
 /// Records are small; anything larger than this in a record slot is damage.
 pub(crate) const RECORD_LIMIT: usize = 16 << 20;
@@ -61,6 +62,10 @@ pub(crate) fn peer_key(peer: PeerId) -> [u8; 17] {
 }
 
 pub(crate) const PEER_PREFIX: &[u8] = b"p";
+
+pub(crate) fn reconciled_key(peer: PeerId) -> [u8; 17] {
+    prefixed(b'r', peer.as_bytes())
+}
 pub(crate) const META_PREFIX: &[u8] = b"d";
 
 fn prefixed(tag: u8, id: &[u8; 16]) -> [u8; 17] {
@@ -108,9 +113,16 @@ pub(crate) struct Incremental {
 #[derive(Clone, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
 pub struct SyncRecord {
     /// Automerge's `sync::State::encode()` for this peer, empty before the first sync.
+    #[serde(with = "serde_bytes")]
     pub automerge_state: Vec<u8>,
-    /// The heads (Automerge) or digest (CRDT kinds) the peer last acknowledged.
+    /// The version the peer last said it holds: Automerge heads, or the one state digest of a
+    /// ferry-crdt document.
     pub acked: Vec<[u8; 32]>,
-    /// When a sync with this peer last completed, in milliseconds since the Unix epoch.
+    /// How many of this replica's changes to the document `acked` covers: for Automerge, the
+    /// changes in the history of the acknowledged heads (those held here); for the ferry-crdt
+    /// kinds, the document's change count when the peer acknowledged its state.
+    pub acked_changes: u64,
+    /// When the peer was last seen to hold this replica's whole document, in milliseconds
+    /// since the Unix epoch.
     pub last_sync_millis: Option<u64>,
 }

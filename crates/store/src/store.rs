@@ -210,6 +210,30 @@ pub struct DocInfo {
     pub stored_bytes: u64,
 }
 
+/// How far a peer is behind on one document; see [`Store::sync_status`].
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct DocSyncStatus {
+    /// Changes held here that the peer has not acknowledged: Automerge changes outside the
+    /// history of the heads it acknowledged; for the ferry-crdt kinds, operations and merges
+    /// since it acknowledged the state (at least 1 whenever its state differs). 0 when the peer
+    /// holds everything this replica has of the document.
+    pub pending: u64,
+    /// When the peer was last seen to hold all of the document, in milliseconds since the Unix
+    /// epoch; `None` if never.
+    pub last_sync_millis: Option<u64>,
+}
+
+/// What one step of sync learned about a (peer, document) pair; see [`Store::record_sync`].
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct SyncUpdate {
+    /// The automerge sync state to keep for the peer.
+    pub automerge_state: Option<Vec<u8>>,
+    /// A version the peer said it holds.
+    pub acked: Option<Version>,
+    /// The time, when the peer now holds everything this replica has of the document.
+    pub synced_at: Option<u64>,
+}
+
 /// How a store is opened.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -245,6 +269,16 @@ pub fn heads_digest(heads: &[ChangeHash]) -> Digest {
         hasher.update(&head.0);
     }
     Digest::from_bytes(*hasher.finalize().as_bytes())
+}
+
+/// Those of `heads` that `am` holds.
+fn known_heads(am: &Automerge, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+    let missing = am.get_missing_deps(heads);
+    heads
+        .iter()
+        .filter(|h| !missing.contains(h))
+        .copied()
+        .collect()
 }
 
 /// A replica's durable local store: the source of truth the app reads and subscribes to, and
@@ -823,6 +857,110 @@ impl Store {
         Ok(())
     }
 
+    /// Records what sync with `peer` learned about `doc`, in one write. Not flushed on its own:
+    /// losing it in a crash costs a longer next sync and a stale status, never data.
+    ///
+    /// An acknowledged [`Version::Heads`] may name changes this replica does not hold yet (the
+    /// peer's own); the pending count covers the history of those it does hold.
+    pub fn record_sync(
+        &self,
+        peer: PeerId,
+        doc: DocId,
+        update: SyncUpdate,
+    ) -> Result<(), StoreError> {
+        let mut record = self.sync_record(peer, doc)?.unwrap_or_default();
+        if let Some(state) = update.automerge_state {
+            record.automerge_state = state;
+        }
+        match update.acked {
+            None => {}
+            Some(Version::Heads(heads)) => {
+                let info = self.info(doc)?;
+                record.acked_changes = if info.version == Version::Heads(heads.clone()) {
+                    info.changes // the usual case, known without loading the document
+                } else {
+                    self.read(doc, |am| {
+                        let known = known_heads(am, &heads);
+                        let total = am.stats().num_changes;
+                        total.saturating_sub(am.get_changes_meta(&known).len() as u64)
+                    })?
+                };
+                record.acked = heads.iter().map(|h| h.0).collect();
+            }
+            Some(Version::Digest(digest)) => {
+                let info = self.info(doc)?;
+                if info.digest == digest {
+                    record.acked_changes = info.changes;
+                }
+                record.acked = vec![*digest.as_bytes()];
+            }
+        }
+        if update.synced_at.is_some() {
+            record.last_sync_millis = update.synced_at;
+        }
+        self.put_sync_record(peer, doc, &record)
+    }
+
+    /// How far `peer` is behind on `doc`: the changes it has not acknowledged, and when it was
+    /// last seen to hold all of the document.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ferry_store::{DocKind, PeerId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let doc = store.create(DocKind::GCounter)?;
+    /// store.increment(doc, 1)?;
+    /// let peer = PeerId::from_bytes([1; 16]);
+    /// let status = store.sync_status(peer, doc)?;
+    /// assert_eq!(status.pending, 1); // never synced: everything is pending
+    /// assert_eq!(status.last_sync_millis, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sync_status(&self, peer: PeerId, doc: DocId) -> Result<DocSyncStatus, StoreError> {
+        let info = self.info(doc)?;
+        let record = self.sync_record(peer, doc)?.unwrap_or_default();
+        let pending = match info.kind {
+            DocKind::Automerge => info.changes.saturating_sub(record.acked_changes),
+            _ if record.acked == [*info.digest.as_bytes()] => 0,
+            // A state never acknowledged, or since changed: at least one change is pending.
+            _ => info.changes.saturating_sub(record.acked_changes).max(1),
+        };
+        // A document the peer held at the last completed reconciliation was in sync then.
+        let reconciled = self.reconciled(peer)?;
+        let last_sync_millis = match (pending, record.last_sync_millis, reconciled) {
+            (0, Some(at), Some(r)) => Some(at.max(r)),
+            (_, at, _) => at,
+        };
+        Ok(DocSyncStatus {
+            pending,
+            last_sync_millis,
+        })
+    }
+
+    /// Records that a sync session with `peer` finished reconciling at `now_millis`: every
+    /// document the peer may read was compared.
+    pub fn set_reconciled(&self, peer: PeerId, now_millis: u64) -> Result<(), StoreError> {
+        self.shared
+            .db
+            .insert(records::reconciled_key(peer), &now_millis.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// When a sync session with `peer` last finished reconciling, if ever.
+    pub fn reconciled(&self, peer: PeerId) -> Result<Option<u64>, StoreError> {
+        match self.shared.db.get(records::reconciled_key(peer))? {
+            None => Ok(None),
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+                .map(|b| Some(u64::from_le_bytes(b)))
+                .map_err(|_| StoreError::DamagedRecord {
+                    what: "reconciliation time",
+                }),
+        }
+    }
+
     /// Adds a peer or replaces what the store knows of it; durable when it returns.
     pub fn put_peer(&self, peer: &PeerInfo) -> Result<(), StoreError> {
         self.shared
@@ -854,6 +992,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         let known = self.shared.db.contains_key(records::peer_key(peer))?;
         batch.remove(&records::peer_key(peer));
+        batch.remove(&records::reconciled_key(peer));
         let mut prefix = records::SYNC_PREFIX.to_vec();
         prefix.extend_from_slice(peer.as_bytes());
         for key in self.shared.db.scan_prefix(prefix).keys() {

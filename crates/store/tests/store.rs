@@ -10,8 +10,9 @@ use std::time::Duration;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, Change, ROOT, ReadDoc};
 use ferry_store::{
-    Access, CrdtState, DocId, DocKind, Durability, Origin, PeerId, PeerInfo, RecvError, Store,
-    StoreConfig, StoreError, StoreEvent, SyncRecord, Version, heads_digest,
+    Access, CrdtState, DocId, DocKind, DocSyncStatus, Durability, Origin, PeerId, PeerInfo,
+    RecvError, Store, StoreConfig, StoreError, StoreEvent, SyncRecord, SyncUpdate, Version,
+    heads_digest,
 };
 
 /// Opens a closed store's database directly, to tamper with it. sled releases its lock from
@@ -93,7 +94,7 @@ fn an_unknown_format_is_refused() {
             err,
             StoreError::UnknownFormat {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"
@@ -545,6 +546,7 @@ fn peers_and_access_persist() {
         let record = SyncRecord {
             automerge_state: vec![1, 2, 3],
             acked: vec![[7; 32]],
+            acked_changes: 3,
             last_sync_millis: Some(42),
         };
         store.put_sync_record(peer, shared, &record).unwrap();
@@ -609,4 +611,77 @@ fn the_document_cache_stays_within_its_bound() {
         assert!(store.loaded_docs() <= 8);
     }
     assert_eq!(store.loaded_docs(), 8);
+}
+
+#[test]
+fn sync_status_counts_what_a_peer_has_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let peer = PeerId::from_bytes([5; 16]);
+    let doc = store.create(DocKind::Automerge).unwrap();
+    for i in 0..3 {
+        store.change(doc, |tx| tx.put(ROOT, "k", i)).unwrap();
+    }
+    assert_eq!(store.sync_status(peer, doc).unwrap().pending, 3);
+
+    // The peer acknowledges the first two changes' heads, then a third and fourth arrive here.
+    let heads_at_two = store
+        .read(doc, |d| {
+            let all = d.get_changes(&[]);
+            vec![all[1].hash()]
+        })
+        .unwrap();
+    let ack = |heads: Vec<automerge::ChangeHash>, at| SyncUpdate {
+        acked: Some(Version::Heads(heads)),
+        synced_at: at,
+        ..SyncUpdate::default()
+    };
+    store
+        .record_sync(peer, doc, ack(heads_at_two, None))
+        .unwrap();
+    store.change(doc, |tx| tx.put(ROOT, "k", 9)).unwrap();
+    let status = store.sync_status(peer, doc).unwrap();
+    assert_eq!(status.pending, 2);
+    assert_eq!(status.last_sync_millis, None);
+
+    // Acknowledging the current heads leaves nothing pending.
+    let now = store.read(doc, |d| d.get_heads()).unwrap();
+    store.record_sync(peer, doc, ack(now, Some(77))).unwrap();
+    assert_eq!(
+        store.sync_status(peer, doc).unwrap(),
+        DocSyncStatus {
+            pending: 0,
+            last_sync_millis: Some(77)
+        }
+    );
+    // A later reconciliation with the peer counts as a sync of the documents it holds whole.
+    store.set_reconciled(peer, 90).unwrap();
+    assert_eq!(
+        store.sync_status(peer, doc).unwrap().last_sync_millis,
+        Some(90)
+    );
+
+    // CRDT documents: pending while the acknowledged state is not the current one.
+    let counter = store.create(DocKind::GCounter).unwrap();
+    store.increment(counter, 1).unwrap();
+    let digest = store.info(counter).unwrap().digest;
+    store
+        .record_sync(
+            peer,
+            counter,
+            SyncUpdate {
+                acked: Some(Version::Digest(digest)),
+                ..SyncUpdate::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(store.sync_status(peer, counter).unwrap().pending, 0);
+    store.increment(counter, 1).unwrap();
+    store.increment(counter, 1).unwrap();
+    assert_eq!(store.sync_status(peer, counter).unwrap().pending, 2);
+
+    // Forgetting the peer forgets its records.
+    store.remove_peer(peer).unwrap();
+    assert_eq!(store.sync_status(peer, doc).unwrap().pending, 4);
+    assert_eq!(store.reconciled(peer).unwrap(), None);
 }

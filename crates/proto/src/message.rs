@@ -17,13 +17,15 @@ pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
 /// Bytes before a frame's body: the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
 
-/// Digests as the protocol carries them: the first 16 bytes of a blake3 digest.
-pub type ShortDigest = [u8; 16];
+/// Digests and fingerprints as the protocol carries them: the first 8 bytes of a blake3
+/// digest. Two different versions share one with probability 2^-64; the worst a false match
+/// does is leave a difference for a later session or send changes the peer already holds.
+pub type ShortDigest = [u8; 8];
 
 /// Shortens a digest for the wire.
 pub fn short(digest: &[u8; 32]) -> ShortDigest {
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
     out
 }
 
@@ -125,12 +127,6 @@ impl Prefix {
             .collect()
     }
 
-    /// Whether `child` is one of this prefix's 16 children.
-    pub fn is_parent_of(&self, child: &Prefix) -> bool {
-        child.len == self.len + 1
-            && (0..self.len).all(|i| Self::nibble(&child.bytes, i) == Self::nibble(&self.bytes, i))
-    }
-
     /// The smallest id under this prefix, for searching a sorted list.
     pub fn first_id(&self) -> [u8; 16] {
         self.bytes
@@ -168,13 +164,23 @@ pub enum Range {
         /// The documents, in id order.
         items: Vec<Item>,
     },
+    /// The prefix's 16 children, each by its fingerprint, in nibble order; all zeros for a
+    /// child under which the sender holds nothing (no fingerprint of documents is all zeros).
+    Split {
+        /// The prefix.
+        prefix: Prefix,
+        /// The children's fingerprints.
+        children: [ShortDigest; 16],
+    },
 }
 
 impl Range {
     /// The prefix it describes.
     pub fn prefix(&self) -> &Prefix {
         match self {
-            Range::Fingerprint { prefix, .. } | Range::Items { prefix, .. } => prefix,
+            Range::Fingerprint { prefix, .. }
+            | Range::Items { prefix, .. }
+            | Range::Split { prefix, .. } => prefix,
         }
     }
 }
@@ -216,6 +222,9 @@ pub enum Message {
     /// Reconciliation: fingerprints or item lists for prefixes. Every non-empty one is
     /// answered by exactly one `Reconcile`, possibly empty.
     Reconcile {
+        /// Which turn of reconciliation this is: the initiator's first is 0, and each reply
+        /// is one more than what it answers. A receiver ignores any other (a replay).
+        round: u32,
         /// The ranges.
         ranges: Vec<Range>,
     },
@@ -262,7 +271,8 @@ pub enum Message {
     Changes {
         /// The document.
         doc: DocId,
-        /// The sender's heads, with these changes applied.
+        /// The sender's heads, with these changes applied; empty when they are exactly the
+        /// changes in this message that no other change in it depends on (the usual case).
         heads: Vec<[u8; 32]>,
         /// The changes, each one whole change chunk, dependencies first.
         changes: Vec<Vec<u8>>,
@@ -296,6 +306,7 @@ struct ErrorBody {
 }
 #[derive(Serialize, Deserialize)]
 struct ReconcileBody {
+    round: u32,
     ranges: Vec<Range>,
 }
 #[derive(Serialize, Deserialize)]
@@ -406,7 +417,7 @@ impl Message {
                 capabilities,
             }),
             Message::Error { code, detail } => encode(&ErrorBody { code, detail }),
-            Message::Reconcile { ranges } => encode(&ReconcileBody { ranges }),
+            Message::Reconcile { round, ranges } => encode(&ReconcileBody { round, ranges }),
             Message::Want { doc } => encode(&DocBody { doc }),
             Message::Snapshot { doc, kind, bytes } => encode(&SnapshotBody { doc, kind, bytes }),
             Message::Heads {
@@ -480,7 +491,10 @@ impl Message {
             }
             kind::RECONCILE => {
                 let b: ReconcileBody = decode(payload, limit).map_err(bad)?;
-                Message::Reconcile { ranges: b.ranges }
+                Message::Reconcile {
+                    round: b.round,
+                    ranges: b.ranges,
+                }
             }
             kind::WANT => {
                 let b: DocBody = decode(payload, limit).map_err(bad)?;

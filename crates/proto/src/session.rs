@@ -160,6 +160,9 @@ pub struct Session {
     listed: Vec<Entry>,
     /// Prefixes whose fingerprints this side sent last; those the reply passes over matched.
     outstanding: Vec<Prefix>,
+    /// The reconciliation round this side expects next; reconciliation is strictly turn by
+    /// turn, so any other is a replay.
+    round: u32,
     reconciled: bool,
     /// Automerge sync states of this session, by document.
     syncs: HashMap<DocId, sync::State>,
@@ -216,6 +219,7 @@ impl Session {
             events: VecDeque::new(),
             listed,
             outstanding: Vec::new(),
+            round: 0,
             reconciled: false,
             syncs: HashMap::new(),
             heads_sent: HashSet::new(),
@@ -234,7 +238,11 @@ impl Session {
             if let Range::Fingerprint { prefix, .. } = &root {
                 session.outstanding.push(prefix.clone());
             }
-            session.send(&Message::Reconcile { ranges: vec![root] });
+            session.send(&Message::Reconcile {
+                round: 0,
+                ranges: vec![root],
+            });
+            session.round = 1;
         }
         Ok(session)
     }
@@ -403,7 +411,13 @@ impl Session {
             Message::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(()),
             Message::Hello { .. } => Err(SessionError::Protocol("hello twice")),
             Message::Error { .. } => Ok(()), // handled before
-            Message::Reconcile { ranges } => self.on_reconcile(ranges),
+            Message::Reconcile { round, ranges } => {
+                if round != self.round || self.reconciled {
+                    return Ok(()); // a replay of a turn already taken
+                }
+                self.round = round.saturating_add(2);
+                self.on_reconcile(round.saturating_add(1), ranges)
+            }
             Message::Want { doc } => self.on_want(doc),
             Message::Snapshot { doc, kind, bytes } => self.on_snapshot(doc, kind, &bytes),
             Message::Heads {
@@ -456,15 +470,12 @@ impl Session {
         }
     }
 
-    fn on_reconcile(&mut self, ranges: Vec<Range>) -> Result<(), SessionError> {
-        // A fingerprint this side sent is answered by items or children of its prefix, or by
+    /// Handles the peer's turn of reconciliation; this side's reply is turn `reply_round`.
+    fn on_reconcile(&mut self, reply_round: u32, ranges: Vec<Range>) -> Result<(), SessionError> {
+        // A fingerprint this side sent is answered by items or a split of its prefix, or by
         // nothing when it matched: then the peer holds every document under it as listed here.
         for prefix in std::mem::take(&mut self.outstanding) {
-            let answered = ranges.iter().any(|r| {
-                let p = r.prefix();
-                *p == prefix || prefix.is_parent_of(p)
-            });
-            if !answered {
+            if !ranges.iter().any(|r| *r.prefix() == prefix) {
                 self.confirm_under(&prefix)?;
             }
         }
@@ -477,18 +488,13 @@ impl Session {
                 Range::Fingerprint {
                     prefix,
                     fingerprint: theirs,
-                } => {
-                    let mine = self.under(&prefix);
-                    if fingerprint(mine) == theirs {
-                        self.confirm_under(&prefix)?;
-                    } else if mine.len() <= self.config.leaf || prefix.len() >= 32 {
-                        reply.push(Range::Items {
-                            items: mine.iter().map(Entry::item).collect(),
-                            prefix,
-                        });
-                    } else {
-                        for child in prefix.children() {
-                            reply.push(self.describe_child(&child));
+                } => self.answer_fingerprint(prefix, theirs, &mut reply)?,
+                Range::Split { prefix, children } => {
+                    for (child, theirs) in prefix.children().into_iter().zip(children) {
+                        if theirs == EMPTY {
+                            self.compare(&child, &[])?;
+                        } else {
+                            self.answer_fingerprint(child, theirs, &mut reply)?;
                         }
                     }
                 }
@@ -501,14 +507,53 @@ impl Session {
         self.outstanding = reply
             .iter()
             .filter_map(|r| match r {
-                Range::Fingerprint { prefix, .. } => Some(prefix.clone()),
+                Range::Split { prefix, children } => Some(
+                    prefix
+                        .children()
+                        .into_iter()
+                        .zip(children)
+                        .filter(|(_, fp)| **fp != EMPTY)
+                        .map(|(child, _)| child)
+                        .collect::<Vec<_>>(),
+                ),
+                Range::Fingerprint { prefix, .. } => Some(vec![prefix.clone()]),
                 Range::Items { .. } => None,
             })
+            .flatten()
             .collect();
         let done = reply.is_empty();
-        self.send(&Message::Reconcile { ranges: reply });
+        self.send(&Message::Reconcile {
+            round: reply_round,
+            ranges: reply,
+        });
         if done {
             self.finish_reconcile()?;
+        }
+        Ok(())
+    }
+
+    /// The peer's fingerprint of `prefix`: nothing to do if it matches this side's, else this
+    /// side's items if few, else a split.
+    fn answer_fingerprint(
+        &mut self,
+        prefix: Prefix,
+        theirs: ShortDigest,
+        reply: &mut Vec<Range>,
+    ) -> Result<(), SessionError> {
+        let mine = self.under(&prefix);
+        if fingerprint(mine) == theirs {
+            self.confirm_under(&prefix)?;
+        } else if mine.len() <= self.config.leaf || prefix.len() >= 32 {
+            reply.push(Range::Items {
+                items: mine.iter().map(Entry::item).collect(),
+                prefix,
+            });
+        } else {
+            let mut children = [EMPTY; 16];
+            for (fp, child) in children.iter_mut().zip(prefix.children()) {
+                *fp = fingerprint(self.under(&child));
+            }
+            reply.push(Range::Split { prefix, children });
         }
         Ok(())
     }
@@ -520,22 +565,6 @@ impl Session {
             self.events.push_back(Event::Reconciled);
         }
         Ok(())
-    }
-
-    /// A child in a split: empty children are listed (nearly free), others fingerprinted.
-    fn describe_child(&self, child: &Prefix) -> Range {
-        let entries = self.under(child);
-        if entries.is_empty() {
-            Range::Items {
-                prefix: child.clone(),
-                items: Vec::new(),
-            }
-        } else {
-            Range::Fingerprint {
-                prefix: child.clone(),
-                fingerprint: fingerprint(entries),
-            }
-        }
     }
 
     /// The peer listed everything it has under `prefix`: act on each difference.
@@ -650,13 +679,11 @@ impl Session {
             }
         }
         if mine.acked {
-            // This side has nothing new since the peer acknowledged it: the peer can tell what
-            // it lacks from these heads.
-            let heads = self.store.read(doc, |am| am.get_heads())?;
-            self.send(&Message::Changes {
+            // This side has nothing new since the peer acknowledged it: saying which version
+            // it holds lets the peer send what came since.
+            self.send(&Message::Ack {
                 doc,
-                heads: heads.iter().map(|h| h.0).collect(),
-                changes: Vec::new(),
+                digest: mine.digest,
             });
             return Ok(());
         }
@@ -852,14 +879,13 @@ impl Session {
             if !am.get_missing_deps(base).is_empty() {
                 return None;
             }
-            let changes: Vec<Vec<u8>> = am
-                .get_changes(base)
-                .iter()
-                .map(|c| c.raw_bytes().to_vec())
-                .collect();
-            Some((am.get_heads(), changes))
+            let changes = am.get_changes(base);
+            let heads = am.get_heads();
+            let implied = frontier(&changes) == heads;
+            let raw: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
+            Some((heads, implied, raw))
         })?;
-        let Some((heads, changes)) = found else {
+        let Some((heads, implied, changes)) = found else {
             return Ok(Pushed::Unknown);
         };
         if changes.is_empty() {
@@ -870,7 +896,11 @@ impl Session {
         }
         self.send(&Message::Changes {
             doc,
-            heads: heads.iter().map(|h| h.0).collect(),
+            heads: if implied {
+                Vec::new()
+            } else {
+                heads.iter().map(|h| h.0).collect()
+            },
             changes,
         });
         self.sent_heads.insert(doc, heads);
@@ -892,8 +922,12 @@ impl Session {
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("changes for a crdt document")),
         }
+        let mut theirs: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
         if !changes.is_empty() {
             let parsed = parse_changes(changes)?;
+            if theirs.is_empty() {
+                theirs = frontier(&parsed);
+            }
             if !self.may_write(doc)? {
                 self.send(&Message::Refused {
                     doc,
@@ -920,7 +954,6 @@ impl Session {
                 self.events.push_back(Event::DocUpdated { doc });
             }
         }
-        let theirs = heads.iter().map(|h| ChangeHash(*h)).collect();
         self.answer_heads(doc, theirs)
     }
 
@@ -972,6 +1005,17 @@ impl Session {
             && short(heads_digest(&sent).as_bytes()) == digest
         {
             return self.record_acked(doc, sent);
+        }
+        // The peer holds an older version, one it acknowledged before: with nothing in flight,
+        // send it what came since.
+        if info.kind == DocKind::Automerge
+            && !self.sent_heads.contains_key(&doc)
+            && !self.refused.contains(&doc)
+            && let Some(acked) = self.acked_heads(doc)?
+            && short(heads_digest(&acked).as_bytes()) == digest
+        {
+            self.peer_heads.insert(doc, acked.clone());
+            return self.send_changes_since(doc, &acked, None).map(drop);
         }
         Ok(()) // stale: replayed, or overtaken
     }
@@ -1238,14 +1282,24 @@ fn acked_digest(kind: DocKind, acked: &[[u8; 32]]) -> Option<ShortDigest> {
     }
 }
 
-/// blake3 over the (id, digest) pairs, shortened.
+/// The fingerprint of no documents, which marks an empty child in a split.
+const EMPTY: ShortDigest = [0; 8];
+
+/// blake3 over the (id, digest) pairs, shortened; never [`EMPTY`] for documents.
 fn fingerprint(entries: &[Entry]) -> ShortDigest {
+    if entries.is_empty() {
+        return EMPTY;
+    }
     let mut hasher = blake3::Hasher::new();
     for e in entries {
         hasher.update(e.doc.as_bytes());
         hasher.update(&e.digest);
     }
-    short(hasher.finalize().as_bytes())
+    let mut fp = short(hasher.finalize().as_bytes());
+    if fp == EMPTY {
+        fp[7] = 1;
+    }
+    fp
 }
 
 fn validate_items(prefix: &Prefix, items: &[Item]) -> Result<(), SessionError> {
@@ -1301,6 +1355,22 @@ fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, SessionError> {
                 .map_err(|_| SessionError::Protocol("a change that does not parse"))
         })
         .collect()
+}
+
+/// The changes no other change among them depends on, sorted: the heads they imply.
+fn frontier(changes: &[Change]) -> Vec<ChangeHash> {
+    let deps: HashSet<ChangeHash> = changes
+        .iter()
+        .flat_map(|c| c.deps().iter().copied())
+        .collect();
+    let mut heads: Vec<ChangeHash> = changes
+        .iter()
+        .map(Change::hash)
+        .filter(|h| !deps.contains(h))
+        .collect();
+    heads.sort_unstable();
+    heads.dedup();
+    heads
 }
 
 /// Ancestors of `head` along first dependencies, at depths 1, 2, 4, ... 1024.

@@ -43,13 +43,13 @@ fn prefix() -> impl Strategy<Value = Prefix> {
 
 fn range() -> impl Strategy<Value = Range> {
     prop_oneof![
-        (prefix(), any::<[u8; 16]>()).prop_map(|(prefix, fingerprint)| Range::Fingerprint {
+        (prefix(), any::<[u8; 8]>()).prop_map(|(prefix, fingerprint)| Range::Fingerprint {
             prefix,
             fingerprint
         }),
         (
             prefix(),
-            proptest::collection::vec((doc(), kind(), any::<[u8; 16]>(), any::<bool>()), 0..5)
+            proptest::collection::vec((doc(), kind(), any::<[u8; 8]>(), any::<bool>()), 0..5)
         )
             .prop_map(|(prefix, items)| Range::Items {
                 prefix,
@@ -63,6 +63,8 @@ fn range() -> impl Strategy<Value = Range> {
                     })
                     .collect()
             }),
+        (prefix(), any::<[[u8; 8]; 16]>())
+            .prop_map(|(prefix, children)| Range::Split { prefix, children }),
     ]
 }
 
@@ -77,7 +79,8 @@ fn message() -> impl Strategy<Value = Message> {
             capabilities
         }),
         (code(), ".{0,40}").prop_map(|(code, detail)| Message::Error { code, detail }),
-        proptest::collection::vec(range(), 0..6).prop_map(|ranges| Message::Reconcile { ranges }),
+        (any::<u32>(), proptest::collection::vec(range(), 0..6))
+            .prop_map(|(round, ranges)| Message::Reconcile { round, ranges }),
         doc().prop_map(|doc| Message::Want { doc }),
         (doc(), kind(), bytes()).prop_map(|(doc, kind, bytes)| Message::Snapshot {
             doc,
@@ -107,7 +110,7 @@ fn message() -> impl Strategy<Value = Message> {
                 heads,
                 changes
             }),
-        (doc(), any::<[u8; 16]>()).prop_map(|(doc, digest)| Message::Ack { doc, digest }),
+        (doc(), any::<[u8; 8]>()).prop_map(|(doc, digest)| Message::Ack { doc, digest }),
     ]
 }
 

@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
+use ferry_proto::SessionConfig;
 use ferry_store::{Access, CrdtState, DocId, DocKind};
 use proptest::prelude::*;
-use support::{Faults, Replica, sync, trust};
+use support::{Faults, Replica, sync_with, trust};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -67,8 +68,12 @@ proptest! {
     #[test]
     fn replicas_converge_through_cut_and_duplicated_sessions(
         n in 2..=5usize,
+        // Small leaves make even a few documents go through fingerprints and splits.
+        leaf in prop_oneof![Just(1usize), Just(2), Just(16)],
         ops in proptest::collection::vec(op(), 1..40),
     ) {
+        let config = SessionConfig { leaf, ..SessionConfig::default() };
+        let sync = |a: &Replica, b: &Replica, faults| sync_with(a, b, faults, &config);
         let replicas: Vec<Replica> = (0..n).map(|_| Replica::new()).collect();
         for a in &replicas {
             for b in &replicas {

@@ -59,18 +59,23 @@ pub struct Faults {
 
 /// Runs a session between `a` (initiator) and `b` until no frame moves, or a fault cuts it.
 pub fn sync(a: &Replica, b: &Replica, faults: Faults) -> Run {
+    sync_with(a, b, faults, &SessionConfig::default())
+}
+
+/// [`sync`] with both sessions configured by `config`.
+pub fn sync_with(a: &Replica, b: &Replica, faults: Faults, config: &SessionConfig) -> Run {
     let sa = Session::new(
         a.store.clone(),
         b.store.peer_id(),
         Role::Initiator,
-        SessionConfig::default(),
+        config.clone(),
     )
     .unwrap();
     let sb = Session::new(
         b.store.clone(),
         a.store.peer_id(),
         Role::Responder,
-        SessionConfig::default(),
+        config.clone(),
     )
     .unwrap();
     pump([sa, sb], faults).0

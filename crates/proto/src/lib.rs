@@ -4,9 +4,11 @@
 //!
 //! A session runs in phases: **hello** (versions), **reconcile** (a walk down a 16-way trie
 //! over document ids, comparing fingerprints, until the documents that differ are found),
-//! **per document** (automerge's own sync messages, seeded with the heads both sides share; a
-//! snapshot for a replica that has nothing; states for the ferry-crdt kinds), and **live**
-//! (changes pushed as the store reports them).
+//! **per document** (the changes that came since the version the peer last acknowledged, in one
+//! message; automerge's own sync messages, seeded with the heads both sides share, when that
+//! version is unknown; a snapshot for a replica that has nothing; states for the ferry-crdt
+//! kinds), and **live** (changes pushed as the store reports them, each acknowledged, which
+//! feeds [`ferry_store::Store::sync_status`]).
 //!
 //! # Examples
 //!

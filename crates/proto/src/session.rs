@@ -82,6 +82,9 @@ pub enum SessionError {
     /// A frame broke the protocol: wrong order, bad content.
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
+    /// A frame came when the protocol does not allow it.
+    #[error("out of order: {0}")]
+    OutOfOrder(&'static str),
     /// The peer speaks another version.
     #[error("the peer speaks protocol version {0}, this build speaks {PROTOCOL_VERSION}")]
     UnsupportedVersion(u32),
@@ -313,7 +316,7 @@ impl Session {
                 ),
                 _ => self.fail(
                     ErrorCode::OutOfOrder,
-                    SessionError::Protocol("a frame before hello"),
+                    SessionError::OutOfOrder("a frame before hello"),
                 ),
             };
         }
@@ -323,7 +326,7 @@ impl Session {
                 let code = match &e {
                     SessionError::NoAccess(_) => ErrorCode::NoAccess,
                     SessionError::Store(_) => ErrorCode::Internal,
-                    SessionError::Protocol("hello twice") => ErrorCode::OutOfOrder,
+                    SessionError::OutOfOrder(_) => ErrorCode::OutOfOrder,
                     _ => ErrorCode::Malformed,
                 };
                 self.fail(code, e)
@@ -409,11 +412,16 @@ impl Session {
         match message {
             // A replayed hello is harmless; another version mid-session is not.
             Message::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(()),
-            Message::Hello { .. } => Err(SessionError::Protocol("hello twice")),
+            Message::Hello { .. } => Err(SessionError::OutOfOrder("a second hello")),
             Message::Error { .. } => Ok(()), // handled before
             Message::Reconcile { round, ranges } => {
-                if round != self.round || self.reconciled {
+                if round < self.round {
                     return Ok(()); // a replay of a turn already taken
+                }
+                if round > self.round || self.reconciled {
+                    return Err(SessionError::OutOfOrder(
+                        "a reconciliation turn out of order",
+                    ));
                 }
                 self.round = round.saturating_add(2);
                 self.on_reconcile(round.saturating_add(1), ranges)

@@ -339,6 +339,14 @@ fn malformed_frames_end_the_session_and_change_nothing() {
             .to_frame(),
         ),
         (
+            "a reconciliation turn from the future",
+            Message::Reconcile {
+                round: 7,
+                ranges: vec![],
+            }
+            .to_frame(),
+        ),
+        (
             "unsupported version",
             Message::Hello {
                 version: 99,

@@ -1,0 +1,179 @@
+//! Moves one session's frames over one QUIC stream, and the store's changes into the session.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_proto::{Role, Session, SessionError};
+use ferry_store::{Origin, PeerId, RecvError, StoreEvent};
+use quinn::{Connection, SendStream};
+use tokio::time::Instant;
+
+use crate::node::Inner;
+use crate::{CloseCode, NetError, NetEvent};
+
+/// Largest chunk read from the stream at once.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// How long an error frame gets to reach the peer before the connection is closed.
+const ERROR_GRACE: Duration = Duration::from_millis(500);
+
+/// When a session ends on its own: never (a live session), or once reconciled and quiet.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Until {
+    /// Until the connection closes.
+    Closed,
+    /// Until reconciliation has finished and no frame has arrived for this long.
+    Quiet(Duration),
+}
+
+/// Runs a session with `peer` on `conn` until the connection ends, the session fails, or
+/// `until` says it is done. A session error closes the connection with
+/// [`CloseCode::Protocol`] after its error frame.
+pub(crate) async fn drive(
+    inner: Arc<Inner>,
+    peer: PeerId,
+    conn: Connection,
+    role: Role,
+    until: Until,
+) -> Result<(), NetError> {
+    let stream = match role {
+        Role::Initiator => conn.open_bi().await,
+        Role::Responder => conn.accept_bi().await,
+    };
+    let (mut send, mut recv) = stream.map_err(|source| NetError::Connection { peer, source })?;
+    // Subscribed before the session lists documents, so no change falls between the two.
+    let mut changes = inner.store.subscribe();
+    let store = inner.store.clone();
+    let config = inner.config.session.clone();
+    let mut session = tokio::task::spawn_blocking(move || Session::new(store, peer, role, config))
+        .await
+        .map_err(|_| NetError::Panicked { peer })?
+        .map_err(|source| NetError::Session { peer, source })?;
+    flush(&inner, peer, &mut session, &mut send).await?;
+
+    let mut last_frame = Instant::now();
+    loop {
+        let quiet = match until {
+            Until::Quiet(quiet) if session.is_reconciled() => Some(last_frame + quiet),
+            _ => None,
+        };
+        tokio::select! {
+            chunk = recv.read_chunk(READ_CHUNK, true) => {
+                let chunk = match chunk {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => return Ok(()), // the peer ended the session
+                    Err(quinn::ReadError::ConnectionLost(source)) => {
+                        return Err(NetError::Connection { peer, source });
+                    }
+                    Err(e) => return Err(NetError::Stream { peer, what: e.to_string() }),
+                };
+                last_frame = Instant::now();
+                let result;
+                (session, result) = step(peer, session, move |s| s.handle_bytes(&chunk.bytes, now_millis())).await?;
+                flush(&inner, peer, &mut session, &mut send).await?;
+                if let Err(error) = result {
+                    return fail(peer, &conn, &mut send, error).await;
+                }
+            }
+            change = changes.recv() => match change {
+                Ok(StoreEvent::Changed { doc, origin, .. }) if origin != Origin::Remote(peer) => {
+                    let result;
+                    (session, result) = step(peer, session, move |s| s.doc_changed(doc)).await?;
+                    flush(&inner, peer, &mut session, &mut send).await?;
+                    if let Err(error) = result {
+                        return fail(peer, &conn, &mut send, error).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged { .. }) => {
+                    // Changes were missed: a new session reconciles everything again.
+                    conn.close(CloseCode::Resync.into(), b"missed store events");
+                    return Ok(());
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            () = sleep_until(quiet) => {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(ERROR_GRACE, send.stopped()).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the error frame the session queued, then closes the connection with
+/// [`CloseCode::Protocol`].
+async fn fail(
+    peer: PeerId,
+    conn: &Connection,
+    send: &mut SendStream,
+    error: SessionError,
+) -> Result<(), NetError> {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(ERROR_GRACE, send.stopped()).await;
+    let code = match &error {
+        SessionError::Store(_) => CloseCode::Internal,
+        SessionError::Peer { .. } => CloseCode::Shutdown,
+        _ => CloseCode::Protocol,
+    };
+    let reason = error.to_string();
+    conn.close(code.into(), reason.as_bytes());
+    Err(NetError::Session {
+        peer,
+        source: error,
+    })
+}
+
+/// Runs `f` on the session on a blocking thread: sessions read and write the store, and a
+/// write waits for its fsync.
+async fn step<R: Send + 'static>(
+    peer: PeerId,
+    mut session: Session,
+    f: impl FnOnce(&mut Session) -> R + Send + 'static,
+) -> Result<(Session, R), NetError> {
+    tokio::task::spawn_blocking(move || {
+        let result = f(&mut session);
+        (session, result)
+    })
+    .await
+    .map_err(|_| NetError::Panicked { peer })
+}
+
+/// Sends every frame the session has queued, in one write, and reports its events.
+async fn flush(
+    inner: &Inner,
+    peer: PeerId,
+    session: &mut Session,
+    send: &mut SendStream,
+) -> Result<(), NetError> {
+    let mut out = Vec::new();
+    while let Some(frame) = session.poll_transmit() {
+        out.extend_from_slice(&frame);
+    }
+    while let Some(event) = session.poll_event() {
+        inner.emit(NetEvent::Session { peer, event });
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    send.write_all(&out).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(source) => NetError::Connection { peer, source },
+        e => NetError::Stream {
+            peer,
+            what: e.to_string(),
+        },
+    })
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

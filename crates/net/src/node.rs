@@ -1,0 +1,694 @@
+//! A replica on the network: one QUIC endpoint that listens and dials, one connection per
+//! peer, a sync session on each, and reconnection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use ferry_proto::{Role, SessionConfig};
+use ferry_store::{PeerId, Store};
+use quinn::Connection;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::driver::{self, Until};
+use crate::tls::{self, Credentials, SERVER_NAME};
+use crate::{CloseCode, NetError};
+
+/// How a [`Node`] behaves.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_net::NetConfig;
+///
+/// let config = NetConfig {
+///     listen: "127.0.0.1:0".parse().unwrap(),
+///     ..NetConfig::default()
+/// };
+/// assert_eq!(config.backoff.max.as_secs(), 60);
+/// ```
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Where to listen (UDP). Default `0.0.0.0:0`: every interface, a port the system picks.
+    pub listen: SocketAddr,
+    /// The sync sessions' configuration (frame limit).
+    pub session: SessionConfig,
+    /// How often an idle connection is pinged, so middleboxes keep it. Default 5 s.
+    pub keep_alive: Duration,
+    /// A connection silent this long is dropped. Default 20 s.
+    pub idle_timeout: Duration,
+    /// How long a dial waits for the handshake. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Reconnect timing.
+    pub backoff: BackoffConfig,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            session: SessionConfig::default(),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+/// A peer's connection, as the app shows it.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum ConnectionState {
+    /// Dialing.
+    Connecting,
+    /// Connected, with a sync session running.
+    Connected {
+        /// Since when.
+        since: SystemTime,
+    },
+    /// Not connected.
+    Disconnected {
+        /// When this side dials again; `None` if it will not (no address for the peer, or the
+        /// node is shutting down): the peer may still dial in.
+        next_retry: Option<SystemTime>,
+    },
+}
+
+/// Something that happened on the network.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum NetEvent {
+    /// A peer's connection state changed.
+    Connection {
+        /// The peer.
+        peer: PeerId,
+        /// Its new state.
+        state: ConnectionState,
+    },
+    /// The sync session with a peer reported an event.
+    Session {
+        /// The peer.
+        peer: PeerId,
+        /// The event.
+        event: ferry_proto::Event,
+    },
+    /// The sync session with a peer failed, and its connection was closed.
+    SessionFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why, for people.
+        error: String,
+    },
+}
+
+/// How long a connection the peer closed as a duplicate waits for the one it kept.
+const REPLACEMENT_GRACE: Duration = Duration::from_secs(1);
+
+/// Two connections between the same pair of peers established this close together, in
+/// opposite directions, were dialed at once: one of them is closed by a rule both sides apply.
+const SIMULTANEOUS: Duration = Duration::from_secs(2);
+
+/// A replica on the network: one QUIC endpoint that both listens and dials, at most one
+/// connection per peer, a [`ferry_proto::Session`] on each, and a dial loop per known peer
+/// with an address that reconnects with backoff.
+///
+/// Create it inside a tokio runtime. Dropping it closes the endpoint at once; call
+/// [`Node::shutdown`] to close connections gracefully first.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_net::{NetConfig, Node};
+/// use ferry_store::Store;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path())?;
+/// let config = NetConfig { listen: "127.0.0.1:0".parse()?, ..NetConfig::default() };
+/// let node = Node::start(store, config).await?;
+/// println!("{} listening on {}", node.peer_id(), node.local_addr());
+/// node.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) config: NetConfig,
+    credentials: Credentials,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    peers: Mutex<HashMap<PeerId, Slot>>,
+    events: broadcast::Sender<NetEvent>,
+    network_changed: Notify,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the node knows of one peer's connection.
+#[derive(Debug)]
+struct Slot {
+    state: ConnectionState,
+    live: Option<Live>,
+    /// A dial loop runs for the peer.
+    dialing: bool,
+    /// One of its dials is in its handshake.
+    handshaking: bool,
+    /// The peer closed our connection as a duplicate: the one it kept is on its way, and
+    /// nothing changes for the app unless it has not arrived by then.
+    replacing_until: Option<Instant>,
+    /// Woken when the connection is replaced or ends, or the peer's addresses change.
+    wake: Arc<Notify>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            state: ConnectionState::Disconnected { next_retry: None },
+            live: None,
+            dialing: false,
+            handshaking: false,
+            replacing_until: None,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    conn: Connection,
+    /// This side dialed it.
+    ours: bool,
+    established: Instant,
+}
+
+impl Node {
+    /// Binds the endpoint and starts listening, and dialing every peer in the store's peer
+    /// table that has an address.
+    pub async fn start(store: Store, config: NetConfig) -> Result<Self, NetError> {
+        let credentials = Credentials::of(&store)?;
+        let mut server = tls::server_config(&store, &credentials)?;
+        server.transport_config(Arc::new(transport(&config)));
+        let endpoint =
+            quinn::Endpoint::server(server, config.listen).map_err(|source| NetError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (events, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            config,
+            credentials,
+            endpoint,
+            local_addr,
+            peers: Mutex::new(HashMap::new()),
+            events,
+            network_changed: Notify::new(),
+            shutdown: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let accept = tokio::spawn(accept_loop(inner.clone()));
+        inner.tasks().push(accept);
+        for peer in store.peers()? {
+            if !peer.addresses.is_empty() {
+                inner.ensure_dialing(peer.id);
+            }
+        }
+        tracing::info!(peer = %store.peer_id(), addr = %local_addr, "listening");
+        Ok(Self { inner })
+    }
+
+    /// This replica's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.store.peer_id()
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The store this node syncs.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Keeps a connection to `peer` at the addresses in the peer table: starts its dial loop if
+    /// none runs, and wakes it if it is waiting (for example after its addresses changed).
+    pub fn dial(&self, peer: PeerId) {
+        self.inner.ensure_dialing(peer);
+        self.inner.wake(peer);
+    }
+
+    /// The network changed (a new Wi-Fi, a VPN up): every dial loop waiting to retry dials
+    /// now, with its backoff started over.
+    pub fn network_changed(&self) {
+        self.inner.network_changed.notify_waiters();
+    }
+
+    /// Closes the connection to `peer`, if any (its dial loop stops if the peer was removed
+    /// from the peer table).
+    pub fn disconnect(&self, peer: PeerId) {
+        if let Some(live) = self.inner.live(peer) {
+            live.close(CloseCode::Shutdown.into(), b"disconnected");
+        }
+        self.inner.wake(peer);
+    }
+
+    /// Every peer the node has dealt with, and its connection state.
+    pub fn states(&self) -> HashMap<PeerId, ConnectionState> {
+        self.inner
+            .peers()
+            .iter()
+            .map(|(peer, slot)| (*peer, slot.state))
+            .collect()
+    }
+
+    /// Events from now on: connection changes and session events.
+    pub fn subscribe(&self) -> broadcast::Receiver<NetEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Dials `peer` once (no retries), runs one sync session until reconciliation has finished
+    /// and nothing has arrived for `quiet`, and closes the connection. For one-off syncs, such
+    /// as `ferry sync --once`.
+    pub async fn sync_once(&self, peer: PeerId, quiet: Duration) -> Result<(), NetError> {
+        let addresses = self
+            .inner
+            .store
+            .peer(peer)?
+            .map(|p| p.addresses)
+            .filter(|a| !a.is_empty())
+            .ok_or(NetError::NoAddress(peer))?;
+        let conn = self.inner.dial_addresses(peer, &addresses).await?;
+        let result = driver::drive(
+            self.inner.clone(),
+            peer,
+            conn.clone(),
+            Role::Initiator,
+            Until::Quiet(quiet),
+        )
+        .await;
+        conn.close(CloseCode::Shutdown.into(), b"done");
+        result
+    }
+
+    /// Closes every connection with [`CloseCode::Shutdown`] and waits (up to a second) until
+    /// the peers have been told; stops dialing and accepting.
+    pub async fn shutdown(&self) {
+        self.inner.begin_shutdown();
+        // The close frames go out at once; waiting longer would only let connections already
+        // closed finish draining.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        let tasks: Vec<JoinHandle<()>> = self.inner.tasks().drain(..).collect();
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.inner.begin_shutdown();
+        for task in self.inner.tasks().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn peers(&self) -> MutexGuard<'_, HashMap<PeerId, Slot>> {
+        // The map holds plain state that is valid after any panic.
+        self.peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn emit(&self, event: NetEvent) {
+        let _ = self.events.send(event); // no subscriber is fine
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.endpoint.close(CloseCode::Shutdown.into(), b"shutdown");
+        let mut peers = self.peers();
+        for (peer, slot) in peers.iter_mut() {
+            slot.live = None;
+            slot.wake.notify_waiters();
+            let state = ConnectionState::Disconnected { next_retry: None };
+            if slot.state != state {
+                slot.state = state;
+                self.emit(NetEvent::Connection { peer: *peer, state });
+            }
+        }
+    }
+
+    fn set_state(&self, peer: PeerId, state: ConnectionState) {
+        let mut peers = self.peers();
+        let slot = peers.entry(peer).or_default();
+        if slot.state != state {
+            slot.state = state;
+            drop(peers);
+            self.emit(NetEvent::Connection { peer, state });
+        }
+    }
+
+    fn set_handshaking(&self, peer: PeerId, handshaking: bool) {
+        self.peers().entry(peer).or_default().handshaking = handshaking;
+    }
+
+    fn wake(&self, peer: PeerId) {
+        if let Some(slot) = self.peers().get(&peer) {
+            slot.wake.notify_waiters();
+        }
+    }
+
+    /// The open connection to `peer`, if any.
+    fn live(&self, peer: PeerId) -> Option<Connection> {
+        self.peers()
+            .get(&peer)
+            .and_then(|slot| slot.live.as_ref())
+            .filter(|live| live.conn.close_reason().is_none())
+            .map(|live| live.conn.clone())
+    }
+
+    /// Makes `conn` the connection to `peer`, unless it duplicates a better one; returns
+    /// whether it was kept. Both sides apply the same rule, so they keep the same connection:
+    /// of two dialed at once in opposite directions, the one the smaller peer id dialed;
+    /// otherwise the newer, since the peer dialed again because it lost the older one.
+    fn register(&self, peer: PeerId, conn: &Connection, ours: bool) -> bool {
+        let me = self.store.peer_id();
+        let mut peers = self.peers();
+        let slot = peers.entry(peer).or_default();
+        let now = Instant::now();
+        if !ours && slot.handshaking && me < peer {
+            // This side's own dial, still in its handshake, is the one both sides will keep.
+            conn.close(CloseCode::Duplicate.into(), b"duplicate connection");
+            return false;
+        }
+        if let Some(old) = &slot.live
+            && old.conn.close_reason().is_none()
+        {
+            let simultaneous =
+                old.ours != ours && now.duration_since(old.established) < SIMULTANEOUS;
+            let dialer = if ours { me } else { peer };
+            let keep_new = !simultaneous || dialer == me.min(peer);
+            if !keep_new {
+                conn.close(CloseCode::Duplicate.into(), b"duplicate connection");
+                return false;
+            }
+            old.conn
+                .close(CloseCode::Duplicate.into(), b"duplicate connection");
+        }
+        slot.live = Some(Live {
+            conn: conn.clone(),
+            ours,
+            established: now,
+        });
+        slot.replacing_until = None;
+        slot.wake.notify_waiters();
+        true
+    }
+
+    /// Forgets `conn` as the connection to `peer`, if it still is.
+    fn unregister(&self, peer: PeerId, conn: &Connection) {
+        let mut peers = self.peers();
+        let Some(slot) = peers.get_mut(&peer) else {
+            return;
+        };
+        if slot
+            .live
+            .as_ref()
+            .is_some_and(|live| live.conn.stable_id() == conn.stable_id())
+        {
+            slot.live = None;
+            slot.wake.notify_waiters();
+            if closed_as_duplicate(conn) {
+                slot.replacing_until = Some(Instant::now() + REPLACEMENT_GRACE);
+                return;
+            }
+            drop(peers);
+            self.set_state(peer, ConnectionState::Disconnected { next_retry: None });
+        }
+    }
+
+    /// Runs a session on a connection just established, for as long as it lasts.
+    async fn run_connection(self: Arc<Self>, peer: PeerId, conn: Connection, role: Role) {
+        if !self.register(peer, &conn, role == Role::Initiator) {
+            return;
+        }
+        self.set_state(
+            peer,
+            ConnectionState::Connected {
+                since: SystemTime::now(),
+            },
+        );
+        tracing::debug!(%peer, ?role, addr = %conn.remote_address(), "connected");
+        match driver::drive(self.clone(), peer, conn.clone(), role, Until::Closed).await {
+            Ok(()) => tracing::debug!(%peer, "session ended"),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "session ended with an error");
+                if matches!(e, NetError::Session { .. } | NetError::Panicked { .. }) {
+                    self.emit(NetEvent::SessionFailed {
+                        peer,
+                        error: error_chain(&e),
+                    });
+                }
+            }
+        }
+        self.unregister(peer, &conn);
+    }
+
+    fn ensure_dialing(self: &Arc<Self>, peer: PeerId) {
+        if self.shutting_down() {
+            return;
+        }
+        {
+            let mut peers = self.peers();
+            let slot = peers.entry(peer).or_default();
+            if slot.dialing {
+                return;
+            }
+            slot.dialing = true;
+        }
+        let task = tokio::spawn(self.clone().dial_loop(peer));
+        self.tasks().push(task);
+    }
+
+    /// Keeps a connection to `peer`: dials when there is none (in either direction), and after
+    /// a failure waits a backoff delay, or less if woken.
+    async fn dial_loop(self: Arc<Self>, peer: PeerId) {
+        let mut backoff = Backoff::new(self.config.backoff);
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if self.shutting_down() {
+                break;
+            }
+            let wake = self.peers().entry(peer).or_default().wake.clone();
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let current = self
+                .peers()
+                .get(&peer)
+                .and_then(|slot| slot.live.as_ref().map(|live| live.conn.clone()));
+            if let Some(conn) = current {
+                if conn.close_reason().is_none() {
+                    tokio::select! {
+                        _ = conn.closed() => {}
+                        () = &mut woken => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff.reset();
+                    continue;
+                }
+                if closed_as_duplicate(&conn) {
+                    // Closed, not yet forgotten: the peer kept another connection.
+                    let mut peers = self.peers();
+                    let slot = peers.entry(peer).or_default();
+                    slot.replacing_until
+                        .get_or_insert(Instant::now() + REPLACEMENT_GRACE);
+                }
+            }
+            let replacing = self
+                .peers()
+                .get(&peer)
+                .and_then(|slot| slot.replacing_until);
+            if let Some(until) = replacing {
+                if Instant::now() < until {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until.into()) => {}
+                        () = &mut woken => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    continue;
+                }
+                if let Some(slot) = self.peers().get_mut(&peer) {
+                    slot.replacing_until = None;
+                }
+                self.set_state(peer, ConnectionState::Disconnected { next_retry: None });
+            }
+            let addresses = match self.store.peer(peer) {
+                Ok(Some(info)) if !info.addresses.is_empty() => info.addresses,
+                _ => break, // forgotten, or nowhere to dial: the peer may still dial in
+            };
+            self.set_state(peer, ConnectionState::Connecting);
+            self.set_handshaking(peer, true);
+            let dialed = self.dial_addresses(peer, &addresses).await;
+            self.set_handshaking(peer, false);
+            match dialed {
+                Ok(conn) => {
+                    backoff.reset();
+                    let task =
+                        tokio::spawn(self.clone().run_connection(peer, conn, Role::Initiator));
+                    self.tasks().push(task);
+                    // Give the new connection a moment to register before looking again.
+                    tokio::select! {
+                        () = &mut woken => {}
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(%peer, error = %e, ?delay, "dial failed");
+                    self.set_state(
+                        peer,
+                        ConnectionState::Disconnected {
+                            next_retry: Some(SystemTime::now() + delay),
+                        },
+                    );
+                    let changed = self.network_changed.notified();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = changed => backoff.reset(),
+                        () = &mut woken => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }
+        }
+        if let Some(slot) = self.peers().get_mut(&peer) {
+            slot.dialing = false;
+        }
+        if self.live(peer).is_none() {
+            self.set_state(peer, ConnectionState::Disconnected { next_retry: None });
+        }
+    }
+
+    /// Dials `peer` at each address in turn until one answers.
+    async fn dial_addresses(
+        &self,
+        peer: PeerId,
+        addresses: &[SocketAddr],
+    ) -> Result<Connection, NetError> {
+        let mut client = tls::client_config_with(&self.store, &self.credentials, peer)?;
+        client.transport_config(Arc::new(transport(&self.config)));
+        let mut last = NetError::NoAddress(peer);
+        for &addr in addresses {
+            let connecting = match self
+                .endpoint
+                .connect_with(client.clone(), addr, SERVER_NAME)
+            {
+                Ok(connecting) => connecting,
+                Err(source) => {
+                    last = NetError::Dial { peer, addr, source };
+                    continue;
+                }
+            };
+            match tokio::time::timeout(self.config.connect_timeout, connecting).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(source)) => last = NetError::Connection { peer, source },
+                Err(_) => last = NetError::Timeout { peer, addr },
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Accepts connections until the endpoint closes; each runs its session on its own task.
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        if inner.shutting_down() {
+            incoming.refuse();
+            continue;
+        }
+        let node = inner.clone();
+        let task = tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::debug!(error = %e, "incoming handshake failed");
+                    return;
+                }
+            };
+            match peer_of(&conn) {
+                Ok(peer) => node.run_connection(peer, conn, Role::Responder).await,
+                Err(_) => conn.close(CloseCode::Protocol.into(), b"no certificate"),
+            }
+        });
+        inner.tasks().push(task);
+    }
+}
+
+/// Whether the peer closed `conn` because it kept another connection.
+fn closed_as_duplicate(conn: &Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if CloseCode::of(close.error_code) == Some(CloseCode::Duplicate)
+    )
+}
+
+/// The peer id a connection's handshake proved.
+fn peer_of(conn: &Connection) -> Result<PeerId, NetError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or(NetError::BadCertificate)?;
+    tls::peer_id_of(certs.first().ok_or(NetError::BadCertificate)?)
+}
+
+fn transport(config: &NetConfig) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(config.keep_alive));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
+    transport
+}
+
+/// An error and its sources, for people.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

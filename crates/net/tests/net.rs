@@ -1,0 +1,502 @@
+//! Replicas syncing over QUIC on loopback: convergence, handshake pinning, bad input from a
+//! pinned peer, read-only peers, going offline and coming back, relays, drops mid-sync,
+//! duplicate connections and the network-changed retry. Every test stops by itself.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{ROOT, ReadDoc};
+use ferry_net::{BackoffConfig, CloseCode, ConnectionState, NetConfig, NetEvent, Node, tls};
+use ferry_store::{Access, CrdtState, DocId, DocInfo, DocKind, PeerId, PeerInfo, Store};
+
+/// The longest any wait in these tests may take.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn config(listen: SocketAddr) -> NetConfig {
+    NetConfig {
+        listen,
+        backoff: BackoffConfig {
+            min: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(5),
+        ..NetConfig::default()
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn start(store: &Store) -> Node {
+    Node::start(store.clone(), config(loopback()))
+        .await
+        .unwrap()
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir).unwrap()
+}
+
+/// `a` lets `b` have `access` to everything, and dials it at `addr` if given.
+fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>, access: Access) {
+    let mut info = a
+        .peer(b.peer_id())
+        .unwrap()
+        .unwrap_or_else(|| PeerInfo::new(b.peer_id(), "peer"));
+    info.default_access = access;
+    info.addresses = addr.into_iter().collect();
+    a.put_peer(&info).unwrap();
+}
+
+/// Waits until `done` holds, polling; panics after [`PATIENCE`].
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn same(a: &Store, b: &Store, doc: DocId) -> bool {
+    match (a.info(doc), b.info(doc)) {
+        (Ok(x), Ok(y)) => x.digest == y.digest,
+        _ => false,
+    }
+}
+
+fn get(store: &Store, doc: DocId, key: &str) -> Option<i64> {
+    store
+        .read(doc, |d| {
+            d.get(ROOT, key)
+                .ok()
+                .flatten()
+                .and_then(|(v, _)| v.as_i64())
+        })
+        .ok()
+        .flatten()
+}
+
+fn counter(store: &Store, doc: DocId) -> i128 {
+    match store.crdt(doc).unwrap() {
+        CrdtState::GCounter(c) => i128::try_from(c.value()).unwrap(),
+        CrdtState::PNCounter(c) => c.value(),
+        other => panic!("not a counter: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_converge_on_every_kind_and_then_live() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    let node_b = start(&b).await;
+    trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
+    trust(&b, &a, None, Access::ReadWrite);
+    let mut docs = Vec::new();
+    for (i, kind) in DocKind::ALL.into_iter().enumerate() {
+        for store in [&a, &b] {
+            let doc = store.create(kind).unwrap();
+            match kind {
+                DocKind::Automerge => {
+                    store.change(doc, |tx| tx.put(ROOT, "k", i as i64)).unwrap();
+                }
+                DocKind::GCounter | DocKind::PNCounter => {
+                    store.increment(doc, 3).unwrap();
+                }
+                DocKind::LwwRegister | DocKind::MvRegister => {
+                    store.set_register(doc, b"v".to_vec()).unwrap();
+                }
+            }
+            docs.push(doc);
+        }
+    }
+    let node_a = start(&a).await;
+    eventually("catch-up", || docs.iter().all(|d| same(&a, &b, *d))).await;
+
+    // Live: a change on either side reaches the other without a new connection.
+    let (am, ctr) = (docs[0], docs[2]);
+    a.change(am, |tx| tx.put(ROOT, "live", 1)).unwrap();
+    b.increment(ctr, 4).unwrap();
+    eventually("live changes", || {
+        get(&b, am, "live") == Some(1) && counter(&a, ctr) == 7
+    })
+    .await;
+    for doc in &docs {
+        eventually("nothing pending", || {
+            a.sync_status(b.peer_id(), *doc).unwrap().pending == 0
+                && b.sync_status(a.peer_id(), *doc).unwrap().pending == 0
+        })
+        .await;
+    }
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_peer_is_refused_in_the_handshake() {
+    let (db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (b, c) = (open(db.path()), open(dc.path()));
+    let doc = b.create(DocKind::GCounter).unwrap();
+    b.increment(doc, 1).unwrap();
+    let node_b = start(&b).await;
+    // c trusts b, but b has never heard of c.
+    trust(&c, &b, Some(node_b.local_addr()), Access::ReadWrite);
+    let node_c = start(&c).await;
+    let err = node_c
+        .sync_once(b.peer_id(), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ferry_net::NetError::Connection { .. }),
+        "{err}"
+    );
+    assert!(c.info(doc).is_err(), "c learned of b's document");
+
+    // Nor does a dialer accept another known peer in place of the one it dialed.
+    let dd = tempfile::tempdir().unwrap();
+    let d = open(dd.path());
+    trust(&b, &c, None, Access::ReadWrite);
+    trust(&c, &d, Some(node_b.local_addr()), Access::ReadWrite); // b's address, d's id
+    let err = node_c
+        .sync_once(d.peer_id(), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ferry_net::NetError::Connection { .. }),
+        "{err}"
+    );
+    node_b.shutdown().await;
+    node_c.shutdown().await;
+}
+
+/// Opens a raw QUIC connection from `c` (a peer `b` knows) to `b`, bypassing ferry's session.
+async fn raw_connection(c: &Store, b: PeerId, addr: SocketAddr) -> quinn::Connection {
+    let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    endpoint.set_default_client_config(tls::client_config(c, b).unwrap());
+    endpoint.connect(addr, "ferry").unwrap().await.unwrap()
+}
+
+async fn closed_with(conn: &quinn::Connection) -> Option<CloseCode> {
+    match tokio::time::timeout(PATIENCE, conn.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(close) => CloseCode::of(close.error_code),
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_peer_sending_garbage_or_oversized_frames_is_closed_and_nothing_changes() {
+    let (db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (b, c) = (open(db.path()), open(dc.path()));
+    let doc = b.create(DocKind::Automerge).unwrap();
+    b.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    let before: DocInfo = b.info(doc).unwrap();
+    trust(&b, &c, None, Access::ReadWrite);
+    trust(&c, &b, None, Access::ReadWrite);
+    let node_b = start(&b).await;
+
+    let hello = ferry_proto::Message::Hello {
+        version: 1,
+        capabilities: 0,
+    }
+    .to_frame();
+    let mut oversized = hello.clone();
+    oversized.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+    oversized.extend_from_slice(&[3; 64]);
+    let mut garbage = hello.clone();
+    garbage.extend_from_slice(&[9, 0, 0, 0, 0xee, 1, 2, 3, 4, 5, 6, 7, 8]);
+    for (what, bytes) in [("garbage", garbage), ("oversized frame", oversized)] {
+        let conn = raw_connection(&c, b.peer_id(), node_b.local_addr()).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        assert_eq!(
+            closed_with(&conn).await,
+            Some(CloseCode::Protocol),
+            "{what}"
+        );
+        assert_eq!(b.info(doc).unwrap(), before, "{what}: the store changed");
+        assert!(
+            b.list().unwrap() == vec![doc],
+            "{what}: a document appeared"
+        );
+    }
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_peers_changes_are_not_stored() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    let doc = a.create(DocKind::Automerge).unwrap();
+    a.change(doc, |tx| tx.put(ROOT, "from_a", 1)).unwrap();
+    let count = a.create(DocKind::GCounter).unwrap();
+    let node_a = start(&a).await;
+    trust(&a, &b, None, Access::Read); // a takes nothing from b
+    trust(&b, &a, Some(node_a.local_addr()), Access::ReadWrite);
+    let node_b = start(&b).await;
+    eventually("b gets a's documents", || {
+        same(&a, &b, doc) && same(&a, &b, count)
+    })
+    .await;
+
+    b.change(doc, |tx| tx.put(ROOT, "from_b", 2)).unwrap();
+    b.increment(count, 9).unwrap();
+    a.change(doc, |tx| tx.put(ROOT, "again", 3)).unwrap();
+    eventually("b gets a's new change", || get(&b, doc, "again") == Some(3)).await;
+    // Give b's pushes time to arrive and be refused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&a, doc, "from_b"), None);
+    assert_eq!(counter(&a, count), 0);
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_writes_on_both_sides_arrive_once_after_a_restart() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    let node_b = start(&b).await;
+    let b_addr = node_b.local_addr();
+    trust(&a, &b, Some(b_addr), Access::ReadWrite);
+    trust(&b, &a, None, Access::ReadWrite);
+    let chat = a.create(DocKind::Automerge).unwrap();
+    let reads = a.create(DocKind::GCounter).unwrap();
+    let node_a = start(&a).await;
+    eventually("first sync", || same(&a, &b, chat) && same(&a, &b, reads)).await;
+
+    // b goes down: its endpoint closes and its store is closed.
+    node_b.shutdown().await;
+    drop(node_b);
+    drop(b);
+    for i in 0..5 {
+        a.change(chat, |tx| tx.put(ROOT, format!("a{i}"), i))
+            .unwrap();
+        a.increment(reads, 1).unwrap();
+    }
+    let b = open(db.path());
+    for i in 0..3 {
+        b.change(chat, |tx| tx.put(ROOT, format!("b{i}"), i))
+            .unwrap();
+        b.increment(reads, 10).unwrap();
+    }
+    assert_eq!(a.sync_status(b.peer_id(), chat).unwrap().pending, 5);
+    assert_eq!(b.sync_status(a.peer_id(), chat).unwrap().pending, 3);
+    eventually("a shows b as disconnected with a retry time", || {
+        matches!(
+            node_a.states().get(&b.peer_id()),
+            Some(ConnectionState::Disconnected {
+                next_retry: Some(_)
+            })
+        )
+    })
+    .await;
+
+    // b comes back on the same address; a's dial loop finds it without being told.
+    let node_b = Node::start(b.clone(), config(b_addr)).await.unwrap();
+    eventually("both sides converge", || {
+        same(&a, &b, chat) && same(&a, &b, reads)
+    })
+    .await;
+    for store in [&a, &b] {
+        for i in 0..5 {
+            assert_eq!(get(store, chat, &format!("a{i}")), Some(i));
+        }
+        for i in 0..3 {
+            assert_eq!(get(store, chat, &format!("b{i}")), Some(i));
+        }
+        // Each increment counted exactly once.
+        assert_eq!(counter(store, reads), 5 + 30);
+    }
+    eventually("pending drops to 0", || {
+        [chat, reads].iter().all(|d| {
+            a.sync_status(b.peer_id(), *d).unwrap().pending == 0
+                && b.sync_status(a.peer_id(), *d).unwrap().pending == 0
+        })
+    })
+    .await;
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_in_a_chain_converge_through_the_middle() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, r, b) = (
+        open(dirs[0].path()),
+        open(dirs[1].path()),
+        open(dirs[2].path()),
+    );
+    let node_r = start(&r).await;
+    // a and b know only the relay; the relay knows both but dials neither.
+    trust(&a, &r, Some(node_r.local_addr()), Access::ReadWrite);
+    trust(&b, &r, Some(node_r.local_addr()), Access::ReadWrite);
+    trust(&r, &a, None, Access::ReadWrite);
+    trust(&r, &b, None, Access::ReadWrite);
+    let from_a = a.create(DocKind::Automerge).unwrap();
+    a.change(from_a, |tx| tx.put(ROOT, "a", 1)).unwrap();
+    let from_b = b.create(DocKind::PNCounter).unwrap();
+    b.decrement(from_b, 2).unwrap();
+    let node_a = start(&a).await;
+    let node_b = start(&b).await;
+    eventually("a and b converge through r", || {
+        same(&a, &b, from_a) && same(&a, &b, from_b)
+    })
+    .await;
+    // And live: a change on a reaches b through r.
+    a.change(from_a, |tx| tx.put(ROOT, "later", 2)).unwrap();
+    eventually("a live change reaches b", || {
+        get(&b, from_a, "later") == Some(2)
+    })
+    .await;
+    for node in [node_a, node_b, node_r] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_dropped_in_the_middle_of_a_large_sync_converges_after_a_restart() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    let docs: Vec<DocId> = (0..300)
+        .map(|i| {
+            let doc = a.create(DocKind::Automerge).unwrap();
+            a.change(doc, |tx| {
+                tx.put(ROOT, "n", i)?;
+                tx.put(ROOT, "text", "x".repeat(2_000))
+            })
+            .unwrap();
+            doc
+        })
+        .collect();
+    let node_a = start(&a).await;
+    let a_addr = node_a.local_addr();
+    trust(&a, &b, None, Access::ReadWrite);
+    trust(&b, &a, Some(a_addr), Access::ReadWrite);
+    let node_b = start(&b).await;
+    let mut events = node_b.subscribe();
+    // Drop b as soon as the first document arrives.
+    loop {
+        let event = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let NetEvent::Session {
+            event: ferry_proto::Event::DocUpdated { .. },
+            ..
+        } = event
+        {
+            break;
+        }
+    }
+    drop(node_b);
+    let partial = b.list().unwrap().len();
+    assert!(partial < docs.len(), "the sync finished before the drop");
+
+    let node_b = start(&b).await;
+    eventually("convergence after the restart", || {
+        docs.iter().all(|d| same(&a, &b, *d))
+    })
+    .await;
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_both_dial_at_once_one_connection_stays() {
+    for _ in 0..3 {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path()), open(db.path()));
+        trust(&a, &b, None, Access::ReadWrite);
+        trust(&b, &a, None, Access::ReadWrite);
+        let (node_a, node_b) = (start(&a).await, start(&b).await);
+        let (mut events_a, mut events_b) = (node_a.subscribe(), node_b.subscribe());
+        // Both learn the other's address and dial at the same moment.
+        trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
+        trust(&b, &a, Some(node_a.local_addr()), Access::ReadWrite);
+        node_a.dial(b.peer_id());
+        node_b.dial(a.peer_id());
+        let connected = |node: &Node, peer: PeerId| {
+            matches!(
+                node.states().get(&peer),
+                Some(ConnectionState::Connected { .. })
+            )
+        };
+        eventually("connected", || {
+            connected(&node_a, b.peer_id()) && connected(&node_b, a.peer_id())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let doc = a.create(DocKind::GCounter).unwrap();
+        a.increment(doc, 1).unwrap();
+        eventually("the change arrives", || same(&a, &b, doc)).await;
+        // Whichever connection each side dropped, neither ever lost the one it kept.
+        for events in [&mut events_a, &mut events_b] {
+            while let Ok(event) = events.try_recv() {
+                assert!(
+                    !matches!(
+                        event,
+                        NetEvent::Connection {
+                            state: ConnectionState::Disconnected { .. },
+                            ..
+                        }
+                    ),
+                    "a kept connection was closed: {event:?}"
+                );
+            }
+        }
+        node_a.shutdown().await;
+        node_b.shutdown().await;
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+    socket.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_changed_retries_at_once() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    let b_addr = free_port();
+    trust(&a, &b, Some(b_addr), Access::ReadWrite);
+    trust(&b, &a, None, Access::ReadWrite);
+    // Long backoff: without the nudge, the next try would be many seconds away.
+    let slow = NetConfig {
+        backoff: BackoffConfig {
+            min: Duration::from_secs(30),
+            max: Duration::from_secs(60),
+        },
+        connect_timeout: Duration::from_millis(300),
+        ..config(loopback())
+    };
+    let node_a = Node::start(a.clone(), slow).await.unwrap();
+    eventually("a first failed dial", || {
+        matches!(
+            node_a.states().get(&b.peer_id()),
+            Some(ConnectionState::Disconnected {
+                next_retry: Some(_)
+            })
+        )
+    })
+    .await;
+    let node_b = Node::start(b.clone(), config(b_addr)).await.unwrap();
+    // Let a's pending wait settle, then tell it the network is back.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let nudged = Instant::now();
+    node_a.network_changed();
+    eventually("connected after the nudge", || {
+        matches!(
+            node_a.states().get(&b.peer_id()),
+            Some(ConnectionState::Connected { .. })
+        )
+    })
+    .await;
+    assert!(nudged.elapsed() < Duration::from_secs(5));
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}

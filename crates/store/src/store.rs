@@ -940,6 +940,47 @@ impl Store {
         })
     }
 
+    /// Whether `peer` has acknowledged holding `change` of an Automerge document: whether the
+    /// change is in the history of the heads the peer last acknowledged. A change this replica
+    /// does not hold is not acknowledged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use automerge::{ROOT, transaction::Transactable};
+    /// use ferry_store::{DocKind, PeerId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let chat = store.create(DocKind::Automerge)?;
+    /// store.change(chat, |tx| tx.put(ROOT, "hi", "there"))?;
+    /// let sent = store.read(chat, |d| d.get_heads())?[0];
+    /// let peer = PeerId::from_bytes([2; 16]);
+    /// assert!(!store.acknowledged(peer, chat, sent)?); // still pending for that peer
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn acknowledged(
+        &self,
+        peer: PeerId,
+        doc: DocId,
+        change: ChangeHash,
+    ) -> Result<bool, StoreError> {
+        let acked: Vec<ChangeHash> = self
+            .sync_record(peer, doc)?
+            .map(|r| r.acked.iter().map(|h| ChangeHash(*h)).collect())
+            .unwrap_or_default();
+        if acked.is_empty() {
+            return Ok(false);
+        }
+        self.read(doc, |am| {
+            if !am.get_missing_deps(&[change]).is_empty() {
+                return false;
+            }
+            let known = known_heads(am, &acked);
+            !am.get_changes_meta(&known).iter().any(|c| c.hash == change)
+        })
+    }
+
     /// Records that a sync session with `peer` finished reconciling at `now_millis`: every
     /// document the peer may read was compared.
     pub fn set_reconciled(&self, peer: PeerId, now_millis: u64) -> Result<(), StoreError> {

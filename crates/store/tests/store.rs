@@ -642,6 +642,16 @@ fn sync_status_counts_what_a_peer_has_not_acknowledged() {
     store.change(doc, |tx| tx.put(ROOT, "k", 9)).unwrap();
     let status = store.sync_status(peer, doc).unwrap();
     assert_eq!(status.pending, 2);
+    let all: Vec<automerge::ChangeHash> = store
+        .read(doc, |d| {
+            d.get_changes(&[]).iter().map(|c| c.hash()).collect()
+        })
+        .unwrap();
+    let acknowledged: Vec<bool> = all
+        .iter()
+        .map(|h| store.acknowledged(peer, doc, *h).unwrap())
+        .collect();
+    assert_eq!(acknowledged, [true, true, false, false]);
     assert_eq!(status.last_sync_millis, None);
 
     // Acknowledging the current heads leaves nothing pending.

@@ -1,0 +1,545 @@
+//! The replica an app opens: its store, its documents, its peers and its presence on the
+//! network.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ferry_crdt::ReplicaId;
+use ferry_net::{BackoffConfig, ConnectionState, NetConfig, NetEvent, Node};
+use ferry_store::{
+    Access, DocId, DocInfo, DocKind, Durability, PeerId, PeerInfo, Store, StoreConfig, StoreEvent,
+};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::doc::{Counter, Doc, MultiRegister, Register, kind_of};
+use crate::status::{DocStatus, PeerStatus, SyncStatus, time_of};
+use crate::{Error, Event, Events};
+
+/// How [`ReplicaBuilder::open`] sets a replica up.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use ferry::{BackoffConfig, Durability, Replica};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let replica = Replica::builder(dir.path())
+///     .durability(Durability::Batched { interval: Duration::from_millis(2) })
+///     .backoff(BackoffConfig { min: Duration::from_millis(200), max: Duration::from_secs(30) })
+///     .listen("127.0.0.1:0".parse()?) // serve from the start
+///     .open()
+///     .await?;
+/// assert!(replica.local_addr().await.is_some());
+/// replica.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ReplicaBuilder {
+    dir: PathBuf,
+    store: StoreConfig,
+    net: NetConfig,
+    listen: Option<SocketAddr>,
+}
+
+impl ReplicaBuilder {
+    /// When writes are durable. Default: [`Durability::Immediate`] (an fsync per write).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.store.durability = durability;
+        self
+    }
+
+    /// Serve on `addr` as soon as the replica opens (see [`Replica::serve`]). By default a
+    /// replica opens offline.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Reconnect timing. Default: from 0.5 s doubling to 60 s, with full jitter.
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.net.backoff = backoff;
+        self
+    }
+
+    /// Every network setting at once (the listen address in it is replaced by the one given to
+    /// [`Replica::serve`] or [`ReplicaBuilder::listen`]).
+    pub fn network(mut self, net: NetConfig) -> Self {
+        self.net = net;
+        self
+    }
+
+    /// Every store setting at once.
+    pub fn store(mut self, store: StoreConfig) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Opens the replica (creating it, and its key pair, on first use). Call it inside a tokio
+    /// runtime.
+    pub async fn open(self) -> Result<Replica, Error> {
+        let (dir, config) = (self.dir.clone(), self.store.clone());
+        let store = tokio::task::spawn_blocking(move || Store::open_with(dir, config))
+            .await
+            .map_err(|_| Error::Background)??;
+        let (events, _) = broadcast::channel(1024);
+        let replica = Replica {
+            inner: Arc::new(Inner {
+                forwarders: Mutex::new(vec![tokio::spawn(forward_store(
+                    store.subscribe(),
+                    events.clone(),
+                ))]),
+                store,
+                net: self.net,
+                node: tokio::sync::Mutex::new(None),
+                events,
+            }),
+        };
+        if let Some(addr) = self.listen {
+            replica.serve(addr).await?;
+        }
+        Ok(replica)
+    }
+}
+
+/// A replica: the durable local copy of an app's data, the source of truth its UI reads and
+/// subscribes to, which syncs with peers over QUIC whenever it is serving and they are
+/// reachable. Cheap to clone; the replica closes when the last clone is dropped.
+///
+/// Writes return once they are durable (by default an fsync per write) and never wait for the
+/// network. Reads see this replica's data now. [`Replica::subscribe`] tells the UI when to read
+/// again; [`Replica::sync_status`] says what each peer still lacks.
+///
+/// # Examples
+///
+/// ```
+/// use automerge::{ROOT, transaction::Transactable};
+/// use ferry::{Access, Replica};
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (phone_dir, laptop_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+/// let phone = Replica::open(phone_dir.path()).await?;
+/// let laptop = Replica::open(laptop_dir.path()).await?;
+/// let laptop_addr = laptop.serve("127.0.0.1:0".parse()?).await?;
+/// laptop.allow_peer(phone.peer_id(), Access::ReadWrite).await?;
+/// phone.add_peer(laptop.peer_id(), laptop_addr, Access::ReadWrite).await?;
+///
+/// let note = phone.create_doc().await?; // offline: saved locally
+/// note.change(|tx| tx.put(ROOT, "text", "buy milk")).await?;
+/// phone.serve("127.0.0.1:0".parse()?).await?; // online: dials the laptop and syncs
+/// let copy = laptop.doc_when_available(note.id(), std::time::Duration::from_secs(10)).await?;
+/// assert_eq!(copy.heads()?, note.heads()?);
+/// phone.shutdown().await;
+/// laptop.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    net: NetConfig,
+    node: tokio::sync::Mutex<Option<Node>>,
+    events: broadcast::Sender<Event>,
+    forwarders: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.forwarders().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn forwarders(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.forwarders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Replica {
+    /// Opens the replica in `dir` with the default settings: durable writes, offline until
+    /// [`Replica::serve`].
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::builder(dir).open().await
+    }
+
+    /// A builder for a replica in `dir`.
+    pub fn builder(dir: impl AsRef<Path>) -> ReplicaBuilder {
+        ReplicaBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            store: StoreConfig::default(),
+            net: NetConfig::default(),
+            listen: None,
+        }
+    }
+
+    /// This replica's peer id: give it to peers that should trust this replica.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.store.peer_id()
+    }
+
+    /// The replica id its counters and registers are written under (the same 16 bytes as the
+    /// peer id).
+    pub fn replica_id(&self) -> ReplicaId {
+        self.inner.store.replica_id()
+    }
+
+    /// The store underneath, for what the handles do not cover.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    // ---- documents -------------------------------------------------------------------------
+
+    async fn create(&self, kind: DocKind) -> Result<DocId, Error> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.create(kind))
+            .await
+            .map_err(|_| Error::Background)?
+            .map_err(Error::from_store)
+    }
+
+    /// Creates an Automerge document.
+    pub async fn create_doc(&self) -> Result<Doc, Error> {
+        let id = self.create(DocKind::Automerge).await?;
+        Ok(Doc::new(self.inner.store.clone(), id))
+    }
+
+    /// Creates a grow-only counter.
+    pub async fn create_counter(&self) -> Result<Counter, Error> {
+        let id = self.create(DocKind::GCounter).await?;
+        Ok(Counter::new(self.inner.store.clone(), id))
+    }
+
+    /// Creates a counter that also goes down.
+    pub async fn create_pn_counter(&self) -> Result<Counter, Error> {
+        let id = self.create(DocKind::PNCounter).await?;
+        Ok(Counter::new(self.inner.store.clone(), id))
+    }
+
+    /// Creates a last-writer-wins register.
+    pub async fn create_register(&self) -> Result<Register, Error> {
+        let id = self.create(DocKind::LwwRegister).await?;
+        Ok(Register::new(self.inner.store.clone(), id))
+    }
+
+    /// Creates a multi-value register.
+    pub async fn create_multi_register(&self) -> Result<MultiRegister, Error> {
+        let id = self.create(DocKind::MvRegister).await?;
+        Ok(MultiRegister::new(self.inner.store.clone(), id))
+    }
+
+    fn expect(&self, doc: DocId, expected: &'static str, ok: &[DocKind]) -> Result<(), Error> {
+        let found = kind_of(&self.inner.store, doc)?;
+        if ok.contains(&found) {
+            Ok(())
+        } else {
+            Err(Error::WrongKind {
+                doc,
+                expected,
+                found,
+            })
+        }
+    }
+
+    /// The Automerge document `doc`.
+    pub fn doc(&self, doc: DocId) -> Result<Doc, Error> {
+        self.expect(doc, "automerge", &[DocKind::Automerge])?;
+        Ok(Doc::new(self.inner.store.clone(), doc))
+    }
+
+    /// The counter `doc` (either kind).
+    pub fn counter(&self, doc: DocId) -> Result<Counter, Error> {
+        self.expect(doc, "counter", &[DocKind::GCounter, DocKind::PNCounter])?;
+        Ok(Counter::new(self.inner.store.clone(), doc))
+    }
+
+    /// The last-writer-wins register `doc`.
+    pub fn register(&self, doc: DocId) -> Result<Register, Error> {
+        self.expect(doc, "last-writer-wins register", &[DocKind::LwwRegister])?;
+        Ok(Register::new(self.inner.store.clone(), doc))
+    }
+
+    /// The multi-value register `doc`.
+    pub fn multi_register(&self, doc: DocId) -> Result<MultiRegister, Error> {
+        self.expect(doc, "multi-value register", &[DocKind::MvRegister])?;
+        Ok(MultiRegister::new(self.inner.store.clone(), doc))
+    }
+
+    /// Waits until the Automerge document `doc` has arrived from a peer (or returns it at once
+    /// if it is here), for up to `timeout`.
+    pub async fn doc_when_available(&self, doc: DocId, timeout: Duration) -> Result<Doc, Error> {
+        let mut events = self.subscribe();
+        let wait = async {
+            loop {
+                match self.doc(doc) {
+                    Err(Error::NoSuchDocument(_)) => {}
+                    other => return other,
+                }
+                if events.next().await.is_none() {
+                    return Err(Error::NoSuchDocument(doc));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(Error::NoSuchDocument(doc)))
+    }
+
+    /// Every document on this replica.
+    pub fn documents(&self) -> Result<Vec<DocInfo>, Error> {
+        let store = &self.inner.store;
+        store
+            .list()?
+            .into_iter()
+            .map(|doc| store.info(doc).map_err(Error::from_store))
+            .collect()
+    }
+
+    /// Deletes `doc` on this replica (peers keep their copies).
+    pub async fn delete(&self, doc: DocId) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.delete(doc))
+            .await
+            .map_err(|_| Error::Background)?
+            .map_err(Error::from_store)
+    }
+
+    // ---- peers ------------------------------------------------------------------------------
+
+    async fn update_peer(
+        &self,
+        peer: PeerId,
+        f: impl FnOnce(&mut PeerInfo) + Send + 'static,
+    ) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut info = store
+                .peer(peer)?
+                .unwrap_or_else(|| PeerInfo::new(peer, peer.to_string()));
+            f(&mut info);
+            store.put_peer(&info)
+        })
+        .await
+        .map_err(|_| Error::Background)??;
+        if let Some(node) = self.inner.node.lock().await.as_ref()
+            && self
+                .inner
+                .store
+                .peer(peer)?
+                .is_some_and(|p| !p.addresses.is_empty())
+        {
+            node.dial(peer);
+        }
+        Ok(())
+    }
+
+    /// Trusts `peer` with `access` to every document (unless set per document) and dials it
+    /// at `addr` whenever this replica serves. Replaces what was known of the peer's access
+    /// and addresses.
+    pub async fn add_peer(
+        &self,
+        peer: PeerId,
+        addr: SocketAddr,
+        access: Access,
+    ) -> Result<(), Error> {
+        self.update_peer(peer, move |info| {
+            info.addresses = vec![addr];
+            info.default_access = access;
+        })
+        .await
+    }
+
+    /// Trusts `peer` with `access` without dialing it: it connects to this replica (a phone
+    /// connecting to an always-on relay, say).
+    pub async fn allow_peer(&self, peer: PeerId, access: Access) -> Result<(), Error> {
+        self.update_peer(peer, move |info| info.default_access = access)
+            .await
+    }
+
+    /// Gives `peer` `access` to one document, overriding its default.
+    pub async fn set_access(&self, peer: PeerId, doc: DocId, access: Access) -> Result<(), Error> {
+        self.update_peer(peer, move |info| {
+            info.docs.insert(doc, access);
+        })
+        .await
+    }
+
+    /// Forgets `peer`: its connection is closed, it is refused from now on, and its sync
+    /// records are dropped. Returns whether it was known.
+    pub async fn remove_peer(&self, peer: PeerId) -> Result<bool, Error> {
+        let store = self.inner.store.clone();
+        let known = tokio::task::spawn_blocking(move || store.remove_peer(peer))
+            .await
+            .map_err(|_| Error::Background)??;
+        if let Some(node) = self.inner.node.lock().await.as_ref() {
+            node.disconnect(peer);
+        }
+        Ok(known)
+    }
+
+    /// Every known peer.
+    pub fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        Ok(self.inner.store.peers()?)
+    }
+
+    // ---- network ------------------------------------------------------------------------------
+
+    /// Goes online: listens on `addr` (UDP; port 0 picks one) and dials every peer with an
+    /// address, keeping a connection to each and syncing live. Returns the address bound.
+    pub async fn serve(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
+        let mut node = self.inner.node.lock().await;
+        if let Some(node) = node.as_ref() {
+            return Err(Error::AlreadyServing(node.local_addr()));
+        }
+        let config = NetConfig {
+            listen: addr,
+            ..self.inner.net.clone()
+        };
+        let started = Node::start(self.inner.store.clone(), config).await?;
+        let local = started.local_addr();
+        let forward = tokio::spawn(forward_net(started.subscribe(), self.inner.events.clone()));
+        self.inner.forwarders().push(forward);
+        *node = Some(started);
+        Ok(local)
+    }
+
+    /// The address this replica serves on, if it is serving.
+    pub async fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.node.lock().await.as_ref().map(Node::local_addr)
+    }
+
+    /// Goes offline: closes every connection gracefully and stops listening. The replica stays
+    /// usable; changes made now are sent when it serves again.
+    pub async fn shutdown(&self) {
+        if let Some(node) = self.inner.node.lock().await.take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// The network changed (back from a tunnel, a new Wi-Fi): peers waiting to be retried are
+    /// dialed now.
+    pub async fn network_changed(&self) {
+        if let Some(node) = self.inner.node.lock().await.as_ref() {
+            node.network_changed();
+        }
+    }
+
+    /// Dials `peer` once, syncs until both sides are quiet, and disconnects: for a one-off
+    /// sync without serving. Fails clearly if the peer is unknown, has no address, does not
+    /// answer, or refuses.
+    pub async fn sync_once(&self, peer: PeerId) -> Result<(), Error> {
+        let config = NetConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            ..self.inner.net.clone()
+        };
+        let node = Node::start(self.inner.store.clone(), config).await?;
+        let result = node.sync_once(peer, Duration::from_millis(300)).await;
+        node.shutdown().await;
+        Ok(result?)
+    }
+
+    /// Events from now on: changes to re-read, connections, and documents a peer now holds.
+    pub fn subscribe(&self) -> Events {
+        Events::new(self.inner.events.subscribe())
+    }
+
+    /// Sync with every known peer: its connection, and per document it may read, the changes
+    /// it has not acknowledged and when it last held the whole document.
+    pub async fn sync_status(&self) -> Result<SyncStatus, Error> {
+        let states = match self.inner.node.lock().await.as_ref() {
+            Some(node) => node.states(),
+            None => Default::default(),
+        };
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || status(&store, &states))
+            .await
+            .map_err(|_| Error::Background)?
+    }
+}
+
+fn status(
+    store: &Store,
+    states: &std::collections::HashMap<PeerId, ConnectionState>,
+) -> Result<SyncStatus, Error> {
+    let docs = store.list()?;
+    let mut peers = Vec::new();
+    for info in store.peers()? {
+        let mut statuses = Vec::new();
+        for &doc in &docs {
+            if info.access(doc) < Access::Read {
+                continue;
+            }
+            let status = match store.sync_status(info.id, doc) {
+                Ok(status) => status,
+                // A damaged document has no status to show; the others still do.
+                Err(ferry_store::StoreError::Damaged { .. }) => continue,
+                Err(e) => return Err(Error::from_store(e)),
+            };
+            statuses.push(DocStatus {
+                doc,
+                pending: status.pending,
+                last_sync: status.last_sync_millis.map(time_of),
+            });
+        }
+        peers.push(PeerStatus {
+            peer: info.id,
+            name: info.name,
+            connection: states
+                .get(&info.id)
+                .copied()
+                .unwrap_or(ConnectionState::Disconnected { next_retry: None }),
+            docs: statuses,
+        });
+    }
+    Ok(SyncStatus { peers })
+}
+
+/// Forwards the store's change events to the replica's subscribers.
+async fn forward_store(mut store: ferry_store::Subscription, events: broadcast::Sender<Event>) {
+    loop {
+        let event = match store.recv().await {
+            Ok(StoreEvent::Changed { doc, origin, .. }) => Event::Changed { doc, origin },
+            Ok(StoreEvent::Deleted { doc }) => Event::Deleted { doc },
+            Err(ferry_store::RecvError::Lagged { missed }) => Event::Lagged { missed },
+            Err(ferry_store::RecvError::Closed) => return,
+        };
+        let _ = events.send(event); // no subscriber is fine
+    }
+}
+
+/// Forwards what the network reports that an app cares about.
+async fn forward_net(mut net: broadcast::Receiver<NetEvent>, events: broadcast::Sender<Event>) {
+    loop {
+        let event = match net.recv().await {
+            Ok(NetEvent::Connection { peer, state }) => Event::Connection { peer, state },
+            Ok(NetEvent::Session {
+                peer,
+                event: ferry_proto::Event::Acked { doc },
+            }) => Event::Synced { peer, doc },
+            Ok(NetEvent::Session {
+                peer,
+                event: ferry_proto::Event::Refused { doc, .. },
+            }) => Event::Refused { peer, doc },
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(missed)) => Event::Lagged { missed },
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let _ = events.send(event);
+    }
+}

@@ -1,0 +1,67 @@
+//! How far sync has come, per peer and per document.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_net::ConnectionState;
+use ferry_store::{DocId, PeerId};
+
+/// A snapshot of sync with every known peer; see
+/// [`Replica::sync_status`](crate::Replica::sync_status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Every peer in the peer table, in id order.
+    pub peers: Vec<PeerStatus>,
+}
+
+impl SyncStatus {
+    /// One peer's status.
+    pub fn peer(&self, peer: PeerId) -> Option<&PeerStatus> {
+        self.peers.iter().find(|p| p.peer == peer)
+    }
+
+    /// Changes to `doc` not yet acknowledged by any one of the peers that may read it, at
+    /// most: the largest pending count among them.
+    pub fn pending(&self, doc: DocId) -> u64 {
+        self.peers
+            .iter()
+            .filter_map(|p| p.doc(doc))
+            .map(|d| d.pending)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Sync with one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its name in the peer table.
+    pub name: String,
+    /// Its connection.
+    pub connection: ConnectionState,
+    /// Every document it may read, in id order.
+    pub docs: Vec<DocStatus>,
+}
+
+impl PeerStatus {
+    /// The status of one document with this peer.
+    pub fn doc(&self, doc: DocId) -> Option<&DocStatus> {
+        self.docs.iter().find(|d| d.doc == doc)
+    }
+}
+
+/// Sync of one document with one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DocStatus {
+    /// The document.
+    pub doc: DocId,
+    /// This replica's changes the peer has not acknowledged; 0 when it holds them all.
+    pub pending: u64,
+    /// When the peer was last seen to hold the whole document.
+    pub last_sync: Option<SystemTime>,
+}
+
+pub(crate) fn time_of(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}

@@ -1,0 +1,232 @@
+//! The facade as an app uses it: handles, events, status, going offline and back.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{ROOT, ReadDoc};
+use ferry::{
+    Access, BackoffConfig, ConnectionState, DocKind, Error, Event, NetConfig, Origin, Replica,
+};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn replica(dir: &tempfile::TempDir) -> Replica {
+    Replica::builder(dir.path())
+        .network(NetConfig {
+            backoff: BackoffConfig {
+                min: Duration::from_millis(50),
+                max: Duration::from_millis(400),
+            },
+            connect_timeout: Duration::from_secs(2),
+            ..NetConfig::default()
+        })
+        .open()
+        .await
+        .unwrap()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_refuse_the_wrong_kind_and_unknown_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replica(&dir).await;
+    let counter = r.create_counter().await.unwrap();
+    assert!(matches!(
+        r.doc(counter.id()),
+        Err(Error::WrongKind {
+            found: DocKind::GCounter,
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.register(counter.id()),
+        Err(Error::WrongKind { .. })
+    ));
+    let missing = ferry::DocId::random();
+    assert!(matches!(r.counter(missing), Err(Error::NoSuchDocument(d)) if d == missing));
+    // A grow-only counter does not go down, and is unchanged by trying.
+    counter.increment(2).await.unwrap();
+    assert!(counter.decrement(1).await.is_err());
+    assert_eq!(counter.value().unwrap(), 2);
+    // Serving twice is refused.
+    let addr = r.serve(loopback()).await.unwrap();
+    assert!(matches!(r.serve(loopback()).await, Err(Error::AlreadyServing(a)) if a == addr));
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_goes_from_pending_to_synced_across_going_offline_and_back() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (replica(&da).await, replica(&db).await);
+    let b_addr = b.serve(loopback()).await.unwrap();
+    b.allow_peer(a.peer_id(), Access::ReadWrite).await.unwrap();
+    a.add_peer(b.peer_id(), b_addr, Access::ReadWrite)
+        .await
+        .unwrap();
+    let chat = a.create_doc().await.unwrap();
+    let mut a_events = a.subscribe();
+    let mut b_events = b.subscribe();
+    a.serve(loopback()).await.unwrap();
+    let on_b = b.doc_when_available(chat.id(), PATIENCE).await.unwrap();
+
+    // b goes offline; a keeps writing, and its status says what b lacks and when a retries.
+    b.shutdown().await;
+    for i in 0..3 {
+        chat.change(move |tx| tx.put(ROOT, format!("m{i}"), i))
+            .await
+            .unwrap();
+    }
+    let sent = chat.heads().unwrap()[0];
+    eventually("a sees b disconnected with a retry time", || async {
+        let status = a.sync_status().await.unwrap();
+        let peer = status.peer(b.peer_id()).unwrap();
+        peer.doc(chat.id()).unwrap().pending == 3
+            && matches!(
+                peer.connection,
+                ConnectionState::Disconnected {
+                    next_retry: Some(_)
+                }
+            )
+    })
+    .await;
+    assert!(!chat.acknowledged_by(b.peer_id(), sent).unwrap());
+    on_b.change(|tx| tx.put(ROOT, "from_b", 1)).await.unwrap();
+
+    // b comes back on the same address: a's retry finds it, and both sides catch up.
+    b.serve(b_addr).await.unwrap();
+    eventually("both caught up", || async {
+        let (sa, sb) = (
+            a.sync_status().await.unwrap(),
+            b.sync_status().await.unwrap(),
+        );
+        sa.pending(chat.id()) == 0
+            && sb.pending(chat.id()) == 0
+            && chat.heads().unwrap() == on_b.heads().unwrap()
+    })
+    .await;
+    assert!(chat.acknowledged_by(b.peer_id(), sent).unwrap());
+    let status = a.sync_status().await.unwrap();
+    let doc = status.peer(b.peer_id()).unwrap().doc(chat.id()).unwrap();
+    assert!(doc.last_sync.is_some());
+    assert_eq!(
+        on_b.read(|d| d.get(ROOT, "m2").unwrap().map(|(v, _)| v.as_i64()))
+            .unwrap(),
+        Some(Some(2))
+    );
+
+    // The UIs heard of it: a of its local changes, b's change and b holding everything; b of
+    // a's changes arriving.
+    let mut seen_a = Vec::new();
+    while let Some(event) = a_events.try_next() {
+        seen_a.push(event);
+    }
+    assert!(seen_a.contains(&Event::Changed {
+        doc: chat.id(),
+        origin: Origin::Local
+    }));
+    assert!(seen_a.contains(&Event::Changed {
+        doc: chat.id(),
+        origin: Origin::Remote(b.peer_id())
+    }));
+    assert!(seen_a.contains(&Event::Synced {
+        peer: b.peer_id(),
+        doc: chat.id()
+    }));
+    let mut seen_b = Vec::new();
+    while let Some(event) = b_events.try_next() {
+        seen_b.push(event);
+    }
+    assert!(seen_b.contains(&Event::Changed {
+        doc: chat.id(),
+        origin: Origin::Remote(a.peer_id())
+    }));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_register_writes_are_kept_or_settled_the_same_everywhere() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (replica(&da).await, replica(&db).await);
+    let b_addr = b.serve(loopback()).await.unwrap();
+    b.allow_peer(a.peer_id(), Access::ReadWrite).await.unwrap();
+    a.add_peer(b.peer_id(), b_addr, Access::ReadWrite)
+        .await
+        .unwrap();
+    let floors = a.create_multi_register().await.unwrap();
+    let title = a.create_register().await.unwrap();
+    a.serve(loopback()).await.unwrap();
+    let wait_for = |kind| {
+        let b = b.clone();
+        let id = match kind {
+            DocKind::MvRegister => floors.id(),
+            _ => title.id(),
+        };
+        async move {
+            eventually("arrival", || {
+                let b = b.clone();
+                async move { b.store().info(id).is_ok() }
+            })
+            .await;
+        }
+    };
+    wait_for(DocKind::MvRegister).await;
+    wait_for(DocKind::LwwRegister).await;
+
+    // Both write while apart.
+    a.shutdown().await;
+    floors.set("4").await.unwrap();
+    title.set("A's title").await.unwrap();
+    let (floors_b, title_b) = (
+        b.multi_register(floors.id()).unwrap(),
+        b.register(title.id()).unwrap(),
+    );
+    floors_b.set("5").await.unwrap();
+    title_b.set("B's title").await.unwrap();
+    a.serve(loopback()).await.unwrap();
+    eventually("both registers agree", || async {
+        floors.values().unwrap().len() == 2
+            && floors_b.values().unwrap().len() == 2
+            && title.get().unwrap() == title_b.get().unwrap()
+    })
+    .await;
+    // No typed floor is lost; each knows who wrote it.
+    let mut values = floors.values().unwrap();
+    values.sort();
+    assert_eq!(values, vec![b"4".to_vec(), b"5".to_vec()]);
+    assert!(floors.is_conflicted().unwrap());
+    let writers: Vec<_> = floors
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect();
+    assert!(writers.contains(&a.replica_id()) && writers.contains(&b.replica_id()));
+    // Last writer wins, the same everywhere, and says whose write held.
+    assert_eq!(title.writer().unwrap(), title_b.writer().unwrap());
+    // Settling the conflict is one more write.
+    floors.set("4").await.unwrap();
+    eventually("settled everywhere", || async {
+        floors_b.values().unwrap() == vec![b"4".to_vec()]
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -754,20 +754,21 @@ impl Session {
         match kind {
             DocKind::Automerge => {
                 // Strict: a damaged or truncated document is refused whole.
-                let mut theirs = Automerge::load(bytes)
+                let theirs = Automerge::load(bytes)
                     .map_err(|_| SessionError::Protocol("a snapshot that does not load"))?;
                 let their_heads = theirs.get_heads();
-                self.store.create_with_id(doc, kind, origin)?;
-                let before = self.store.info(doc)?.version;
-                self.store.update(doc, origin, |am| am.merge(&mut theirs))?;
-                if self.store.info(doc)?.version != before {
+                // Created with its content in one write, or merged into the copy here.
+                if self.store.adopt(doc, origin, theirs)? {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
                 self.answer_heads(doc, their_heads)
             }
             _ => {
                 validate_state(kind, bytes, self.config.max_frame)?;
-                self.store.create_with_id(doc, kind, origin)?;
+                // Created with the state in one write; the merge below then acknowledges.
+                if self.holds(doc)?.is_none() && self.store.adopt_state(doc, kind, origin, bytes)? {
+                    self.events.push_back(Event::DocUpdated { doc });
+                }
                 self.merge_state(doc, bytes)
             }
         }

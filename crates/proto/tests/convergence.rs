@@ -144,12 +144,12 @@ proptest! {
             }
         }
         // And every replica knows it: nothing is pending for any peer.
-        for a in &replicas {
-            for b in &replicas {
-                if a.store.peer_id() == b.store.peer_id() { continue; }
-                for (doc, _) in &docs {
+        for (i, a) in replicas.iter().enumerate() {
+            for (j, b) in replicas.iter().enumerate() {
+                if i == j { continue; }
+                for (doc, kind) in &docs {
                     let status = a.store.sync_status(b.store.peer_id(), *doc).unwrap();
-                    prop_assert_eq!(status.pending, 0, "pending after the final round");
+                    prop_assert_eq!(status.pending, 0, "{:?} {} pending at {} for {} after the final round", kind, doc, i, j);
                     prop_assert!(status.last_sync_millis.is_some());
                 }
             }

@@ -272,6 +272,15 @@ pub fn heads_digest(heads: &[ChangeHash]) -> Digest {
 }
 
 /// Those of `heads` that `am` holds.
+/// Whether `heads` and `acked` name the same set of changes.
+fn same_hashes(heads: &[ChangeHash], acked: &[[u8; 32]]) -> bool {
+    let mut a: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+    let mut b = acked.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
 fn known_heads(am: &Automerge, heads: &[ChangeHash]) -> Vec<ChangeHash> {
     let missing = am.get_missing_deps(heads);
     heads
@@ -461,10 +470,89 @@ impl Store {
         kind: DocKind,
         origin: Origin,
     ) -> Result<bool, StoreError> {
+        let empty = match CrdtState::empty(kind) {
+            None => Loaded::Automerge(Box::new(self.new_automerge())),
+            Some(crdt) => Loaded::Crdt(crdt),
+        };
+        Ok(self.create_entry(doc, kind, origin, empty)?.is_none())
+    }
+
+    /// Takes in a whole Automerge document a peer sent (a clone): if `doc` is not here, it is
+    /// created with that content in one durable write, so no reader ever sees it empty;
+    /// otherwise the content is merged into the copy here. Returns whether anything changed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use automerge::{Automerge, ROOT, transaction::Transactable};
+    /// use ferry_store::{DocId, Origin, PeerId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let mut theirs = Automerge::new();
+    /// theirs.transact(|tx| tx.put(ROOT, "title", "minutes"))
+    ///     .map_err(|f| f.error)?;
+    /// let doc = DocId::random();
+    /// let from = Origin::Remote(PeerId::from_bytes([7; 16]));
+    /// assert!(store.adopt(doc, from, theirs.clone())?);
+    /// assert_eq!(store.read(doc, |d| d.get_heads())?, theirs.get_heads());
+    /// assert!(!store.adopt(doc, from, theirs)?); // nothing new the second time
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn adopt(&self, doc: DocId, origin: Origin, am: Automerge) -> Result<bool, StoreError> {
+        let actor = ActorId::from(*self.replica_id().as_bytes());
+        let loaded = Loaded::Automerge(Box::new(am.with_actor(actor)));
+        let Some(Loaded::Automerge(mut theirs)) =
+            self.create_entry(doc, DocKind::Automerge, origin, loaded)?
+        else {
+            return Ok(true);
+        };
+        self.update(doc, origin, |am| {
+            // (`merge` lists every change it was given, held here or not.)
+            let before = am.get_heads();
+            am.merge(&mut theirs)?;
+            Ok(am.get_heads() != before)
+        })
+    }
+
+    /// Takes in the whole state of a CRDT document a peer sent: if `doc` is not here, it is
+    /// created with that state in one durable write; otherwise the state is merged into the
+    /// copy here. Returns whether anything changed.
+    pub fn adopt_state(
+        &self,
+        doc: DocId,
+        kind: DocKind,
+        origin: Origin,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError> {
+        if kind == DocKind::Automerge {
+            return Err(wrong_kind(doc, DocKind::GCounter, kind));
+        }
+        let incoming = CrdtState::decode(kind, bytes)
+            .map_err(|source| StoreError::BadState { doc, source })?;
+        if self
+            .create_entry(doc, kind, origin, Loaded::Crdt(incoming))?
+            .is_none()
+        {
+            return Ok(true);
+        }
+        let before = self.info(doc)?.digest;
+        Ok(self.merge_state(doc, origin, bytes)? != before)
+    }
+
+    /// Creates `doc` with `content` in one commit, unless it exists: then the content is
+    /// handed back (or the kinds differ, an error).
+    fn create_entry(
+        &self,
+        doc: DocId,
+        kind: DocKind,
+        origin: Origin,
+        content: Loaded,
+    ) -> Result<Option<Loaded>, StoreError> {
         let mut state = self.lock();
         if let Some(meta) = self.read_meta(doc)? {
             return if meta.kind == kind {
-                Ok(false)
+                Ok(Some(content))
             } else {
                 Err(StoreError::WrongKind {
                     doc,
@@ -473,31 +561,47 @@ impl Store {
                 })
             };
         }
-        let (loaded, digest) = match CrdtState::empty(kind) {
-            None => (
-                Loaded::Automerge(Box::new(self.new_automerge())),
-                heads_digest(&[]),
-            ),
-            Some(crdt) => {
-                let digest = Digest::of_bytes(&crdt.encode());
-                (Loaded::Crdt(crdt), digest)
-            }
-        };
-        let meta = DocMeta {
+        let mut meta = DocMeta {
             kind,
             heads: Vec::new(),
-            digest: *digest.as_bytes(),
+            digest: *heads_digest(&[]).as_bytes(),
             changes: 0,
             snapshot_bytes: 0,
             incremental_bytes: 0,
             next_incremental: 0,
         };
-        let writes = Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta));
+        let writes = match &content {
+            Loaded::Automerge(am) => {
+                let heads = am.get_heads();
+                meta.heads = heads.iter().map(|h| h.0).collect();
+                meta.digest = *heads_digest(&heads).as_bytes();
+                meta.changes = am.stats().num_changes;
+                if heads.is_empty() {
+                    Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta))
+                } else {
+                    Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
+                }
+            }
+            Loaded::Crdt(crdt) => {
+                let bytes = crdt.encode();
+                meta.digest = *Digest::of_bytes(&bytes).as_bytes();
+                if CrdtState::empty(kind).as_ref() == Some(crdt) {
+                    Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta))
+                } else {
+                    meta.changes = 1;
+                    meta.snapshot_bytes = bytes.len() as u64;
+                    let mut batch = sled::Batch::default();
+                    batch.insert(&records::snapshot_key(doc), bytes);
+                    batch.insert(&records::meta_key(doc), encode_record(&meta));
+                    Writes::Batch(batch)
+                }
+            }
+        };
         let version = version_of(&meta);
-        state.cache.put(doc, Entry { meta, doc: loaded });
+        state.cache.put(doc, Entry { meta, doc: content });
         let commit = Commit::changed(writes, doc, origin, version);
         self.commit(state, doc, commit)?;
-        Ok(true)
+        Ok(None)
     }
 
     /// Every document's id, in id order. Never fails on a damaged document: its id is listed
@@ -652,15 +756,23 @@ impl Store {
             return Ok(result);
         }
 
-        // The commit's changes as `save_after` writes them: compressed where that pays.
-        let chunk = am.save_after(&old_heads);
         let mut meta = entry.meta.clone();
+        let was_empty = meta.changes == 0;
         meta.heads = heads.iter().map(|h| h.0).collect();
         meta.digest = *heads_digest(&heads).as_bytes();
         meta.changes = am.stats().num_changes;
 
-        let outgrown =
-            meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
+        // The commit's changes as `save_after` writes them; but a whole history arriving at
+        // once (a document cloned from a peer) goes straight into a snapshot, without first
+        // listing every change.
+        let whole_history = was_empty && meta.changes > WHOLE_HISTORY;
+        let chunk = if whole_history {
+            Vec::new()
+        } else {
+            am.save_after(&old_heads)
+        };
+        let outgrown = whole_history
+            || meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
         let writes = if outgrown {
             Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
         } else {
@@ -923,7 +1035,21 @@ impl Store {
         let info = self.info(doc)?;
         let record = self.sync_record(peer, doc)?.unwrap_or_default();
         let pending = match info.kind {
-            DocKind::Automerge => info.changes.saturating_sub(record.acked_changes),
+            DocKind::Automerge => match &info.version {
+                _ if record.acked.is_empty() => info.changes,
+                Version::Heads(heads) if same_hashes(heads, &record.acked) => 0,
+                // The peer acknowledged other heads: count, in the document, the changes
+                // outside the history of the acknowledged heads held here. (The count kept
+                // with the acknowledgement is stale once changes it lacked arrive from
+                // elsewhere.)
+                _ => {
+                    let acked: Vec<ChangeHash> =
+                        record.acked.iter().map(|h| ChangeHash(*h)).collect();
+                    self.read(doc, |am| {
+                        am.get_changes_meta(&known_heads(am, &acked)).len() as u64
+                    })?
+                }
+            },
             _ if record.acked == [*info.digest.as_bytes()] => 0,
             // A state never acknowledged, or since changed: at least one change is pending.
             _ => info.changes.saturating_sub(record.acked_changes).max(1),
@@ -1207,6 +1333,9 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
         }
     }
 }
+
+/// An empty document that gains more changes than this in one commit is snapshotted at once.
+const WHOLE_HISTORY: u64 = 64;
 
 /// How long [`open_db`] waits for the lock of a store closed a moment ago.
 const LOCK_PATIENCE: Duration = Duration::from_secs(3);

@@ -276,6 +276,12 @@ impl Node {
             .collect()
     }
 
+    /// Counters of the open connection to `peer` (UDP bytes and packets each way, round-trip
+    /// time), if there is one.
+    pub fn connection_stats(&self, peer: PeerId) -> Option<quinn::ConnectionStats> {
+        self.inner.live(peer).map(|conn| conn.stats())
+    }
+
     /// Events from now on: connection changes and session events.
     pub fn subscribe(&self) -> broadcast::Receiver<NetEvent> {
         self.inner.events.subscribe()

@@ -440,18 +440,75 @@ impl Replica {
         }
     }
 
-    /// Dials `peer` once, syncs until both sides are quiet, and disconnects: for a one-off
-    /// sync without serving. Fails clearly if the peer is unknown, has no address, does not
-    /// answer, or refuses.
+    /// Syncs with `peer` now and returns when both sides are quiet: nothing has arrived for
+    /// a moment after the two sides compared everything they share. Offline, it dials the
+    /// peer once, syncs, and disconnects. Serving, it uses the live connection (dialing now
+    /// if there is none) and leaves it open. Fails clearly if the peer is unknown, has no
+    /// address, does not answer, or refuses.
     pub async fn sync_once(&self, peer: PeerId) -> Result<(), Error> {
-        let config = NetConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            ..self.inner.net.clone()
+        const QUIET: Duration = Duration::from_millis(300);
+        let guard = self.inner.node.lock().await;
+        let Some(node) = guard.as_ref() else {
+            drop(guard);
+            let config = NetConfig {
+                listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+                ..self.inner.net.clone()
+            };
+            let node = Node::start_without_dialing(self.inner.store.clone(), config).await?;
+            let result = node.sync_once(peer, QUIET).await;
+            node.shutdown().await;
+            return Ok(result?);
         };
-        let node = Node::start(self.inner.store.clone(), config).await?;
-        let result = node.sync_once(peer, Duration::from_millis(300)).await;
-        node.shutdown().await;
-        Ok(result?)
+        let info = self.inner.store.peer(peer)?;
+        let connected = matches!(
+            node.states().get(&peer),
+            Some(ConnectionState::Connected { .. })
+        );
+        let addr = info.as_ref().and_then(|p| p.addresses.first().copied());
+        if !connected && addr.is_none() {
+            return Err(ferry_net::NetError::NoAddress(peer).into());
+        }
+        let mut events = node.subscribe();
+        if !connected {
+            node.dial(peer);
+        }
+        drop(guard);
+        if let (false, Some(addr)) = (connected, addr) {
+            // A live session finishes its catch-up with a reconciliation; wait for that.
+            let patience = self.inner.net.connect_timeout * 2 + Duration::from_secs(5);
+            let reconciled = tokio::time::timeout(patience, async {
+                loop {
+                    match events.recv().await {
+                        Ok(NetEvent::Session {
+                            peer: p,
+                            event: ferry_proto::Event::Reconciled,
+                        }) if p == peer => return Ok(()),
+                        Ok(NetEvent::SessionFailed { peer: p, error }) if p == peer => {
+                            return Err(ferry_net::NetError::Stream { peer, what: error });
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(ferry_net::NetError::Shutdown);
+                        }
+                    }
+                }
+            })
+            .await;
+            match reconciled {
+                Ok(result) => result?,
+                Err(_) => return Err(ferry_net::NetError::Timeout { peer, addr }.into()),
+            }
+        }
+        // Then wait until the session with the peer has been quiet for a moment.
+        loop {
+            match tokio::time::timeout(QUIET, events.recv()).await {
+                Err(_) => return Ok(()),
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(ferry_net::NetError::Shutdown.into());
+                }
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Events from now on: changes to re-read, connections, and documents a peer now holds.

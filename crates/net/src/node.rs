@@ -167,6 +167,8 @@ struct Slot {
     replacing_until: Option<Instant>,
     /// Woken when the connection is replaced or ends, or the peer's addresses change.
     wake: Arc<Notify>,
+    /// Woken when a dial's handshake ends, either way.
+    handshake_done: Arc<Notify>,
 }
 
 impl Default for Slot {
@@ -178,6 +180,7 @@ impl Default for Slot {
             handshaking: false,
             replacing_until: None,
             wake: Arc::new(Notify::new()),
+            handshake_done: Arc::new(Notify::new()),
         }
     }
 }
@@ -194,6 +197,22 @@ impl Node {
     /// Binds the endpoint and starts listening, and dialing every peer in the store's peer
     /// table that has an address.
     pub async fn start(store: Store, config: NetConfig) -> Result<Self, NetError> {
+        let node = Self::bind(store, config).await?;
+        for peer in node.inner.store.peers()? {
+            if !peer.addresses.is_empty() {
+                node.inner.ensure_dialing(peer.id);
+            }
+        }
+        Ok(node)
+    }
+
+    /// Binds the endpoint and accepts peers, but dials nobody until asked: for one-off syncs
+    /// with [`Node::sync_once`], which a dial loop to the same peer would duplicate.
+    pub async fn start_without_dialing(store: Store, config: NetConfig) -> Result<Self, NetError> {
+        Self::bind(store, config).await
+    }
+
+    async fn bind(store: Store, config: NetConfig) -> Result<Self, NetError> {
         let credentials = Credentials::of(&store)?;
         let mut server = tls::server_config(&store, &credentials)?;
         server.transport_config(Arc::new(transport(&config)));
@@ -221,11 +240,6 @@ impl Node {
         });
         let accept = tokio::spawn(accept_loop(inner.clone()));
         inner.tasks().push(accept);
-        for peer in store.peers()? {
-            if !peer.addresses.is_empty() {
-                inner.ensure_dialing(peer.id);
-            }
-        }
         tracing::info!(peer = %store.peer_id(), addr = %local_addr, "listening");
         Ok(Self { inner })
     }
@@ -382,7 +396,44 @@ impl Inner {
     }
 
     fn set_handshaking(&self, peer: PeerId, handshaking: bool) {
-        self.peers().entry(peer).or_default().handshaking = handshaking;
+        let mut peers = self.peers();
+        let slot = peers.entry(peer).or_default();
+        slot.handshaking = handshaking;
+        if !handshaking {
+            slot.handshake_done.notify_waiters();
+        }
+    }
+
+    /// A connection `peer` dialed arrived while this side's own dial to it is in its
+    /// handshake. When this side's id is the smaller, both sides will keep this side's
+    /// connection if that dial succeeds; but it may never (a stale address), so the incoming
+    /// one waits for the dial to end, and [`Inner::register`] then decides.
+    async fn await_own_dial(&self, peer: PeerId, conn: &Connection) {
+        let patience = self.config.connect_timeout + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let done = {
+                let peers = self.peers();
+                match peers.get(&peer) {
+                    Some(slot) if slot.handshaking && self.store.peer_id() < peer => {
+                        slot.handshake_done.clone()
+                    }
+                    _ => return,
+                }
+            };
+            let ended = done.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            // Checked again with the waiter registered, so no wake-up is missed.
+            if !self.peers().get(&peer).is_some_and(|slot| slot.handshaking) {
+                return;
+            }
+            tokio::select! {
+                () = &mut ended => {}
+                _ = conn.closed() => return,
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     fn wake(&self, peer: PeerId) {
@@ -409,11 +460,6 @@ impl Inner {
         let mut peers = self.peers();
         let slot = peers.entry(peer).or_default();
         let now = Instant::now();
-        if !ours && slot.handshaking && me < peer {
-            // This side's own dial, still in its handshake, is the one both sides will keep.
-            conn.close(CloseCode::Duplicate.into(), b"duplicate connection");
-            return false;
-        }
         if let Some(old) = &slot.live
             && old.conn.close_reason().is_none()
         {
@@ -462,6 +508,9 @@ impl Inner {
 
     /// Runs a session on a connection just established, for as long as it lasts.
     async fn run_connection(self: Arc<Self>, peer: PeerId, conn: Connection, role: Role) {
+        if role == Role::Responder {
+            self.await_own_dial(peer, &conn).await;
+        }
         if !self.register(peer, &conn, role == Role::Initiator) {
             return;
         }
@@ -474,8 +523,22 @@ impl Inner {
         tracing::debug!(%peer, ?role, addr = %conn.remote_address(), "connected");
         match driver::drive(self.clone(), peer, conn.clone(), role, Until::Closed).await {
             Ok(()) => tracing::debug!(%peer, "session ended"),
+            Err(_) if closed_as_duplicate(&conn) => {
+                tracing::debug!(%peer, "duplicate connection closed");
+            }
+            Err(_)
+                if matches!(
+                    conn.close_reason(),
+                    Some(quinn::ConnectionError::LocallyClosed)
+                ) =>
+            {
+                tracing::debug!(%peer, "connection closed here");
+            }
+            Err(_) if closed_with(&conn, CloseCode::Shutdown) => {
+                tracing::info!(%peer, "the peer went offline");
+            }
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "session ended with an error");
+                tracing::warn!(%peer, error = %error_chain(&e), "session ended with an error");
                 if matches!(e, NetError::Session { .. } | NetError::Panicked { .. }) {
                     self.emit(NetEvent::SessionFailed {
                         peer,
@@ -660,10 +723,15 @@ async fn accept_loop(inner: Arc<Inner>) {
 
 /// Whether the peer closed `conn` because it kept another connection.
 fn closed_as_duplicate(conn: &Connection) -> bool {
+    closed_with(conn, CloseCode::Duplicate)
+}
+
+/// Whether the peer closed `conn` with `code`.
+fn closed_with(conn: &Connection, code: CloseCode) -> bool {
     matches!(
         conn.close_reason(),
         Some(quinn::ConnectionError::ApplicationClosed(close))
-            if CloseCode::of(close.error_code) == Some(CloseCode::Duplicate)
+            if CloseCode::of(close.error_code) == Some(code)
     )
 }
 

@@ -1,0 +1,443 @@
+//! `ferry`: run an offline-first replica on this device, as a peer or an always-on relay, and
+//! inspect and change its documents.
+//!
+//! Every command works on the replica in `--dir` (or `$FERRY_DIR`, or `~/.ferry`). While
+//! `ferry serve` runs there, the other commands go through it (over a Unix socket in the
+//! directory), so a write made with `ferry doc set` is sent to peers at once; otherwise they open
+//! the replica themselves. See `docs/guide.md` for a walk-through.
+
+mod control;
+mod ops;
+mod render;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use ferry::{Event, Replica};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::ops::{AccessArg, KindArg, Request};
+
+/// Offline-first replicated documents: a durable local replica that syncs with its peers over
+/// QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about)]
+struct Cli {
+    /// The replica's directory.
+    #[arg(long, global = true, env = "FERRY_DIR", value_name = "DIR")]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a replica (its key pair and store) in the directory.
+    Init,
+    /// Print this replica's peer id.
+    Id,
+    /// Go online: listen for peers, dial the known ones, and sync live until Ctrl-C.
+    Serve {
+        /// The UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4433", value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+    /// Manage the peers this replica trusts.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Create, list, read and change documents.
+    #[command(subcommand)]
+    Doc(DocCommand),
+    /// Change a counter.
+    #[command(subcommand)]
+    Counter(CounterCommand),
+    /// Change a register.
+    #[command(subcommand)]
+    Register(RegisterCommand),
+    /// Connection states, and pending changes and last sync time per document and peer.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sync with one peer now and return when both sides are quiet.
+    Sync {
+        /// Sync once and return (the only mode; `ferry serve` syncs continuously).
+        #[arg(long, required = true)]
+        once: bool,
+        /// The peer's id.
+        peer: String,
+    },
+    /// Print change and connection events as they happen (needs `ferry serve` running).
+    Watch {
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCommand {
+    /// Trust a peer and dial it at ADDR whenever this replica serves.
+    Add {
+        /// The peer's id (`ferry id` on the peer prints it).
+        id: String,
+        /// Where the peer listens, as IP:PORT.
+        addr: String,
+        /// What the peer may do with this replica's documents.
+        #[arg(long, value_enum, default_value = "write")]
+        access: AccessArg,
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the trusted peers.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a peer.
+    Remove {
+        /// The peer's id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DocCommand {
+    /// Create a document and print its id.
+    New {
+        /// What kind of document.
+        #[arg(long, value_enum, default_value = "automerge")]
+        kind: KindArg,
+    },
+    /// List the documents.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a document's content.
+    Get {
+        /// The document's id.
+        doc: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set PATH (keys separated by dots, e.g. `address.city`) in an Automerge document to
+    /// VALUE, read as JSON if it parses (`3`, `true`, `{"a": 1}`) and as a string otherwise.
+    Set {
+        /// The document's id.
+        doc: String,
+        /// The path of keys.
+        path: String,
+        /// The value.
+        value: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CounterCommand {
+    /// Add N (default 1) to a gcounter or pncounter.
+    Inc {
+        /// The document's id.
+        doc: String,
+        /// How much.
+        #[arg(default_value_t = 1)]
+        n: u64,
+    },
+    /// Subtract N (default 1) from a pncounter.
+    Dec {
+        /// The document's id.
+        doc: String,
+        /// How much.
+        #[arg(default_value_t = 1)]
+        n: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RegisterCommand {
+    /// Set an lww or mv register to VALUE (a string).
+    Set {
+        /// The document's id.
+        doc: String,
+        /// The value.
+        value: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `serve` reports what it does; the other commands only what goes wrong.
+    let level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("ferry: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = match cli.dir {
+        Some(dir) => dir,
+        None => default_dir(),
+    };
+    let (request, json) = match cli.command {
+        Command::Init => return init(&dir).await,
+        Command::Serve { listen } => return serve(&dir, listen).await,
+        Command::Watch { json } => return watch(&dir, json).await,
+        Command::Sync { peer, .. } => return sync_once(&dir, &peer).await,
+        Command::Id => (Request::Id, false),
+        Command::Peer(PeerCommand::Add {
+            id,
+            addr,
+            access,
+            name,
+        }) => (
+            Request::PeerAdd {
+                peer: ops::parse_peer(&id)?,
+                addr: ops::parse_addr(&addr)?,
+                access,
+                name,
+            },
+            false,
+        ),
+        Command::Peer(PeerCommand::List { json }) => (Request::PeerList, json),
+        Command::Peer(PeerCommand::Remove { id }) => (
+            Request::PeerRemove {
+                peer: ops::parse_peer(&id)?,
+            },
+            false,
+        ),
+        Command::Doc(DocCommand::New { kind }) => (Request::DocNew { kind }, false),
+        Command::Doc(DocCommand::List { json }) => (Request::DocList, json),
+        Command::Doc(DocCommand::Get { doc, json }) => (
+            Request::DocGet {
+                doc: ops::parse_doc(&doc)?,
+            },
+            json,
+        ),
+        Command::Doc(DocCommand::Set { doc, path, value }) => (
+            Request::DocSet {
+                doc: ops::parse_doc(&doc)?,
+                path: ops::parse_path(&path)?,
+                value: ops::parse_value(&value),
+            },
+            false,
+        ),
+        Command::Counter(CounterCommand::Inc { doc, n }) => (
+            Request::CounterAdd {
+                doc: ops::parse_doc(&doc)?,
+                n,
+                down: false,
+            },
+            false,
+        ),
+        Command::Counter(CounterCommand::Dec { doc, n }) => (
+            Request::CounterAdd {
+                doc: ops::parse_doc(&doc)?,
+                n,
+                down: true,
+            },
+            false,
+        ),
+        Command::Register(RegisterCommand::Set { doc, value }) => (
+            Request::RegisterSet {
+                doc: ops::parse_doc(&doc)?,
+                value,
+            },
+            false,
+        ),
+        Command::Status { json } => (Request::Status, json),
+    };
+    let reply = call(&dir, &request).await?;
+    print!("{}", render::render(&request, &reply, json));
+    Ok(())
+}
+
+/// `~/.ferry`, or `.ferry` here if there is no home directory.
+fn default_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".ferry"))
+        .unwrap_or_else(|| PathBuf::from(".ferry"))
+}
+
+/// Runs `request` through the `ferry serve` running on `dir`, or on the replica opened here.
+async fn call(dir: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+    if let Some(server) = control::connect(dir).await {
+        return control::call(server, request).await;
+    }
+    let replica = open(dir).await?;
+    let result = ops::execute(&replica, request).await;
+    replica.shutdown().await;
+    result
+}
+
+/// Opens the replica in `dir`, which `ferry init` must have created.
+async fn open(dir: &Path) -> anyhow::Result<Replica> {
+    if !is_replica(dir) {
+        bail!(
+            "no replica in {} (create one with `ferry init --dir {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Replica::open(dir)
+        .await
+        .with_context(|| format!("cannot open the replica in {}", dir.display()))
+}
+
+fn is_replica(dir: &Path) -> bool {
+    dir.join("identity.key").is_file()
+}
+
+async fn init(dir: &Path) -> anyhow::Result<()> {
+    if is_replica(dir) {
+        let replica = open(dir).await?;
+        eprintln!("ferry: {} already holds a replica", dir.display());
+        println!("{}", replica.peer_id());
+        return Ok(());
+    }
+    let replica = Replica::open(dir)
+        .await
+        .with_context(|| format!("cannot create a replica in {}", dir.display()))?;
+    eprintln!("ferry: created a replica in {}", dir.display());
+    println!("{}", replica.peer_id());
+    Ok(())
+}
+
+async fn serve(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    if control::connect(dir).await.is_some() {
+        bail!("`ferry serve` is already running on {}", dir.display());
+    }
+    let replica = open(dir).await?;
+    let control = control::listen(dir, replica.clone())?;
+    let addr = match replica.serve(listen).await {
+        Ok(addr) => addr,
+        Err(e) => {
+            control.stop();
+            return Err(e).with_context(|| format!("cannot serve on {listen}"));
+        }
+    };
+    // Both on stdout, for people and for scripts that start peers.
+    println!("peer id {}", replica.peer_id());
+    println!("listening on {addr}");
+    tracing::info!(peer = %replica.peer_id(), %addr, dir = %dir.display(), "serving");
+    let mut events = replica.subscribe();
+    let logger = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            log_event(&event);
+        }
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    logger.abort();
+    control.stop();
+    replica.shutdown().await;
+    Ok(())
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Connection { peer, state } => {
+            tracing::info!(%peer, state = %render::connection(state), "connection")
+        }
+        Event::Changed { doc, origin } => {
+            tracing::debug!(%doc, origin = %render::origin(origin), "changed")
+        }
+        Event::Refused { peer, doc } => {
+            tracing::warn!(%peer, %doc, "the peer refused this replica's changes (read-only)")
+        }
+        Event::Lagged { missed } => tracing::warn!(missed, "events missed"),
+        _ => {}
+    }
+}
+
+/// Ctrl-C, or SIGTERM where there is one.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn watch(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let Some(server) = control::connect(dir).await else {
+        if !is_replica(dir) {
+            open(dir).await?; // the "no replica" error
+        }
+        bail!(
+            "`ferry watch` needs `ferry serve` running on {}: start it first",
+            dir.display()
+        );
+    };
+    control::watch(server, |event| {
+        println!("{}", render::event(event, json));
+    })
+    .await
+}
+
+async fn sync_once(dir: &Path, peer: &str) -> anyhow::Result<()> {
+    let peer = ops::parse_peer(peer)?;
+    let request = Request::SyncOnce { peer };
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} syncing with {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(format!("{peer}"));
+    // Only long syncs show it (and only on a terminal).
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            bar.enable_steady_tick(Duration::from_millis(100));
+        })
+    };
+    let started = std::time::Instant::now();
+    let result = call(dir, &request).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    result?;
+    println!(
+        "synced with {peer} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

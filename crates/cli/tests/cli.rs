@@ -1,0 +1,303 @@
+//! The `ferry` binary end to end: real processes, real QUIC on loopback, temporary directories.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+fn ferry(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("FERRY_DIR")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout, trimmed.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = ferry(dir, args);
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs a command that must fail; returns its stderr, which must be one line.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = ferry(dir, args);
+    assert!(!out.status.success(), "ferry {args:?} succeeded");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "ferry {args:?} printed {stderr:?}");
+    assert!(lines[0].starts_with("ferry: "), "{stderr:?}");
+    lines[0].to_owned()
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(dir, args)).unwrap()
+}
+
+/// A loopback UDP port nothing listens on right now.
+fn free_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A `ferry serve` process, killed when dropped.
+struct Serving {
+    child: Child,
+}
+
+impl Serving {
+    fn start(dir: &Path, listen: SocketAddr) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--dir")
+            .arg(dir)
+            .args(["serve", "--listen", &listen.to_string()])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // It prints its id and address once it listens (and its control socket is up).
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let id = lines.next().unwrap().unwrap();
+        assert!(id.starts_with("peer id "), "{id}");
+        let addr = lines.next().unwrap().unwrap();
+        assert_eq!(addr, format!("listening on {listen}"));
+        Self { child }
+    }
+
+    /// Stops it as Ctrl-C would, and waits for it to exit.
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two initialized replicas that trust each other, with the ports they will serve on.
+fn pair() -> (TempDir, TempDir, SocketAddr, SocketAddr) {
+    let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let id_a = ok(a.path(), &["init"]);
+    let id_b = ok(b.path(), &["init"]);
+    assert_eq!(ok(a.path(), &["id"]), id_a);
+    let (port_a, port_b) = (free_port(), free_port());
+    ok(a.path(), &["peer", "add", &id_b, &port_b.to_string()]);
+    ok(
+        b.path(),
+        &["peer", "add", &id_a, &port_a.to_string(), "--name", "a"],
+    );
+    (a, b, port_a, port_b)
+}
+
+#[test]
+fn two_serving_peers_see_each_others_writes() {
+    let (a, b, port_a, port_b) = pair();
+    let serving_a = Serving::start(a.path(), port_a);
+    let serving_b = Serving::start(b.path(), port_b);
+
+    // An Automerge document written through a, read back through b.
+    let doc = ok(a.path(), &["doc", "new"]);
+    ok(a.path(), &["doc", "set", &doc, "title", "Minutes"]);
+    ok(a.path(), &["doc", "set", &doc, "attendees", "3"]);
+    ok(a.path(), &["doc", "set", &doc, "place.city", "Lyon"]);
+    eventually("the document on b", || {
+        let out = ferry(b.path(), &["doc", "get", &doc, "--json"]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout).unwrap()["value"]
+                == serde_json::json!({"title": "Minutes", "attendees": 3, "place": {"city": "Lyon"}})
+    });
+
+    // A counter and a register written through b, read back through a.
+    let counter = ok(b.path(), &["doc", "new", "--kind", "pncounter"]);
+    ok(b.path(), &["counter", "inc", &counter, "5"]);
+    ok(b.path(), &["counter", "dec", &counter]);
+    let register = ok(b.path(), &["doc", "new", "--kind", "lww"]);
+    ok(b.path(), &["register", "set", &register, "blue"]);
+    eventually("the counter and register on a", || {
+        ferry(a.path(), &["doc", "get", &counter]).stdout == b"4\n"
+            && ferry(a.path(), &["doc", "get", &register]).stdout == b"blue\n"
+    });
+
+    // Both sides see the other connected and nothing pending.
+    eventually("nothing pending on a", || {
+        let status = json(a.path(), &["status", "--json"]);
+        let peer = &status["peers"][0];
+        peer["connection"]["state"] == "connected"
+            && peer["docs"].as_array().unwrap().len() == 3
+            && peer["docs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["pending"] == 0 && d["last_sync_millis"].is_u64())
+    });
+    let peers = json(b.path(), &["peer", "list", "--json"]);
+    assert_eq!(peers[0]["name"], "a");
+    assert_eq!(peers[0]["access"], "write");
+
+    serving_a.stop();
+    serving_b.stop();
+    // Stopped cleanly: the replicas open again, with everything in them.
+    assert_eq!(ok(a.path(), &["doc", "get", &counter]), "4");
+    assert_eq!(ok(b.path(), &["doc", "list"]).lines().count(), 3);
+}
+
+#[test]
+fn an_offline_replica_syncs_once_with_a_serving_one() {
+    let (a, b, _, port_b) = pair();
+    // Written while nothing serves: the command opens the replica itself.
+    let doc = ok(a.path(), &["doc", "new", "--kind", "gcounter"]);
+    ok(a.path(), &["counter", "inc", &doc, "2"]);
+    let notes = ok(b.path(), &["doc", "new"]);
+    ok(
+        b.path(),
+        &["doc", "set", &notes, "todo", r#"["milk", "eggs"]"#],
+    );
+    let pending = json(a.path(), &["status", "--json"]);
+    assert_eq!(pending["peers"][0]["docs"][0]["pending"], 1);
+
+    let serving_b = Serving::start(b.path(), port_b);
+    let id_b = ok(b.path(), &["id"]);
+    let out = ok(a.path(), &["sync", "--once", &id_b]);
+    assert!(out.starts_with("synced with"), "{out}");
+    // Both ways, in one sync.
+    assert_eq!(ok(b.path(), &["doc", "get", &doc]), "2");
+    let got = json(a.path(), &["doc", "get", &notes, "--json"]);
+    assert_eq!(got["value"], serde_json::json!({"todo": ["milk", "eggs"]}));
+    let status = json(a.path(), &["status", "--json"]);
+    assert!(
+        status["peers"][0]["docs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["pending"] == 0)
+    );
+    serving_b.stop();
+}
+
+#[test]
+fn bad_input_gets_one_line_and_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    // No replica yet.
+    assert!(fails(d, &["doc", "list"]).contains("no replica in"));
+    ok(d, &["init"]);
+    let doc = ok(d, &["doc", "new"]);
+    ok(d, &["doc", "set", &doc, "title", "kept"]);
+    let before = ok(d, &["doc", "get", &doc, "--json"]);
+
+    // An unknown document.
+    let unknown = "aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    assert!(fails(d, &["doc", "get", unknown]).contains("no document"));
+    assert!(fails(d, &["doc", "set", unknown, "x", "1"]).contains("no document"));
+    assert!(fails(d, &["counter", "inc", unknown]).contains("no document"));
+    assert!(fails(d, &["doc", "get", "not-an-id"]).contains("malformed document id"));
+    // The wrong kind, or a malformed path.
+    assert!(fails(d, &["counter", "inc", &doc]).contains("not"));
+    assert!(fails(d, &["doc", "set", &doc, "a..b", "1"]).contains("malformed path"));
+    assert_eq!(ok(d, &["doc", "get", &doc, "--json"]), before);
+    assert_eq!(ok(d, &["doc", "list"]).lines().count(), 1);
+
+    // A malformed peer id or address: the peer table is untouched.
+    assert!(fails(d, &["peer", "add", "bob", "127.0.0.1:4433"]).contains("malformed peer id"));
+    assert!(fails(d, &["peer", "add", unknown, "nowhere"]).contains("malformed address"));
+    assert_eq!(json(d, &["peer", "list", "--json"]), serde_json::json!([]));
+    assert!(fails(d, &["sync", "--once", unknown]).contains("no address"));
+
+    // An unreachable address.
+    let nobody = free_port();
+    ok(d, &["peer", "add", unknown, &nobody.to_string()]);
+    let error = fails(d, &["sync", "--once", unknown]);
+    assert!(error.contains("no answer"), "{error}");
+    assert_eq!(ok(d, &["doc", "get", &doc, "--json"]), before);
+
+    // `watch` needs a server.
+    assert!(fails(d, &["watch"]).contains("ferry serve"));
+}
+
+#[test]
+fn watch_streams_changes_from_a_peer() {
+    let (a, b, port_a, port_b) = pair();
+    let _serving_a = Serving::start(a.path(), port_a);
+    let _serving_b = Serving::start(b.path(), port_b);
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--dir")
+        .arg(b.path())
+        .args(["watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The watcher is subscribed once it reports a change made here.
+    let probe = ok(b.path(), &["doc", "new", "--kind", "gcounter"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_probe = false;
+    let mut doc = String::new();
+    let mut found = false;
+    while Instant::now() < deadline && !found {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) else {
+            if !seen_probe {
+                ok(b.path(), &["counter", "inc", &probe]); // not subscribed yet: again
+            }
+            continue;
+        };
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if !seen_probe && event["doc"] == probe.as_str() {
+            seen_probe = true;
+            doc = ok(a.path(), &["doc", "new"]);
+            ok(a.path(), &["doc", "set", &doc, "hello", "world"]);
+        } else if seen_probe
+            && event["event"] == "changed"
+            && event["doc"] == doc.as_str()
+            && event["origin"].as_str().unwrap().starts_with("peer ")
+        {
+            found = true;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(found, "no change event from the peer");
+}

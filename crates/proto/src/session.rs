@@ -1,6 +1,6 @@
 //! A sync session with one peer, as a state machine: frames in, frames and events out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{
@@ -177,6 +177,8 @@ pub struct Session {
     sent_heads: HashMap<DocId, Vec<ChangeHash>>,
     /// CRDT state digests the peer said it holds.
     peer_states: HashMap<DocId, Digest>,
+    /// Documents that changed before the peer's hello, to push once it arrives.
+    changed_early: BTreeSet<DocId>,
     /// The time the driver gave with the frame being handled.
     now: u64,
 }
@@ -230,6 +232,7 @@ impl Session {
             peer_heads: HashMap::new(),
             sent_heads: HashMap::new(),
             peer_states: HashMap::new(),
+            changed_early: BTreeSet::new(),
             now: 0,
         };
         session.send(&Message::Hello {
@@ -308,6 +311,11 @@ impl Session {
                 Message::Hello { version, .. } if version == PROTOCOL_VERSION => {
                     self.phase = Phase::Open;
                     self.events.push_back(Event::Connected { version });
+                    // Changed since this side listed its documents: pushed now, as they would
+                    // have been had the hello come first.
+                    for doc in std::mem::take(&mut self.changed_early) {
+                        self.doc_changed(doc)?;
+                    }
                     Ok(())
                 }
                 Message::Hello { version, .. } => self.fail(
@@ -338,6 +346,10 @@ impl Session {
     /// that it pushes the change if the peer may read the document. Changes the peer already
     /// holds (because they came from it) are not sent back.
     pub fn doc_changed(&mut self, doc: DocId) -> Result<(), SessionError> {
+        if self.phase == Phase::AwaitHello {
+            self.changed_early.insert(doc);
+            return Ok(());
+        }
         if self.phase != Phase::Open || self.refused.contains(&doc) || !self.may_read(doc)? {
             return Ok(());
         }
@@ -1068,6 +1080,12 @@ impl Session {
     fn fallback(&mut self, doc: DocId) -> Result<(), SessionError> {
         self.peer_heads.remove(&doc);
         self.sent_heads.remove(&doc);
+        // Automerge's own guesses go too: changes it believes sent may have gone another way
+        // (a `Changes` push), and a message it believes in flight may have been answered by
+        // one; either would keep it from saying anything more.
+        let state = self.sync_state(doc)?;
+        state.sent_hashes.clear();
+        state.in_flight = false;
         if self.heads_sent.contains(&doc) {
             self.generate(doc)
         } else {

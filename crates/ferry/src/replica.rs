@@ -411,7 +411,20 @@ impl Replica {
             listen: addr,
             ..self.inner.net.clone()
         };
-        let started = Node::start(self.inner.store.clone(), config).await?;
+        // A port this replica served on a moment ago is released once the old endpoint's
+        // connections have drained (a few round trips): serving again there waits for that.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let started = loop {
+            match Node::start(self.inner.store.clone(), config.clone()).await {
+                Err(ferry_net::NetError::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
         let local = started.local_addr();
         let forward = tokio::spawn(forward_net(started.subscribe(), self.inner.events.clone()));
         self.inner.forwarders().push(forward);

@@ -82,12 +82,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PeerCommand {
-    /// Trust a peer and dial it at ADDR whenever this replica serves.
+    /// Trust a peer, and dial it at ADDR whenever this replica serves (without ADDR, the peer
+    /// dials in: a relay trusting a phone).
     Add {
         /// The peer's id (`ferry id` on the peer prints it).
         id: String,
         /// Where the peer listens, as IP:PORT.
-        addr: String,
+        addr: Option<String>,
         /// What the peer may do with this replica's documents.
         #[arg(long, value_enum, default_value = "write")]
         access: AccessArg,
@@ -224,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => (
             Request::PeerAdd {
                 peer: ops::parse_peer(&id)?,
-                addr: ops::parse_addr(&addr)?,
+                addr: addr.as_deref().map(ops::parse_addr).transpose()?,
                 access,
                 name,
             },

@@ -52,7 +52,7 @@ pub(crate) enum Request {
     Id,
     PeerAdd {
         peer: PeerId,
-        addr: SocketAddr,
+        addr: Option<SocketAddr>,
         access: AccessArg,
         name: Option<String>,
     },
@@ -134,13 +134,16 @@ pub(crate) async fn execute(replica: &Replica, request: &Request) -> anyhow::Res
             if *peer == replica.peer_id() {
                 bail!("{peer} is this replica's own id");
             }
-            replica.add_peer(*peer, *addr, (*access).into()).await?;
+            match addr {
+                Some(addr) => replica.add_peer(*peer, *addr, (*access).into()).await?,
+                None => replica.allow_peer(*peer, (*access).into()).await?,
+            }
             if let Some(name) = name {
                 let mut info = replica.store().peer(*peer)?.context("the peer vanished")?;
                 info.name = name.clone();
                 replica.store().put_peer(&info)?;
             }
-            json!({ "peer": peer.to_string(), "addr": addr.to_string(), "access": access })
+            json!({ "peer": peer.to_string(), "addr": addr.map(|a| a.to_string()), "access": access })
         }
         Request::PeerList => {
             let status = replica.sync_status().await?;

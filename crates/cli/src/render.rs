@@ -16,12 +16,18 @@ pub(crate) fn render(request: &Request, reply: &Json, json: bool) -> String {
     let field = |name: &str| reply.get(name).map(plain).unwrap_or_default();
     match request {
         Request::Id => format!("{}\n", field("peer")),
-        Request::PeerAdd { .. } => format!(
-            "trusting {} at {} ({} access)\n",
-            field("peer"),
-            field("addr"),
-            field("access")
-        ),
+        Request::PeerAdd { .. } => match reply.get("addr").and_then(Json::as_str) {
+            Some(addr) => format!(
+                "trusting {} at {addr} ({} access)\n",
+                field("peer"),
+                field("access")
+            ),
+            None => format!(
+                "trusting {} ({} access); it dials in\n",
+                field("peer"),
+                field("access")
+            ),
+        },
         Request::PeerRemove { .. } => format!("forgot {}\n", field("peer")),
         Request::PeerList => {
             let mut out = String::new();

@@ -246,6 +246,20 @@ fn bad_input_gets_one_line_and_changes_nothing() {
 
     // `watch` needs a server.
     assert!(fails(d, &["watch"]).contains("ferry serve"));
+
+    // A peer trusted without an address dials in (a relay trusting a phone).
+    let phone_dir = TempDir::new().unwrap();
+    let phone = ok(phone_dir.path(), &["init"]);
+    assert!(ok(d, &["peer", "add", &phone, "--access", "read"]).contains("dials in"));
+    let peers = json(d, &["peer", "list", "--json"]);
+    let listed = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == phone.as_str())
+        .unwrap();
+    assert_eq!(listed["access"], "read");
+    assert_eq!(listed["addresses"], serde_json::json!([]));
 }
 
 #[test]

@@ -58,8 +58,3 @@ pub use mv_register::{Dot, MvRegister};
 pub use pncounter::PNCounter;
 pub use replica_id::{ParseReplicaIdError, ReplicaId};
 pub use traits::Crdt;
-
-/// The README's examples, compiled and run as doctests so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;

@@ -68,6 +68,11 @@ pub use replica::{Replica, ReplicaBuilder};
 pub use status::{DocStatus, PeerStatus, SyncStatus};
 
 pub use automerge;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 pub use ferry_crdt::ReplicaId;
 pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig};
 pub use ferry_store::{Access, DocId, DocInfo, DocKind, Durability, Origin, PeerId, StoreConfig};

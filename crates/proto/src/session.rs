@@ -1038,7 +1038,17 @@ impl Session {
             self.peer_heads.insert(doc, acked.clone());
             return self.send_changes_since(doc, &acked, None).map(drop);
         }
-        Ok(()) // stale: replayed, or overtaken
+        // A version this side cannot name, with nothing in flight that a later acknowledgement
+        // would settle: the peer acknowledged it in a session cut before the acknowledgement
+        // got here (or it is an old one, replayed). Either way, automerge's sync works out
+        // what each side lacks.
+        if info.kind == DocKind::Automerge
+            && !self.sent_heads.contains_key(&doc)
+            && !self.refused.contains(&doc)
+        {
+            return self.fallback(doc);
+        }
+        Ok(()) // overtaken by what is in flight, or the peer refused this side's changes
     }
 
     /// The peer holds the same heads as this side: seed automerge's sync with them and record

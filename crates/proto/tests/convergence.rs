@@ -4,7 +4,10 @@
 //! documents (heads and digests), every operation made anywhere is in them, and every replica's
 //! sync status shows nothing pending for any peer.
 //!
-//! `FERRY_PROTO_CASES` sets the number of cases (default 32, which CI runs).
+//! `FERRY_PROTO_CASES` sets the number of cases (default 32, which CI runs). `FERRY_TRACE=1`
+//! prints every operation and every frame to stderr; with `PROPTEST_MAX_SHRINK_ITERS=0` the
+//! trace ends with the failing case as it was first found. Actor and peer ids are random, so a
+//! saved case may need a few runs to fail again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -85,11 +88,14 @@ proptest! {
         let mut docs: Vec<(DocId, DocKind)> = Vec::new();
         let mut expected: BTreeMap<DocId, Expected> = BTreeMap::new();
         let mut counter = 0i64;
+        let tracing = std::env::var_os("FERRY_TRACE").is_some();
         for op in ops {
+            if tracing { eprintln!("TRACE op {op:?}"); }
             match op {
                 Op::Create { at, kind } => {
                     let kind = DocKind::ALL[kind];
                     let doc = replicas[at % n].store.create(kind).unwrap();
+                    if tracing { eprintln!("TRACE created {doc} {kind:?} at {}", at % n); }
                     docs.push((doc, kind));
                     expected.insert(doc, Expected::default());
                 }
@@ -99,6 +105,7 @@ proptest! {
                     let store = &replicas[at % n].store;
                     if store.info(doc).is_err() { continue; } // not here yet
                     counter += 1;
+                    if tracing { eprintln!("TRACE edit {doc} at {}", at % n); }
                     let e = expected.get_mut(&doc).unwrap();
                     match kind {
                         DocKind::Automerge => {
@@ -129,6 +136,7 @@ proptest! {
                 Op::Sync { a, b, cut, duplicate } => {
                     let (a, b) = (a % n, b % n);
                     if a == b { continue; }
+                    if tracing { eprintln!("TRACE sync {a} -> {b}"); }
                     let run = sync(&replicas[a], &replicas[b], Faults { cut_after: cut, duplicate_every: duplicate });
                     prop_assert!(run.error.is_none(), "session error: {:?}", run.error);
                 }
@@ -138,6 +146,7 @@ proptest! {
         for _ in 0..2 {
             for a in 0..n {
                 for b in a + 1..n {
+                    if tracing { eprintln!("TRACE final sync {a} -> {b}"); }
                     let run = sync(&replicas[a], &replicas[b], Faults::default());
                     prop_assert!(run.error.is_none(), "final session error: {:?}", run.error);
                 }

@@ -659,3 +659,58 @@ fn changes_from_a_read_only_peer_are_refused_and_not_stored() {
     assert_eq!(a.store.info(doc).unwrap(), before);
     assert_eq!(get(&a.store, doc, "forced"), None);
 }
+
+#[test]
+fn an_acknowledgement_lost_in_a_cut_session_is_made_good_by_the_next() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
+    sync(&a, &b, Faults::default());
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+
+    // b takes a's new change, and the session is cut before b's acknowledgement gets back.
+    let mut sa = Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Initiator,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let mut sb = responder(&b, &a, SessionConfig::default());
+    let mut b_got_changes = false;
+    loop {
+        let mut moved = false;
+        while let Some(frame) = sa.poll_transmit() {
+            moved = true;
+            if matches!(
+                Message::from_frame(&frame, u32::MAX),
+                Ok(Message::Changes { .. })
+            ) {
+                b_got_changes = true;
+            }
+            sb.handle_frame(&frame, 0).unwrap();
+        }
+        while let Some(frame) = sb.poll_transmit() {
+            moved = true;
+            if !b_got_changes {
+                sa.handle_frame(&frame, 0).unwrap();
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(b_got_changes);
+    assert_eq!(get(&b.store, doc, "k"), Some(1));
+    assert_eq!(pending(&a, &b, doc), 1, "a never heard that b has it");
+
+    // a changes the document again; b's copy is the one a sent, which a cannot name by its
+    // digest alone. The next session still brings both to the same heads.
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 2)).unwrap();
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(heads(&a.store, doc), heads(&b.store, doc));
+    assert_eq!(get(&b.store, doc, "k"), Some(2));
+    assert_eq!(pending(&a, &b, doc), 0);
+    assert_eq!(pending(&b, &a, doc), 0);
+}

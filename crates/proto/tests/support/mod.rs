@@ -98,6 +98,11 @@ pub fn pump(mut sessions: [Session; 2], faults: Faults) -> (Run, [Session; 2]) {
                 run.frames += 1;
                 run.bytes[from] += frame.len();
                 run.sent[from].push(frame.clone());
+                if std::env::var_os("FERRY_TRACE").is_some() {
+                    let m = ferry_proto::Message::from_frame(&frame, u32::MAX);
+                    let t = format!("{from}->{to} {m:?}");
+                    eprintln!("TRACE {}", &t[..t.len().min(300)]);
+                }
                 let times = if faults.duplicate_every.is_some_and(|n| run.frames % n == 0) {
                     2
                 } else {

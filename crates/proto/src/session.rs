@@ -3,9 +3,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{
-    Automerge, AutomergeError, Change, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc,
-};
+use automerge::{Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc};
 use ferry_crdt::{Digest, GCounter, LwwRegister, MvRegister, PNCounter, decode};
 use ferry_store::{
     Access, DocId, DocKind, Origin, PeerId, Store, StoreError, SyncUpdate, Version, heads_digest,
@@ -202,8 +200,12 @@ const MAX_HEADS: usize = 1024;
 /// only up to this many bytes; beyond it automerge's sync finds what the peer lacks.
 const GUESS_BYTES: usize = 8 * 1024;
 
-/// The chunk type byte of an uncompressed Automerge change (after 4 magic and 4 checksum bytes).
+/// Automerge's chunk types (the byte after 4 magic and 4 checksum bytes).
+const DOCUMENT_CHUNK: u8 = 0;
 const CHANGE_CHUNK: u8 = 1;
+const COMPRESSED_CHANGE_CHUNK: u8 = 2;
+/// Bytes before a chunk's data length: magic, checksum and type.
+const CHUNK_HEADER: usize = 9;
 
 impl Session {
     /// Starts a session with `peer` over `store`.
@@ -1367,15 +1369,39 @@ fn validate_state(kind: DocKind, bytes: &[u8], limit: u32) -> Result<(), Session
 }
 
 /// Changes in a sync message must parse whole: automerge's own loading would quietly keep a
-/// good prefix of damaged bytes. Dependencies outside the message are fine here.
-fn validate_changes(bytes: &[u8]) -> Result<(), SessionError> {
-    match Automerge::load_with_options(
-        bytes,
-        LoadOptions::new().on_partial_load(OnPartialLoad::Error),
-    ) {
-        Ok(_) | Err(AutomergeError::MissingDeps) => Ok(()),
-        Err(_) => Err(SessionError::Protocol("changes that do not parse")),
+/// good prefix of damaged bytes. An entry is a run of chunks (version 2 messages put every
+/// change in one entry). Change chunks are parsed one by one, so dependencies outside the
+/// message are fine (and loading them into an empty document would log an error for each); a
+/// document chunk must load whole.
+fn validate_changes(mut bytes: &[u8]) -> Result<(), SessionError> {
+    let bad = || SessionError::Protocol("changes that do not parse");
+    while !bytes.is_empty() {
+        // A chunk: magic (4), checksum (4), type (1), data length (uLEB128), data.
+        let mut rest = bytes.get(CHUNK_HEADER..).ok_or_else(bad)?;
+        let data = leb128::read::unsigned(&mut rest).map_err(|_| bad())?;
+        let header = bytes.len() - rest.len();
+        let end = usize::try_from(data)
+            .ok()
+            .and_then(|data| header.checked_add(data))
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(bad)?;
+        let (chunk, next) = bytes.split_at(end);
+        match chunk[CHUNK_HEADER - 1] {
+            CHANGE_CHUNK | COMPRESSED_CHANGE_CHUNK => {
+                Change::try_from(chunk).map_err(|_| bad())?;
+            }
+            DOCUMENT_CHUNK => {
+                Automerge::load_with_options(
+                    chunk,
+                    LoadOptions::new().on_partial_load(OnPartialLoad::Error),
+                )
+                .map_err(|_| bad())?;
+            }
+            _ => return Err(bad()),
+        }
+        bytes = next;
     }
+    Ok(())
 }
 
 /// Parses the changes of a `Changes` message: each must be one whole, uncompressed change

@@ -714,3 +714,78 @@ fn an_acknowledgement_lost_in_a_cut_session_is_made_good_by_the_next() {
     assert_eq!(pending(&a, &b, doc), 0);
     assert_eq!(pending(&b, &a, doc), 0);
 }
+
+/// A sync message from b's fork of `doc` that carries changes a lacks.
+fn sync_message_with_changes(a: &Replica, b: &Replica, doc: DocId) -> automerge::sync::Message {
+    use automerge::sync::SyncDoc;
+    let mut fork = b.store.read(doc, |d| d.fork()).unwrap();
+    fork.set_actor(ActorId::from([5u8; 16]));
+    fork.transact(|tx| tx.put(ROOT, "new", 1)).unwrap();
+    fork.transact(|tx| tx.put(ROOT, "new", 2)).unwrap();
+    let mut peer_a = a.store.read(doc, |d| d.fork()).unwrap();
+    let (mut state, mut state_a) = (automerge::sync::State::new(), automerge::sync::State::new());
+    for _ in 0..6 {
+        if let Some(m) = fork.generate_sync_message(&mut state) {
+            if !m.changes.is_empty() {
+                return m;
+            }
+            peer_a.receive_sync_message(&mut state_a, m).unwrap();
+        }
+        if let Some(m) = peer_a.generate_sync_message(&mut state_a) {
+            fork.receive_sync_message(&mut state, m).unwrap();
+        }
+    }
+    panic!("no message with changes");
+}
+
+#[test]
+fn sync_messages_with_damaged_changes_end_the_session_and_change_nothing() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    sync(&a, &b, Faults::default());
+    let before = a.store.info(doc).unwrap();
+    let good = sync_message_with_changes(&a, &b, doc);
+    let chunk: Vec<u8> = good.changes.iter().flatten().copied().collect();
+    assert!(chunk.len() > 20);
+
+    let mut flipped = chunk.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    let mut trailing = chunk.clone();
+    trailing.extend_from_slice(&[0x85, 0x6f, 0x4a, 0x83, 0, 0]);
+    let mut unknown_type = chunk.clone();
+    unknown_type[8] = 9;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", chunk[..chunk.len() - 4].to_vec()),
+        ("a byte flipped", flipped),
+        ("a partial chunk after a good one", trailing),
+        ("an unknown chunk type", unknown_type),
+        ("a header alone", chunk[..9].to_vec()),
+    ];
+    for (name, changes) in cases {
+        let mut damaged = good.clone();
+        damaged.changes = vec![changes].into();
+        let mut sa = responder(&a, &b, SessionConfig::default());
+        say_hello(&mut sa);
+        let frame = Message::Sync {
+            doc,
+            message: damaged.encode(),
+        }
+        .to_frame();
+        assert!(sa.handle_frame(&frame, 0).is_err(), "{name}: accepted");
+        assert!(sa.is_closed(), "{name}");
+        assert_eq!(a.store.info(doc).unwrap(), before, "{name}: stored");
+    }
+
+    // The same message undamaged is taken, though its changes depend on ones it does not carry.
+    let mut sa = responder(&a, &b, SessionConfig::default());
+    say_hello(&mut sa);
+    let frame = Message::Sync {
+        doc,
+        message: good.encode(),
+    }
+    .to_frame();
+    sa.handle_frame(&frame, 0).unwrap();
+    assert_eq!(get(&a.store, doc, "new"), Some(2));
+}

@@ -468,8 +468,12 @@ impl Replica {
                 ..self.inner.net.clone()
             };
             let node = Node::start_without_dialing(self.inner.store.clone(), config).await?;
+            // Subscribers see what this sync does (a peer now holding a document), as they do
+            // while serving.
+            let forward = tokio::spawn(forward_net(node.subscribe(), self.inner.events.clone()));
             let result = node.sync_once(peer, QUIET).await;
             node.shutdown().await;
+            forward.abort();
             return Ok(result?);
         };
         let info = self.inner.store.peer(peer)?;

@@ -230,3 +230,59 @@ async fn concurrent_register_writes_are_kept_or_settled_the_same_everywhere() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_sync_from_an_offline_replica_reports_what_it_did() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (replica(&da).await, replica(&db).await);
+    let b_addr = b.serve(loopback()).await.unwrap();
+    b.allow_peer(a.peer_id(), Access::ReadWrite).await.unwrap();
+    a.add_peer(b.peer_id(), b_addr, Access::ReadWrite)
+        .await
+        .unwrap();
+    let notes = a.create_doc().await.unwrap();
+    notes.change(|tx| tx.put(ROOT, "from_a", 1)).await.unwrap();
+    assert_eq!(a.sync_status().await.unwrap().pending(notes.id()), 1);
+
+    // a never serves: it dials b once, syncs, and disconnects.
+    let mut events = a.subscribe();
+    a.sync_once(b.peer_id()).await.unwrap();
+    assert_eq!(a.sync_status().await.unwrap().pending(notes.id()), 0);
+    let on_b = b.doc(notes.id()).unwrap();
+    assert_eq!(
+        on_b.read(|d| d.get(ROOT, "from_a").unwrap().map(|(v, _)| v.as_i64()))
+            .unwrap(),
+        Some(Some(1))
+    );
+    let mut seen = Vec::new();
+    while let Some(event) = events.try_next() {
+        seen.push(event);
+    }
+    assert!(
+        seen.contains(&Event::Synced {
+            peer: b.peer_id(),
+            doc: notes.id()
+        }),
+        "{seen:?}"
+    );
+
+    // A change made on b comes back the same way, as a change from b.
+    on_b.change(|tx| tx.put(ROOT, "from_b", 2)).await.unwrap();
+    a.sync_once(b.peer_id()).await.unwrap();
+    assert_eq!(
+        notes
+            .read(|d| d.get(ROOT, "from_b").unwrap().map(|(v, _)| v.as_i64()))
+            .unwrap(),
+        Some(Some(2))
+    );
+    let mut seen = Vec::new();
+    while let Some(event) = events.try_next() {
+        seen.push(event);
+    }
+    assert!(seen.contains(&Event::Changed {
+        doc: notes.id(),
+        origin: Origin::Remote(b.peer_id())
+    }));
+    a.shutdown().await;
+    b.shutdown().await;
+}

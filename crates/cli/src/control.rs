@@ -2,6 +2,7 @@
 //! process), so the other commands send it their request over a Unix socket in the replica's
 //! directory, `ferry.sock`, as one JSON line; it answers with one JSON line (`{"ok": ...}` or
 //! `{"error": "..."}`), or for `watch`, with one JSON line per event until the client hangs up.
+//! For `sync --once`, `{"progress": ...}` lines come before the answer.
 //!
 //! Only the user running `ferry serve` can reach the socket (mode 0600, next to the replica's
 //! private key). Where there are no Unix sockets, commands always open
@@ -13,7 +14,7 @@ use anyhow::{Context, bail};
 use ferry::Replica;
 use serde_json::{Value as Json, json};
 
-use crate::ops::{self, Request};
+use crate::ops::{self, Progress, Request};
 
 /// The largest request or reply line accepted.
 #[cfg(unix)]
@@ -126,7 +127,28 @@ async fn answer(stream: tokio::net::UnixStream, replica: Replica) {
         }
         return;
     }
-    let reply = match ops::execute(&replica, &request).await {
+    let result = if let Request::SyncOnce { peer } = request {
+        // Progress lines go out as the sync goes; the answer follows them.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sync = ops::sync_once(&replica, peer, move |p| {
+            let _ = tx.send(p);
+        });
+        tokio::pin!(sync);
+        let mut listening = true;
+        loop {
+            tokio::select! {
+                result = &mut sync => break result,
+                Some(progress) = rx.recv(), if listening => {
+                    let line = format!("{}\n", json!({ "progress": progress }));
+                    // A client that hung up still gets its sync done.
+                    listening = write.write_all(line.as_bytes()).await.is_ok();
+                }
+            }
+        }
+    } else {
+        ops::execute(&replica, &request).await
+    };
+    let reply = match result {
         Ok(value) => json!({ "ok": value }),
         Err(e) => json!({ "error": format!("{e:#}") }),
     };
@@ -135,6 +157,15 @@ async fn answer(stream: tokio::net::UnixStream, replica: Replica) {
 
 /// Sends `request` to the server and returns its answer.
 pub(crate) async fn call(server: Server, request: &Request) -> anyhow::Result<Json> {
+    call_with_progress(server, request, |_| {}).await
+}
+
+/// [`call`], handing `progress` each progress line that comes before the answer.
+pub(crate) async fn call_with_progress(
+    server: Server,
+    request: &Request,
+    mut progress: impl FnMut(Progress),
+) -> anyhow::Result<Json> {
     #[cfg(unix)]
     {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -144,16 +175,27 @@ pub(crate) async fn call(server: Server, request: &Request) -> anyhow::Result<Js
             .write_all(format!("{}\n", serde_json::to_string(request)?).as_bytes())
             .await
             .context("`ferry serve` stopped answering")?;
-        let mut line = String::new();
-        BufReader::new(read.take(LINE_LIMIT))
-            .read_line(&mut line)
-            .await
-            .context("`ferry serve` stopped answering")?;
-        if line.is_empty() {
-            bail!("`ferry serve` closed the connection without answering");
-        }
-        let mut reply: serde_json::Map<String, Json> =
-            serde_json::from_str(&line).context("`ferry serve` answered something malformed")?;
+        let mut reader = BufReader::new(read);
+        let mut reply = loop {
+            let mut line = String::new();
+            (&mut reader)
+                .take(LINE_LIMIT)
+                .read_line(&mut line)
+                .await
+                .context("`ferry serve` stopped answering")?;
+            if line.is_empty() {
+                bail!("`ferry serve` closed the connection without answering");
+            }
+            let mut reply: serde_json::Map<String, Json> = serde_json::from_str(&line)
+                .context("`ferry serve` answered something malformed")?;
+            match reply.remove("progress") {
+                Some(p) => progress(
+                    serde_json::from_value(p)
+                        .context("`ferry serve` answered something malformed")?,
+                ),
+                None => break reply,
+            }
+        };
         if let Some(Json::String(error)) = reply.remove("error") {
             bail!("{error}");
         }
@@ -163,7 +205,7 @@ pub(crate) async fn call(server: Server, request: &Request) -> anyhow::Result<Js
     }
     #[cfg(not(unix))]
     {
-        let _ = request;
+        let _ = (request, &mut progress);
         match server {}
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use ferry::{Event, Replica};
-use indicatif::{ProgressBar, ProgressStyle};
+use ferry::{Event, PeerId, Replica};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::ops::{AccessArg, KindArg, Request};
 
@@ -417,28 +417,66 @@ async fn watch(dir: &Path, json: bool) -> anyhow::Result<()> {
 async fn sync_once(dir: &Path, peer: &str) -> anyhow::Result<()> {
     let peer = ops::parse_peer(peer)?;
     let request = Request::SyncOnce { peer };
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} syncing with {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.set_message(format!("{peer}"));
-    // Only long syncs show it (and only on a terminal).
+    // Only long syncs show the bar (and only on a terminal): it is drawn after half a second.
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
     let ticker = {
         let bar = bar.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            bar.set_draw_target(ProgressDrawTarget::stderr());
             bar.enable_steady_tick(Duration::from_millis(100));
         })
     };
+    let on_progress = |p: ops::Progress| show_progress(&bar, peer, p);
     let started = std::time::Instant::now();
-    let result = call(dir, &request).await;
+    let result = match control::connect(dir).await {
+        Some(server) => control::call_with_progress(server, &request, on_progress).await,
+        None => {
+            let replica = open(dir).await?;
+            let result = ops::sync_once(&replica, peer, on_progress).await;
+            replica.shutdown().await;
+            result
+        }
+    };
     ticker.abort();
     bar.finish_and_clear();
-    result?;
-    println!(
-        "synced with {peer} in {:.1} s",
-        started.elapsed().as_secs_f64()
+    let reply = result?;
+    let count = |name: &str| {
+        reply
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let plural = |n: u64| if n == 1 { "document" } else { "documents" };
+    let (sent, received, pending) = (count("sent"), count("received"), count("pending"));
+    print!(
+        "synced with {peer} in {:.1} s: {sent} {} sent, {received} received",
+        started.elapsed().as_secs_f64(),
+        plural(sent),
     );
+    if pending > 0 {
+        print!(", {pending} still pending");
+    }
+    println!();
     Ok(())
+}
+
+/// A bar over the documents the peer lacked changes to, with how many came the other way.
+fn show_progress(bar: &ProgressBar, peer: PeerId, p: ops::Progress) {
+    if bar.length() != Some(p.to_send) {
+        bar.set_length(p.to_send);
+        let template = if p.to_send == 0 {
+            "{spinner} {elapsed} syncing with {prefix}: {msg}"
+        } else {
+            "{spinner} {elapsed} syncing with {prefix} [{bar:24}] {pos}/{len} documents sent, {msg}"
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(peer.to_string());
+    }
+    bar.set_position(p.sent);
+    bar.set_message(format!("{} received", p.received));
 }

@@ -89,6 +89,94 @@ pub(crate) enum Request {
     Watch,
 }
 
+/// How far a `sync --once` has come: of the documents with changes the peer lacked when it
+/// began, how many it now holds whole; and how many documents the peer's changes updated here.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
+pub(crate) struct Progress {
+    pub(crate) to_send: u64,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+}
+
+/// Syncs with `peer` once, telling `progress` whenever a document is sent or received. Replies
+/// with the counts: documents sent (the peer lacked changes to them and now holds them),
+/// documents received, and documents still pending for the peer.
+pub(crate) async fn sync_once(
+    replica: &Replica,
+    peer: PeerId,
+    mut progress: impl FnMut(Progress),
+) -> anyhow::Result<Json> {
+    use std::collections::BTreeSet;
+
+    let pending_for = |status: &ferry::SyncStatus| -> BTreeSet<DocId> {
+        status
+            .peer(peer)
+            .map(|p| {
+                p.docs
+                    .iter()
+                    .filter(|d| d.pending > 0)
+                    .map(|d| d.doc)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let to_send = pending_for(&replica.sync_status().await?);
+    let mut events = replica.subscribe();
+    let (mut sent, mut received) = (BTreeSet::new(), BTreeSet::new());
+    let mut now = Progress {
+        to_send: to_send.len() as u64,
+        ..Progress::default()
+    };
+    progress(now);
+    let sync = replica.sync_once(peer);
+    tokio::pin!(sync);
+    let result = loop {
+        tokio::select! {
+            result = &mut sync => break result,
+            Some(event) = events.next() => {
+                match event {
+                    ferry::Event::Synced { peer: p, doc } if p == peer && to_send.contains(&doc) => {
+                        sent.insert(doc);
+                    }
+                    ferry::Event::Changed { doc, origin: ferry::Origin::Remote(p) } if p == peer => {
+                        received.insert(doc);
+                    }
+                    _ => continue,
+                }
+                let next = Progress {
+                    sent: sent.len() as u64,
+                    received: received.len() as u64,
+                    ..now
+                };
+                if next != now {
+                    now = next;
+                    progress(now);
+                }
+            }
+        }
+    };
+    result?;
+    while let Some(event) = events.try_next() {
+        if let ferry::Event::Changed {
+            doc,
+            origin: ferry::Origin::Remote(p),
+        } = event
+            && p == peer
+        {
+            received.insert(doc);
+        }
+    }
+    // What was sent, the status says for certain (an event may have been missed).
+    let still = pending_for(&replica.sync_status().await?);
+    let sent = to_send.difference(&still).count();
+    Ok(json!({
+        "peer": peer.to_string(),
+        "sent": sent,
+        "received": received.len(),
+        "pending": still.len(),
+    }))
+}
+
 pub(crate) fn parse_peer(text: &str) -> anyhow::Result<PeerId> {
     text.trim()
         .parse()
@@ -214,10 +302,7 @@ pub(crate) async fn execute(replica: &Replica, request: &Request) -> anyhow::Res
             doc_json(replica, *doc)?
         }
         Request::Status => status_json(replica).await?,
-        Request::SyncOnce { peer } => {
-            replica.sync_once(*peer).await?;
-            json!({ "peer": peer.to_string() })
-        }
+        Request::SyncOnce { peer } => sync_once(replica, *peer, |_| {}).await?,
         Request::Watch => bail!("`watch` streams events; it is not a single request"),
     })
 }

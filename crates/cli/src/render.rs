@@ -76,7 +76,13 @@ pub(crate) fn render(request: &Request, reply: &Json, json: bool) -> String {
         | Request::CounterAdd { .. }
         | Request::RegisterSet { .. } => value_text(&reply["value"]),
         Request::Status => status_text(reply),
-        Request::SyncOnce { .. } => format!("synced with {}\n", field("peer")),
+        Request::SyncOnce { .. } => format!(
+            "synced with {}: {} sent, {} received, {} pending\n",
+            field("peer"),
+            field("sent"),
+            field("received"),
+            field("pending")
+        ),
         Request::Watch => String::new(),
     }
 }

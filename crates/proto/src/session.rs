@@ -601,7 +601,9 @@ impl Session {
                     if a.kind != b.kind {
                         // Ids are random: two kinds under one id is a broken peer's doing.
                     } else if a.digest == b.digest {
-                        if !a.acked {
+                        // Either side not knowing it is in sync: record it here too, so the time
+                        // of the last sync is this one.
+                        if !a.acked || !b.acked {
                             self.confirm(a.doc)?;
                         }
                         if !b.acked {
@@ -1290,9 +1292,13 @@ fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, SessionError> 
         match store.info(doc) {
             Ok(i) => {
                 let digest = short(i.digest.as_bytes());
+                // The peer is recorded as holding this very version, and as having been seen
+                // in sync. (Heads a peer named can become this side's heads later, when its
+                // changes arrive by another peer: that alone is not a completed sync.)
                 let acked = matches!(
                     store.sync_record(peer, doc),
                     Ok(Some(r)) if acked_digest(i.kind, &r.acked) == Some(digest)
+                        && r.last_sync_millis.is_some()
                 );
                 listed.push(Entry {
                     doc,

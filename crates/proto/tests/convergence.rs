@@ -159,7 +159,7 @@ proptest! {
                 for (doc, kind) in &docs {
                     let status = a.store.sync_status(b.store.peer_id(), *doc).unwrap();
                     prop_assert_eq!(status.pending, 0, "{:?} {} pending at {} for {} after the final round", kind, doc, i, j);
-                    prop_assert!(status.last_sync_millis.is_some());
+                    prop_assert!(status.last_sync_millis.is_some(), "{:?} {} never synced at {} for {}", kind, doc, i, j);
                 }
             }
         }

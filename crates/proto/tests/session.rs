@@ -789,3 +789,75 @@ fn sync_messages_with_damaged_changes_end_the_session_and_change_nothing() {
     sa.handle_frame(&frame, 0).unwrap();
     assert_eq!(get(&a.store, doc, "new"), Some(2));
 }
+
+#[test]
+fn heads_a_peer_named_that_arrive_by_another_peer_still_get_a_last_sync_time() {
+    let (a, b, c) = (Replica::new(), Replica::new(), Replica::new());
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        trust(x, y, Access::ReadWrite);
+        trust(y, x, Access::ReadWrite);
+    }
+    let doc = c.store.create(DocKind::Automerge).unwrap();
+    c.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
+    sync(&c, &a, Faults::default());
+    sync(&c, &b, Faults::default());
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+
+    // a and b have never synced with each other. b hears a's heads (in a's first sync message)
+    // and the session is cut before a's change follows: b records a as holding heads that b
+    // does not have.
+    let mut sa = Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Initiator,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let mut sb = responder(&b, &a, SessionConfig::default());
+    let carries_changes = |frame: &[u8]| match Message::from_frame(frame, u32::MAX) {
+        Ok(Message::Sync { message, .. }) => !automerge::sync::Message::decode(&message)
+            .unwrap()
+            .changes
+            .is_empty(),
+        Ok(Message::Changes { .. } | Message::Snapshot { .. }) => true,
+        _ => false,
+    };
+    let mut heads_sent = false;
+    'session: loop {
+        let mut moved = false;
+        while let Some(frame) = sa.poll_transmit() {
+            if carries_changes(&frame) {
+                break 'session;
+            }
+            if let Ok(Message::Sync { message, .. }) = Message::from_frame(&frame, u32::MAX) {
+                heads_sent |= !automerge::sync::Message::decode(&message)
+                    .unwrap()
+                    .heads
+                    .is_empty();
+            }
+            sb.handle_frame(&frame, 0).unwrap();
+            moved = true;
+        }
+        while let Some(frame) = sb.poll_transmit() {
+            sa.handle_frame(&frame, 0).unwrap();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(heads_sent, "a's sync message with its heads reached b");
+    assert_eq!(get(&b.store, doc, "k"), Some(0));
+
+    // a's change reaches b through c; then a and b sync.
+    sync(&a, &c, Faults::default());
+    sync(&c, &b, Faults::default());
+    assert_eq!(heads(&a.store, doc), heads(&b.store, doc));
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        let status = x.store.sync_status(y.store.peer_id(), doc).unwrap();
+        assert_eq!(status.pending, 0);
+        assert!(status.last_sync_millis.is_some());
+    }
+}

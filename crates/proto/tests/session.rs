@@ -9,7 +9,7 @@ use automerge::{ActorId, Automerge, ROOT, ReadDoc};
 use ferry_crdt::GCounter;
 use ferry_proto::{ErrorCode, Event, Message, Role, Session, SessionConfig};
 use ferry_store::{Access, CrdtState, DocId, DocKind, Store};
-use support::{Faults, Replica, pump, sync, trust};
+use support::{Faults, Replica, pump, pump_cut, sync, trust};
 
 fn friends() -> (Replica, Replica) {
     let (a, b) = (Replica::new(), Replica::new());
@@ -162,27 +162,7 @@ fn changes_forced_on_a_read_only_document_are_refused_and_not_stored() {
     let before = a.store.info(doc).unwrap();
 
     // b's software ignores the read-only flag and sends a change anyway.
-    let mut forged = b.store.read(doc, |d| d.fork()).unwrap();
-    forged.set_actor(ActorId::from([3u8; 16]));
-    forged.transact(|tx| tx.put(ROOT, "forced", 1)).unwrap();
-    let mut state = automerge::sync::State::new();
-    let mut peer_a = a.store.read(doc, |d| d.fork()).unwrap();
-    let mut state_a = automerge::sync::State::new();
-    use automerge::sync::SyncDoc;
-    let mut message = None;
-    for _ in 0..6 {
-        if let Some(m) = forged.generate_sync_message(&mut state) {
-            if !m.changes.is_empty() {
-                message = Some(m);
-                break;
-            }
-            peer_a.receive_sync_message(&mut state_a, m).unwrap();
-        }
-        if let Some(m) = peer_a.generate_sync_message(&mut state_a) {
-            forged.receive_sync_message(&mut state, m).unwrap();
-        }
-    }
-    let message = message.expect("a message with changes").encode();
+    let message = sync_message_with_changes(&a, &b, doc, "forced", &[1]).encode();
 
     let mut sa = responder(&a, &b, SessionConfig::default());
     say_hello(&mut sa);
@@ -252,6 +232,17 @@ fn a_peer_never_learns_of_documents_it_may_not_read() {
 /// A responder session over `a` for peer `b`, before any frame from `b`.
 fn responder(a: &Replica, b: &Replica, config: SessionConfig) -> Session {
     Session::new(a.store.clone(), b.store.peer_id(), Role::Responder, config).unwrap()
+}
+
+/// An initiator session over `a` for peer `b`.
+fn initiator(a: &Replica, b: &Replica) -> Session {
+    Session::new(
+        a.store.clone(),
+        b.store.peer_id(),
+        Role::Initiator,
+        SessionConfig::default(),
+    )
+    .unwrap()
 }
 
 /// Hands the session the peer's hello.
@@ -669,38 +660,20 @@ fn an_acknowledgement_lost_in_a_cut_session_is_made_good_by_the_next() {
     a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
 
     // b takes a's new change, and the session is cut before b's acknowledgement gets back.
-    let mut sa = Session::new(
-        a.store.clone(),
-        b.store.peer_id(),
-        Role::Initiator,
-        SessionConfig::default(),
-    )
-    .unwrap();
-    let mut sb = responder(&b, &a, SessionConfig::default());
+    let sessions = [
+        initiator(&a, &b),
+        responder(&b, &a, SessionConfig::default()),
+    ];
     let mut b_got_changes = false;
-    loop {
-        let mut moved = false;
-        while let Some(frame) = sa.poll_transmit() {
-            moved = true;
-            if matches!(
-                Message::from_frame(&frame, u32::MAX),
-                Ok(Message::Changes { .. })
-            ) {
-                b_got_changes = true;
-            }
-            sb.handle_frame(&frame, 0).unwrap();
-        }
-        while let Some(frame) = sb.poll_transmit() {
-            moved = true;
-            if !b_got_changes {
-                sa.handle_frame(&frame, 0).unwrap();
-            }
-        }
-        if !moved {
-            break;
-        }
-    }
-    assert!(b_got_changes);
+    let delivered = pump_cut(sessions, |from, m| {
+        b_got_changes |= from == 0 && matches!(m, Message::Changes { .. });
+        from == 1 && b_got_changes
+    });
+    assert!(
+        delivered[0]
+            .iter()
+            .any(|m| matches!(m, Message::Changes { .. }))
+    );
     assert_eq!(get(&b.store, doc, "k"), Some(1));
     assert_eq!(pending(&a, &b, doc), 1, "a never heard that b has it");
 
@@ -715,13 +688,21 @@ fn an_acknowledgement_lost_in_a_cut_session_is_made_good_by_the_next() {
     assert_eq!(pending(&b, &a, doc), 0);
 }
 
-/// A sync message from b's fork of `doc` that carries changes a lacks.
-fn sync_message_with_changes(a: &Replica, b: &Replica, doc: DocId) -> automerge::sync::Message {
+/// A sync message from a fork of b's copy of `doc` that carries changes a lacks: `key` set to
+/// each of `values` in turn, one change each.
+fn sync_message_with_changes(
+    a: &Replica,
+    b: &Replica,
+    doc: DocId,
+    key: &str,
+    values: &[i64],
+) -> automerge::sync::Message {
     use automerge::sync::SyncDoc;
     let mut fork = b.store.read(doc, |d| d.fork()).unwrap();
     fork.set_actor(ActorId::from([5u8; 16]));
-    fork.transact(|tx| tx.put(ROOT, "new", 1)).unwrap();
-    fork.transact(|tx| tx.put(ROOT, "new", 2)).unwrap();
+    for &value in values {
+        fork.transact(|tx| tx.put(ROOT, key, value)).unwrap();
+    }
     let mut peer_a = a.store.read(doc, |d| d.fork()).unwrap();
     let (mut state, mut state_a) = (automerge::sync::State::new(), automerge::sync::State::new());
     for _ in 0..6 {
@@ -745,7 +726,7 @@ fn sync_messages_with_damaged_changes_end_the_session_and_change_nothing() {
     a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
     sync(&a, &b, Faults::default());
     let before = a.store.info(doc).unwrap();
-    let good = sync_message_with_changes(&a, &b, doc);
+    let good = sync_message_with_changes(&a, &b, doc, "new", &[1, 2]);
     let chunk: Vec<u8> = good.changes.iter().flatten().copied().collect();
     assert!(chunk.len() > 20);
 
@@ -806,47 +787,28 @@ fn heads_a_peer_named_that_arrive_by_another_peer_still_get_a_last_sync_time() {
     // a and b have never synced with each other. b hears a's heads (in a's first sync message)
     // and the session is cut before a's change follows: b records a as holding heads that b
     // does not have.
-    let mut sa = Session::new(
-        a.store.clone(),
-        b.store.peer_id(),
-        Role::Initiator,
-        SessionConfig::default(),
-    )
-    .unwrap();
-    let mut sb = responder(&b, &a, SessionConfig::default());
-    let carries_changes = |frame: &[u8]| match Message::from_frame(frame, u32::MAX) {
-        Ok(Message::Sync { message, .. }) => !automerge::sync::Message::decode(&message)
-            .unwrap()
-            .changes
-            .is_empty(),
-        Ok(Message::Changes { .. } | Message::Snapshot { .. }) => true,
-        _ => false,
+    let sessions = [
+        initiator(&a, &b),
+        responder(&b, &a, SessionConfig::default()),
+    ];
+    let sync_message = |m: &Message| match m {
+        Message::Sync { message, .. } => Some(automerge::sync::Message::decode(message).unwrap()),
+        _ => None,
     };
-    let mut heads_sent = false;
-    'session: loop {
-        let mut moved = false;
-        while let Some(frame) = sa.poll_transmit() {
-            if carries_changes(&frame) {
-                break 'session;
-            }
-            if let Ok(Message::Sync { message, .. }) = Message::from_frame(&frame, u32::MAX) {
-                heads_sent |= !automerge::sync::Message::decode(&message)
-                    .unwrap()
-                    .heads
-                    .is_empty();
-            }
-            sb.handle_frame(&frame, 0).unwrap();
-            moved = true;
-        }
-        while let Some(frame) = sb.poll_transmit() {
-            sa.handle_frame(&frame, 0).unwrap();
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
-    assert!(heads_sent, "a's sync message with its heads reached b");
+    let delivered = pump_cut(sessions, |from, m| {
+        let carries_changes = match m {
+            Message::Changes { .. } | Message::Snapshot { .. } => true,
+            _ => sync_message(m).is_some_and(|s| !s.changes.is_empty()),
+        };
+        from == 0 && carries_changes
+    });
+    assert!(
+        delivered[0]
+            .iter()
+            .filter_map(sync_message)
+            .any(|s| !s.heads.is_empty()),
+        "a's sync message with its heads reached b"
+    );
     assert_eq!(get(&b.store, doc, "k"), Some(0));
 
     // a's change reaches b through c; then a and b sync.

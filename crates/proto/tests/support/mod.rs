@@ -2,7 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use ferry_proto::{Event, Role, Session, SessionConfig, SessionError};
+use ferry_proto::{Event, Message, Role, Session, SessionConfig, SessionError};
 use ferry_store::{Access, PeerInfo, Store};
 
 pub struct Replica {
@@ -132,6 +132,37 @@ pub fn pump(mut sessions: [Session; 2], faults: Faults) -> (Run, [Session; 2]) {
         }
     }
     (run, sessions)
+}
+
+/// Moves frames between two sessions until quiet, like [`pump`], except that once `cut` picks a
+/// frame (given its sender, 0 or 1, and the message), that frame and everything its sender sends
+/// after it are lost: a connection dying one way. Returns the messages delivered, per sender.
+pub fn pump_cut(
+    mut sessions: [Session; 2],
+    mut cut: impl FnMut(usize, &Message) -> bool,
+) -> [Vec<Message>; 2] {
+    let mut delivered: [Vec<Message>; 2] = Default::default();
+    let mut dead = [false; 2];
+    loop {
+        let mut moved = false;
+        for from in 0..2 {
+            let frames: Vec<Vec<u8>> =
+                std::iter::from_fn(|| sessions[from].poll_transmit()).collect();
+            for frame in frames {
+                let message = Message::from_frame(&frame, u32::MAX).unwrap();
+                dead[from] = dead[from] || cut(from, &message);
+                if dead[from] {
+                    continue;
+                }
+                deliver(&mut sessions[1 - from], &frame).unwrap();
+                delivered[from].push(message);
+                moved = true;
+            }
+        }
+        if !moved {
+            return delivered;
+        }
+    }
 }
 
 fn deliver(session: &mut Session, frame: &[u8]) -> Result<(), SessionError> {

@@ -32,6 +32,20 @@ async fn replica(dir: &tempfile::TempDir) -> Replica {
         .unwrap()
 }
 
+/// Replicas in `da` and `db` that trust each other; b serves, and a knows its address.
+async fn a_knows_serving_b(
+    da: &tempfile::TempDir,
+    db: &tempfile::TempDir,
+) -> (Replica, Replica, SocketAddr) {
+    let (a, b) = (replica(da).await, replica(db).await);
+    let b_addr = b.serve(loopback()).await.unwrap();
+    b.allow_peer(a.peer_id(), Access::ReadWrite).await.unwrap();
+    a.add_peer(b.peer_id(), b_addr, Access::ReadWrite)
+        .await
+        .unwrap();
+    (a, b, b_addr)
+}
+
 async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
     mut done: impl FnMut() -> F,
@@ -74,12 +88,7 @@ async fn handles_refuse_the_wrong_kind_and_unknown_documents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_goes_from_pending_to_synced_across_going_offline_and_back() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (replica(&da).await, replica(&db).await);
-    let b_addr = b.serve(loopback()).await.unwrap();
-    b.allow_peer(a.peer_id(), Access::ReadWrite).await.unwrap();
-    a.add_peer(b.peer_id(), b_addr, Access::ReadWrite)
-        .await
-        .unwrap();
+    let (a, b, b_addr) = a_knows_serving_b(&da, &db).await;
     let chat = a.create_doc().await.unwrap();
     let mut a_events = a.subscribe();
     let mut b_events = b.subscribe();
@@ -164,12 +173,7 @@ async fn status_goes_from_pending_to_synced_across_going_offline_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_register_writes_are_kept_or_settled_the_same_everywhere() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (replica(&da).await, replica(&db).await);
-    let b_addr = b.serve(loopback()).await.unwrap();
-    b.allow_peer(a.peer_id(), Access::ReadWrite).await.unwrap();
-    a.add_peer(b.peer_id(), b_addr, Access::ReadWrite)
-        .await
-        .unwrap();
+    let (a, b, _) = a_knows_serving_b(&da, &db).await;
     let floors = a.create_multi_register().await.unwrap();
     let title = a.create_register().await.unwrap();
     a.serve(loopback()).await.unwrap();
@@ -234,12 +238,7 @@ async fn concurrent_register_writes_are_kept_or_settled_the_same_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_off_sync_from_an_offline_replica_reports_what_it_did() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (replica(&da).await, replica(&db).await);
-    let b_addr = b.serve(loopback()).await.unwrap();
-    b.allow_peer(a.peer_id(), Access::ReadWrite).await.unwrap();
-    a.add_peer(b.peer_id(), b_addr, Access::ReadWrite)
-        .await
-        .unwrap();
+    let (a, b, _) = a_knows_serving_b(&da, &db).await;
     let notes = a.create_doc().await.unwrap();
     notes.change(|tx| tx.put(ROOT, "from_a", 1)).await.unwrap();
     assert_eq!(a.sync_status().await.unwrap().pending(notes.id()), 1);

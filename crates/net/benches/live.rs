@@ -13,11 +13,14 @@
 #[allow(dead_code)]
 #[path = "../../store/tests/support/trace.rs"]
 mod trace;
+// Shared with the proto crate's bench.
+#[path = "../../proto/benches/support/anchor.rs"]
+mod anchor;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use automerge::sync::{State, SyncDoc};
+use automerge::sync::State;
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use ferry_net::{ConnectionState, NetConfig, Node};
@@ -129,41 +132,14 @@ async fn live() {
 }
 
 async fn clone_paper() {
-    let trace = trace::load();
-    let mut paper = Automerge::new();
-    let text = paper
-        .transact(|tx| trace::create_text(tx))
-        .map(|ok| ok.result)
-        .unwrap();
-    for edit in trace.edits.chunks(1) {
-        paper.transact(|tx| trace::apply(tx, &text, edit)).unwrap();
-    }
+    let paper = trace::one_change_per_edit(&trace::load());
     let saved = paper.save();
 
     // The anchor: automerge's own sync loop, in memory.
     let started = Instant::now();
     let (mut from, mut to) = (paper.clone(), Automerge::new());
-    let (mut sf, mut st) = (State::new(), State::new());
-    let mut anchor_bytes = 0;
-    loop {
-        let m1 = from.generate_sync_message(&mut sf);
-        if let Some(m) = &m1 {
-            let enc = m.clone().encode();
-            anchor_bytes += enc.len();
-            to.receive_sync_message(&mut st, automerge::sync::Message::decode(&enc).unwrap())
-                .unwrap();
-        }
-        let m2 = to.generate_sync_message(&mut st);
-        if let Some(m) = &m2 {
-            let enc = m.clone().encode();
-            anchor_bytes += enc.len();
-            from.receive_sync_message(&mut sf, automerge::sync::Message::decode(&enc).unwrap())
-                .unwrap();
-        }
-        if m1.is_none() && m2.is_none() {
-            break;
-        }
-    }
+    let (anchor_bytes, _) =
+        anchor::automerge_sync(&mut from, &mut to, &mut State::new(), &mut State::new());
     let anchor_time = started.elapsed();
     assert_eq!(to.get_heads(), paper.get_heads());
 

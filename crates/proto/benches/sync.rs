@@ -14,44 +14,17 @@ mod support;
 #[allow(dead_code)]
 #[path = "../../store/tests/support/trace.rs"]
 mod trace;
+// Shared with the net crate's bench.
+#[path = "support/anchor.rs"]
+mod anchor;
 
 use std::time::Instant;
 
-use automerge::sync::{State, SyncDoc};
+use automerge::sync::State;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ROOT, ReadDoc};
 use ferry_store::{Access, DocId, DocKind, Origin, Store};
 use support::{Faults, Replica, Run, sync, trust};
-
-/// Bytes and round trips of automerge's own loop until both sides are quiet.
-fn automerge_sync(
-    a: &mut Automerge,
-    b: &mut Automerge,
-    sa: &mut State,
-    sb: &mut State,
-) -> (usize, usize) {
-    let (mut bytes, mut trips) = (0, 0);
-    loop {
-        let m1 = a.generate_sync_message(sa);
-        if let Some(m) = &m1 {
-            let enc = m.clone().encode();
-            bytes += enc.len();
-            b.receive_sync_message(sb, automerge::sync::Message::decode(&enc).unwrap())
-                .unwrap();
-        }
-        let m2 = b.generate_sync_message(sb);
-        if let Some(m) = &m2 {
-            let enc = m.clone().encode();
-            bytes += enc.len();
-            a.receive_sync_message(sa, automerge::sync::Message::decode(&enc).unwrap())
-                .unwrap();
-        }
-        if m1.is_none() && m2.is_none() {
-            return (bytes, trips);
-        }
-        trips += 1;
-    }
-}
 
 fn friends() -> (Replica, Replica) {
     let (a, b) = (Replica::new(), Replica::new());
@@ -110,19 +83,6 @@ fn edit(store: &Store, doc: DocId, key: &str, n: usize) {
     }
 }
 
-/// The paper document with one change per edit, built in memory.
-fn paper(trace: &trace::Trace) -> Automerge {
-    let mut am = Automerge::new();
-    let text = am
-        .transact(|tx| trace::create_text(tx))
-        .map(|ok| ok.result)
-        .unwrap();
-    for edit in trace.edits.chunks(1) {
-        am.transact(|tx| trace::apply(tx, &text, edit)).unwrap();
-    }
-    am
-}
-
 /// Puts a saved document into `store` as a new document.
 fn import(store: &Store, saved: &[u8]) -> DocId {
     let doc = store.create(DocKind::Automerge).unwrap();
@@ -154,7 +114,7 @@ fn main() {
     }
     let trace = trace::load();
     let started = Instant::now();
-    let paper = paper(&trace);
+    let paper = trace::one_change_per_edit(&trace);
     let saved = paper.save();
     println!(
         "paper document: {} changes, save() {} B, built in {:.1} s",
@@ -172,7 +132,7 @@ fn main() {
 
     // Clone to an empty replica.
     let ferry = total(&ferry_run(&a, &b));
-    let anchor = automerge_sync(
+    let anchor = anchor::automerge_sync(
         &mut paper.clone(),
         &mut Automerge::new(),
         &mut State::new(),
@@ -200,7 +160,7 @@ fn main() {
     // Identical, no stored sync state.
     forget_sync_state(&a, &b);
     let ferry = total(&ferry_run(&a, &b));
-    let anchor = automerge_sync(
+    let anchor = anchor::automerge_sync(
         &mut paper.clone(),
         &mut paper.clone(),
         &mut State::new(),
@@ -216,7 +176,7 @@ fn main() {
     for k in [1, 100] {
         let (mut am_a, mut am_b) = (paper.clone(), paper.clone().with_actor(ActorId::random()));
         let (mut sa, mut sb) = (State::new(), State::new());
-        automerge_sync(&mut am_a, &mut am_b, &mut sa, &mut sb);
+        anchor::automerge_sync(&mut am_a, &mut am_b, &mut sa, &mut sb);
         let before = am_a.get_heads();
         for i in 1..=k {
             am_a.transact(|tx| tx.put(ROOT, "a", i as i64)).unwrap();
@@ -224,8 +184,8 @@ fn main() {
         }
         let change_bytes = am_a.save_after(&before).len() + am_b.save_after(&before).len();
         let (mut fresh_a, mut fresh_b) = (am_a.clone(), am_b.clone());
-        let with_state = automerge_sync(&mut am_a, &mut am_b, &mut sa, &mut sb);
-        let without = automerge_sync(
+        let with_state = anchor::automerge_sync(&mut am_a, &mut am_b, &mut sa, &mut sb);
+        let without = anchor::automerge_sync(
             &mut fresh_a,
             &mut fresh_b,
             &mut State::new(),
@@ -266,7 +226,7 @@ fn main() {
         let ferry = total(&ferry_run(&c, &d));
         let mut anchor = (0, 0);
         for am in &ams {
-            let (bytes, trips) = automerge_sync(
+            let (bytes, trips) = anchor::automerge_sync(
                 &mut am.clone(),
                 &mut am.clone(),
                 &mut State::new(),
@@ -295,8 +255,12 @@ fn main() {
                 .unwrap();
             let mut theirs = ams[i].clone();
             let mut mine = c.store.read(*doc, |am| am.clone()).unwrap();
-            let (bytes, trips) =
-                automerge_sync(&mut mine, &mut theirs, &mut State::new(), &mut State::new());
+            let (bytes, trips) = anchor::automerge_sync(
+                &mut mine,
+                &mut theirs,
+                &mut State::new(),
+                &mut State::new(),
+            );
             anchor.0 += bytes;
             anchor.1 = anchor.1.max(trips);
         }

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use automerge::transaction::Transactable;
-use automerge::{ObjId, ObjType, ROOT};
+use automerge::{Automerge, ObjId, ObjType, ROOT};
 use ferry_store::{DocId, DocKind, Store};
 use serde::Deserialize;
 
@@ -78,4 +78,19 @@ pub(crate) fn build(store: &Store, trace: &Trace, edits_per_commit: usize) -> Do
             .expect("a commit of edits");
     }
     doc
+}
+
+/// The whole trace as an in-memory document with one change per edit (the benches' paper
+/// document).
+#[allow(dead_code)] // the benches use it, the store's tests do not
+pub(crate) fn one_change_per_edit(trace: &Trace) -> Automerge {
+    let mut am = Automerge::new();
+    let text = am
+        .transact(|tx| create_text(tx))
+        .map(|ok| ok.result)
+        .unwrap();
+    for edit in trace.edits.chunks(1) {
+        am.transact(|tx| apply(tx, &text, edit)).unwrap();
+    }
+    am
 }

@@ -426,22 +426,13 @@ fn put_json(
     key: &str,
     value: &Json,
 ) -> Result<(), ferry::automerge::AutomergeError> {
-    match value {
-        Json::Object(map) => {
-            let child = tx.put_object(obj, key, ObjType::Map)?;
-            for (k, v) in map {
-                put_json(tx, &child, k, v)?;
-            }
+    match obj_type(value) {
+        Some(kind) => {
+            let child = tx.put_object(obj, key, kind)?;
+            fill(tx, &child, value)
         }
-        Json::Array(items) => {
-            let list = tx.put_object(obj, key, ObjType::List)?;
-            for (i, item) in items.iter().enumerate() {
-                insert_json(tx, &list, i, item)?;
-            }
-        }
-        scalar => tx.put(obj, key, scalar_of(scalar))?,
+        None => tx.put(obj, key, scalar_of(value)),
     }
-    Ok(())
 }
 
 fn insert_json(
@@ -450,22 +441,37 @@ fn insert_json(
     at: usize,
     value: &Json,
 ) -> Result<(), ferry::automerge::AutomergeError> {
-    match value {
-        Json::Object(map) => {
-            let child = tx.insert_object(list, at, ObjType::Map)?;
-            for (k, v) in map {
-                put_json(tx, &child, k, v)?;
-            }
+    match obj_type(value) {
+        Some(kind) => {
+            let child = tx.insert_object(list, at, kind)?;
+            fill(tx, &child, value)
         }
-        Json::Array(items) => {
-            let child = tx.insert_object(list, at, ObjType::List)?;
-            for (i, item) in items.iter().enumerate() {
-                insert_json(tx, &child, i, item)?;
-            }
-        }
-        scalar => tx.insert(list, at, scalar_of(scalar))?,
+        None => tx.insert(list, at, scalar_of(value)),
     }
-    Ok(())
+}
+
+/// The Automerge object a JSON value becomes, if it is not a scalar.
+fn obj_type(value: &Json) -> Option<ObjType> {
+    match value {
+        Json::Object(_) => Some(ObjType::Map),
+        Json::Array(_) => Some(ObjType::List),
+        _ => None,
+    }
+}
+
+/// Puts the entries of a JSON object or array into the new object `obj`.
+fn fill(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    value: &Json,
+) -> Result<(), ferry::automerge::AutomergeError> {
+    match value {
+        Json::Object(map) => map.iter().try_for_each(|(k, v)| put_json(tx, obj, k, v)),
+        Json::Array(items) => {
+            (items.iter().enumerate()).try_for_each(|(i, item)| insert_json(tx, obj, i, item))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn scalar_of(value: &Json) -> ScalarValue {

@@ -1,5 +1,6 @@
 //! What the commands do to a replica, the same whether run here or by `ferry serve`.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
@@ -106,8 +107,6 @@ pub(crate) async fn sync_once(
     peer: PeerId,
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<Json> {
-    use std::collections::BTreeSet;
-
     let pending_for = |status: &ferry::SyncStatus| -> BTreeSet<DocId> {
         status
             .peer(peer)
@@ -120,61 +119,75 @@ pub(crate) async fn sync_once(
             })
             .unwrap_or_default()
     };
-    let to_send = pending_for(&replica.sync_status().await?);
-    let mut events = replica.subscribe();
-    let (mut sent, mut received) = (BTreeSet::new(), BTreeSet::new());
-    let mut now = Progress {
-        to_send: to_send.len() as u64,
-        ..Progress::default()
+    let mut tally = Tally {
+        peer,
+        to_send: pending_for(&replica.sync_status().await?),
+        sent: BTreeSet::new(),
+        received: BTreeSet::new(),
     };
-    progress(now);
+    let mut events = replica.subscribe();
+    progress(tally.progress());
     let sync = replica.sync_once(peer);
     tokio::pin!(sync);
     let result = loop {
         tokio::select! {
             result = &mut sync => break result,
             Some(event) = events.next() => {
-                match event {
-                    ferry::Event::Synced { peer: p, doc } if p == peer && to_send.contains(&doc) => {
-                        sent.insert(doc);
-                    }
-                    ferry::Event::Changed { doc, origin: ferry::Origin::Remote(p) } if p == peer => {
-                        received.insert(doc);
-                    }
-                    _ => continue,
-                }
-                let next = Progress {
-                    sent: sent.len() as u64,
-                    received: received.len() as u64,
-                    ..now
-                };
-                if next != now {
-                    now = next;
-                    progress(now);
+                if tally.note(event) {
+                    progress(tally.progress());
                 }
             }
         }
     };
     result?;
     while let Some(event) = events.try_next() {
-        if let ferry::Event::Changed {
-            doc,
-            origin: ferry::Origin::Remote(p),
-        } = event
-            && p == peer
-        {
-            received.insert(doc);
-        }
+        tally.note(event);
     }
     // What was sent, the status says for certain (an event may have been missed).
     let still = pending_for(&replica.sync_status().await?);
-    let sent = to_send.difference(&still).count();
     Ok(json!({
         "peer": peer.to_string(),
-        "sent": sent,
-        "received": received.len(),
+        "sent": tally.to_send.difference(&still).count(),
+        "received": tally.received.len(),
         "pending": still.len(),
     }))
+}
+
+/// What a sync with `peer` has done so far, from the replica's events.
+struct Tally {
+    peer: PeerId,
+    /// Documents with changes the peer lacked when the sync began.
+    to_send: BTreeSet<DocId>,
+    /// Those of them it now holds whole.
+    sent: BTreeSet<DocId>,
+    /// Documents the peer's changes updated here.
+    received: BTreeSet<DocId>,
+}
+
+impl Tally {
+    /// Notes what `event` says of the sync; true if it counted something new.
+    fn note(&mut self, event: ferry::Event) -> bool {
+        match event {
+            ferry::Event::Synced { peer, doc }
+                if peer == self.peer && self.to_send.contains(&doc) =>
+            {
+                self.sent.insert(doc)
+            }
+            ferry::Event::Changed {
+                doc,
+                origin: ferry::Origin::Remote(peer),
+            } if peer == self.peer => self.received.insert(doc),
+            _ => false,
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            to_send: self.to_send.len() as u64,
+            sent: self.sent.len() as u64,
+            received: self.received.len() as u64,
+        }
+    }
 }
 
 pub(crate) fn parse_peer(text: &str) -> anyhow::Result<PeerId> {

@@ -1,10 +1,8 @@
 //! Change notifications, so an app re-reads the store instead of asking the network.
 
-use automerge::ChangeHash;
-use ferry_crdt::Digest;
 use tokio::sync::broadcast;
 
-use crate::{DocId, PeerId};
+use crate::{DocId, PeerId, Version};
 
 /// Where a change came from.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -13,15 +11,6 @@ pub enum Origin {
     Local,
     /// A peer, through sync.
     Remote(PeerId),
-}
-
-/// A document's version after a change.
-#[derive(Clone, Debug, Eq, Hash, PartialEq)]
-pub enum Version {
-    /// An Automerge document's heads, sorted.
-    Heads(Vec<ChangeHash>),
-    /// A CRDT document's state digest.
-    Digest(Digest),
 }
 
 /// Something changed in the store. Events arrive in commit order, and only once the change is

@@ -31,21 +31,29 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod automerge_docs;
+mod crdt_docs;
+mod documents;
 mod durability;
 mod error;
 mod events;
 mod identity;
 mod ids;
+mod loading;
+mod peers;
 mod records;
 mod store;
+mod sync_records;
+mod values;
+mod version;
 
 pub use durability::Durability;
 pub use error::StoreError;
-pub use events::{Origin, RecvError, StoreEvent, Subscription, Version};
+pub use events::{Origin, RecvError, StoreEvent, Subscription};
 pub use identity::{Identity, IdentityError};
 pub use ids::{DocId, PeerId};
 pub use records::SyncRecord;
-pub use store::{
-    Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo, Store, StoreConfig, SyncUpdate,
-    heads_digest,
-};
+pub use store::{Store, StoreConfig};
+pub use sync_records::SyncUpdate;
+pub use values::{Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo};
+pub use version::{Version, heads_digest};

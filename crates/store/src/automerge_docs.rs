@@ -1,0 +1,178 @@
+//! Automerge documents: local changes, changes and sync messages from peers, reads and
+//! compaction.
+
+use std::collections::HashSet;
+
+use automerge::transaction::Transaction;
+use automerge::{Automerge, AutomergeError, Change, ChangeHash, ReadDoc};
+
+use crate::loading::{WHOLE_HISTORY, compaction};
+use crate::records::{self, Incremental};
+use crate::store::{Commit, Loaded, Store, Writes, automerge_error, encode_record, wrong_kind};
+use crate::{DocId, DocKind, Origin, StoreError, Version, heads_digest};
+
+impl Store {
+    // ---- Automerge documents -----------------------------------------------------------------
+
+    /// Makes a local change to an Automerge document in one transaction; durable when it
+    /// returns. A closure that fails leaves the document unchanged.
+    pub fn change<R>(
+        &self,
+        doc: DocId,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError>,
+    ) -> Result<R, StoreError> {
+        self.update(doc, Origin::Local, |am| {
+            am.transact(f)
+                .map(|success| success.result)
+                .map_err(|failure| failure.error)
+        })
+    }
+
+    /// Applies changes from a peer and returns the new heads. Parse each change's bytes with
+    /// [`Change::from_bytes`], which refuses anything damaged or left over. Changes already
+    /// held are skipped, so applying the same changes again changes nothing.
+    ///
+    /// Every change must be applicable: a dependency that is neither in the document nor
+    /// among `changes` is refused with [`StoreError::MissingDependencies`], and nothing is
+    /// applied. (automerge would otherwise hold such changes in memory only, where a restart
+    /// loses them without a word.)
+    pub fn apply_changes(
+        &self,
+        doc: DocId,
+        origin: Origin,
+        changes: Vec<Change>,
+    ) -> Result<Vec<ChangeHash>, StoreError> {
+        let incoming: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
+        let mut outside: Vec<ChangeHash> = changes
+            .iter()
+            .flat_map(|c| c.deps().iter().copied())
+            .filter(|dep| !incoming.contains(dep))
+            .collect();
+        outside.sort_unstable();
+        outside.dedup();
+        self.update_with(doc, origin, |am| {
+            let missing = am.get_missing_deps(&outside);
+            if !missing.is_empty() {
+                return Err(StoreError::MissingDependencies { doc, missing });
+            }
+            am.apply_changes(changes)
+                .map_err(|source| automerge_error(doc, source))?;
+            Ok(am.get_heads())
+        })
+    }
+
+    /// Runs `f` on an Automerge document and persists whatever changes it made, as one
+    /// durable commit, announced with `origin`. This is how sync applies automerge's own sync
+    /// messages. If `f` fails, the document is reloaded from disk, as it was.
+    pub fn update<R>(
+        &self,
+        doc: DocId,
+        origin: Origin,
+        f: impl FnOnce(&mut Automerge) -> Result<R, AutomergeError>,
+    ) -> Result<R, StoreError> {
+        self.update_with(doc, origin, |am| {
+            f(am).map_err(|source| automerge_error(doc, source))
+        })
+    }
+
+    /// [`Store::update`] for closures that may refuse with any store error. A refusal other
+    /// than [`StoreError::Automerge`] must leave the document untouched; after an automerge
+    /// error the document is reloaded from disk.
+    pub(crate) fn update_with<R>(
+        &self,
+        doc: DocId,
+        origin: Origin,
+        f: impl FnOnce(&mut Automerge) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut state = self.lock();
+        let compact_min = self.shared.config.compact_min_bytes;
+        let entry = self.entry(&mut state, doc)?;
+        let Loaded::Automerge(am) = &mut entry.doc else {
+            return Err(wrong_kind(doc, DocKind::Automerge, entry.meta.kind));
+        };
+        let old_heads: Vec<ChangeHash> = entry.meta.heads.iter().map(|h| ChangeHash(*h)).collect();
+        let result = match f(am) {
+            Ok(result) => result,
+            Err(e) => {
+                if matches!(e, StoreError::Automerge { .. }) {
+                    state.cache.pop(&doc);
+                }
+                return Err(e);
+            }
+        };
+        let heads = am.get_heads();
+        if heads == old_heads {
+            return Ok(result);
+        }
+
+        let mut meta = entry.meta.clone();
+        let was_empty = meta.changes == 0;
+        meta.heads = heads.iter().map(|h| h.0).collect();
+        meta.digest = *heads_digest(&heads).as_bytes();
+        meta.changes = am.stats().num_changes;
+
+        // The commit's changes as `save_after` writes them; but a whole history arriving at
+        // once (a document cloned from a peer) goes straight into a snapshot, without first
+        // listing every change.
+        let whole_history = was_empty && meta.changes > WHOLE_HISTORY;
+        let chunk = if whole_history {
+            Vec::new()
+        } else {
+            am.save_after(&old_heads)
+        };
+        let outgrown = whole_history
+            || meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
+        let writes = if outgrown {
+            Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
+        } else {
+            // One record, carrying the metadata after this commit.
+            let key = records::incremental_key(doc, meta.next_incremental);
+            meta.next_incremental += 1;
+            meta.incremental_bytes += chunk.len() as u64;
+            let record = Incremental {
+                meta: meta.clone(),
+                changes: chunk,
+            };
+            Writes::One(key.to_vec(), encode_record(&record))
+        };
+        let version = Version::Heads(heads);
+        entry.meta = meta;
+        let commit = Commit::changed(writes, doc, origin, version);
+        self.commit(state, doc, commit)?;
+        Ok(result)
+    }
+
+    /// Writes a new snapshot of an Automerge document and removes its incrementals, in one
+    /// atomic batch: a crash leaves the old records or the new ones, never less.
+    pub fn compact(&self, doc: DocId) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let entry = self.entry(&mut state, doc)?;
+        let Loaded::Automerge(am) = &entry.doc else {
+            return Ok(()); // CRDT documents are always one snapshot.
+        };
+        if entry.meta.incremental_bytes == 0 {
+            return Ok(());
+        }
+        let mut meta = entry.meta.clone();
+        let batch = compaction(&self.shared.db, doc, am, &mut meta)?;
+        entry.meta = meta;
+        self.commit(
+            state,
+            doc,
+            Commit {
+                writes: Writes::Batch(batch),
+                events: Vec::new(),
+            },
+        )
+    }
+
+    /// Reads an Automerge document.
+    pub fn read<R>(&self, doc: DocId, f: impl FnOnce(&Automerge) -> R) -> Result<R, StoreError> {
+        let mut state = self.lock();
+        let entry = self.entry(&mut state, doc)?;
+        match &entry.doc {
+            Loaded::Automerge(am) => Ok(f(am)),
+            Loaded::Crdt(_) => Err(wrong_kind(doc, DocKind::Automerge, entry.meta.kind)),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Documents of the ferry-crdt kinds: counters and registers, and merging a peer's state.
+
+use ferry_crdt::{Clock, Digest, GCounter, PNCounter, ReplicaId};
+
+use crate::loading::entry_in;
+use crate::records;
+use crate::store::{Commit, Loaded, State, Store, Writes, encode_record, wall_millis, wrong_kind};
+use crate::{CrdtState, DocId, DocKind, Origin, StoreError, Version};
+
+impl Store {
+    // ---- ferry-crdt documents ----------------------------------------------------------------
+
+    /// Adds `n` to a [`GCounter`] or [`PNCounter`] document on this replica's behalf.
+    pub fn increment(&self, doc: DocId, n: u64) -> Result<Digest, StoreError> {
+        self.update_crdt(doc, |state, replica, _| match state {
+            CrdtState::GCounter(c) => Ok(c.increment(replica, n)? != GCounter::new()),
+            CrdtState::PNCounter(c) => Ok(c.increment(replica, n)? != PNCounter::new()),
+            other => Err(KindOr::Kind(other.kind())),
+        })
+        .map_err(|e| e.expecting(DocKind::GCounter))
+    }
+
+    /// Subtracts `n` from a [`PNCounter`] document on this replica's behalf.
+    pub fn decrement(&self, doc: DocId, n: u64) -> Result<Digest, StoreError> {
+        self.update_crdt(doc, |state, replica, _| match state {
+            CrdtState::PNCounter(c) => Ok(c.decrement(replica, n)? != PNCounter::new()),
+            other => Err(KindOr::Kind(other.kind())),
+        })
+        .map_err(|e| e.expecting(DocKind::PNCounter))
+    }
+
+    /// Writes a register document ([`LwwRegister`] or [`MvRegister`]).
+    pub fn set_register(&self, doc: DocId, value: Vec<u8>) -> Result<Digest, StoreError> {
+        self.update_crdt(doc, |state, replica, clock| match state {
+            CrdtState::LwwRegister(r) => {
+                r.set(value, clock, wall_millis());
+                Ok(true)
+            }
+            CrdtState::MvRegister(r) => {
+                r.set(replica, value)?;
+                Ok(true)
+            }
+            other => Err(KindOr::Kind(other.kind())),
+        })
+        .map_err(|e| e.expecting(DocKind::LwwRegister))
+    }
+
+    /// Merges a state or delta from a peer (its canonical encoding) into a CRDT document.
+    /// Returns the new digest. Bytes that do not decode change nothing.
+    pub fn merge_state(
+        &self,
+        doc: DocId,
+        origin: Origin,
+        bytes: &[u8],
+    ) -> Result<Digest, StoreError> {
+        let kind = self.info(doc)?.kind;
+        if kind == DocKind::Automerge {
+            return Err(wrong_kind(doc, DocKind::GCounter, kind));
+        }
+        let incoming = CrdtState::decode(kind, bytes)
+            .map_err(|source| StoreError::BadState { doc, source })?;
+        self.update_crdt_from(doc, origin, |state, _, _| Ok(state.merge_owned(incoming)))
+            .map_err(|e| e.expecting(kind))
+    }
+
+    /// A copy of a CRDT document's state.
+    pub fn crdt(&self, doc: DocId) -> Result<CrdtState, StoreError> {
+        let mut state = self.lock();
+        let entry = self.entry(&mut state, doc)?;
+        match &entry.doc {
+            Loaded::Crdt(crdt) => Ok(crdt.clone()),
+            Loaded::Automerge(_) => Err(wrong_kind(doc, DocKind::GCounter, DocKind::Automerge)),
+        }
+    }
+
+    pub(crate) fn update_crdt(
+        &self,
+        doc: DocId,
+        f: impl FnOnce(&mut CrdtState, ReplicaId, &mut Clock) -> Result<bool, KindOr>,
+    ) -> Result<Digest, CrdtUpdateError> {
+        self.update_crdt_from(doc, Origin::Local, f)
+    }
+
+    pub(crate) fn update_crdt_from(
+        &self,
+        doc: DocId,
+        origin: Origin,
+        f: impl FnOnce(&mut CrdtState, ReplicaId, &mut Clock) -> Result<bool, KindOr>,
+    ) -> Result<Digest, CrdtUpdateError> {
+        let replica = self.replica_id();
+        let mut state = self.lock();
+        let State { cache, clock } = &mut *state;
+        let entry = entry_in(cache, &self.shared.db, replica, doc)?;
+        let Loaded::Crdt(crdt) = &mut entry.doc else {
+            return Err(CrdtUpdateError::Kind(doc, DocKind::Automerge));
+        };
+        let mut updated = crdt.clone();
+        let changed = match f(&mut updated, replica, clock) {
+            Ok(changed) => changed,
+            Err(KindOr::Kind(found)) => return Err(CrdtUpdateError::Kind(doc, found)),
+            Err(KindOr::Overflow(e)) => return Err(CrdtUpdateError::Store(e.into())),
+        };
+        if !changed {
+            return Ok(Digest::from_bytes(entry.meta.digest));
+        }
+        let bytes = updated.encode();
+        let digest = Digest::of_bytes(&bytes);
+        let mut meta = entry.meta.clone();
+        meta.digest = *digest.as_bytes();
+        meta.changes += 1;
+        meta.snapshot_bytes = bytes.len() as u64;
+        let mut batch = sled::Batch::default();
+        batch.insert(&records::snapshot_key(doc), bytes);
+        batch.insert(&records::meta_key(doc), encode_record(&meta));
+        *crdt = updated;
+        entry.meta = meta;
+        let commit = Commit::changed(Writes::Batch(batch), doc, origin, Version::Digest(digest));
+        self.commit(state, doc, commit)?;
+        Ok(digest)
+    }
+}
+/// Why a CRDT operation's closure did not apply.
+pub(crate) enum KindOr {
+    Kind(DocKind),
+    Overflow(ferry_crdt::CounterOverflow),
+}
+
+impl From<ferry_crdt::CounterOverflow> for KindOr {
+    fn from(e: ferry_crdt::CounterOverflow) -> Self {
+        KindOr::Overflow(e)
+    }
+}
+
+pub(crate) enum CrdtUpdateError {
+    Kind(DocId, DocKind),
+    Store(StoreError),
+}
+
+impl From<StoreError> for CrdtUpdateError {
+    fn from(e: StoreError) -> Self {
+        CrdtUpdateError::Store(e)
+    }
+}
+
+impl CrdtUpdateError {
+    pub(crate) fn expecting(self, expected: DocKind) -> StoreError {
+        match self {
+            CrdtUpdateError::Kind(doc, found) => wrong_kind(doc, expected, found),
+            CrdtUpdateError::Store(e) => e,
+        }
+    }
+}

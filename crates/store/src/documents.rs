@@ -1,0 +1,222 @@
+//! Documents as wholes: creating (empty, or with a peer's content), listing, describing and
+//! deleting them.
+
+use automerge::{ActorId, Automerge, ReadDoc};
+use ferry_crdt::Digest;
+
+use crate::loading::{compaction, version_of};
+use crate::records::{self, DocMeta};
+use crate::store::{Commit, Entry, Loaded, Store, Writes, encode_record, wrong_kind};
+use crate::{CrdtState, DocId, DocInfo, DocKind, Origin, StoreError, StoreEvent, heads_digest};
+
+impl Store {
+    // ---- documents -------------------------------------------------------------------------
+
+    /// Creates an empty document of `kind` with a fresh id.
+    pub fn create(&self, kind: DocKind) -> Result<DocId, StoreError> {
+        let doc = DocId::random();
+        self.create_with_id(doc, kind, Origin::Local)?;
+        Ok(doc)
+    }
+
+    /// Creates an empty document with a given id, as sync does for a document a peer shares.
+    /// Returns `false` if it already exists with that kind; fails if it exists with another.
+    pub fn create_with_id(
+        &self,
+        doc: DocId,
+        kind: DocKind,
+        origin: Origin,
+    ) -> Result<bool, StoreError> {
+        let empty = match CrdtState::empty(kind) {
+            None => Loaded::Automerge(Box::new(self.new_automerge())),
+            Some(crdt) => Loaded::Crdt(crdt),
+        };
+        Ok(self.create_entry(doc, kind, origin, empty)?.is_none())
+    }
+
+    /// Takes in a whole Automerge document a peer sent (a clone): if `doc` is not here, it is
+    /// created with that content in one durable write, so no reader ever sees it empty;
+    /// otherwise the content is merged into the copy here. Returns whether anything changed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use automerge::{Automerge, ROOT, transaction::Transactable};
+    /// use ferry_store::{DocId, Origin, PeerId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let mut theirs = Automerge::new();
+    /// theirs.transact(|tx| tx.put(ROOT, "title", "minutes"))
+    ///     .map_err(|f| f.error)?;
+    /// let doc = DocId::random();
+    /// let from = Origin::Remote(PeerId::from_bytes([7; 16]));
+    /// assert!(store.adopt(doc, from, theirs.clone())?);
+    /// assert_eq!(store.read(doc, |d| d.get_heads())?, theirs.get_heads());
+    /// assert!(!store.adopt(doc, from, theirs)?); // nothing new the second time
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn adopt(&self, doc: DocId, origin: Origin, am: Automerge) -> Result<bool, StoreError> {
+        let actor = ActorId::from(*self.replica_id().as_bytes());
+        let loaded = Loaded::Automerge(Box::new(am.with_actor(actor)));
+        let Some(Loaded::Automerge(mut theirs)) =
+            self.create_entry(doc, DocKind::Automerge, origin, loaded)?
+        else {
+            return Ok(true);
+        };
+        self.update(doc, origin, |am| {
+            // (`merge` lists every change it was given, held here or not.)
+            let before = am.get_heads();
+            am.merge(&mut theirs)?;
+            Ok(am.get_heads() != before)
+        })
+    }
+
+    /// Takes in the whole state of a CRDT document a peer sent: if `doc` is not here, it is
+    /// created with that state in one durable write; otherwise the state is merged into the
+    /// copy here. Returns whether anything changed.
+    pub fn adopt_state(
+        &self,
+        doc: DocId,
+        kind: DocKind,
+        origin: Origin,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError> {
+        if kind == DocKind::Automerge {
+            return Err(wrong_kind(doc, DocKind::GCounter, kind));
+        }
+        let incoming = CrdtState::decode(kind, bytes)
+            .map_err(|source| StoreError::BadState { doc, source })?;
+        if self
+            .create_entry(doc, kind, origin, Loaded::Crdt(incoming))?
+            .is_none()
+        {
+            return Ok(true);
+        }
+        let before = self.info(doc)?.digest;
+        Ok(self.merge_state(doc, origin, bytes)? != before)
+    }
+
+    /// Creates `doc` with `content` in one commit, unless it exists: then the content is
+    /// handed back (or the kinds differ, an error).
+    pub(crate) fn create_entry(
+        &self,
+        doc: DocId,
+        kind: DocKind,
+        origin: Origin,
+        content: Loaded,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let mut state = self.lock();
+        if let Some(meta) = self.read_meta(doc)? {
+            return if meta.kind == kind {
+                Ok(Some(content))
+            } else {
+                Err(StoreError::WrongKind {
+                    doc,
+                    expected: kind,
+                    found: meta.kind,
+                })
+            };
+        }
+        let mut meta = DocMeta {
+            kind,
+            heads: Vec::new(),
+            digest: *heads_digest(&[]).as_bytes(),
+            changes: 0,
+            snapshot_bytes: 0,
+            incremental_bytes: 0,
+            next_incremental: 0,
+        };
+        let writes = match &content {
+            Loaded::Automerge(am) => {
+                let heads = am.get_heads();
+                meta.heads = heads.iter().map(|h| h.0).collect();
+                meta.digest = *heads_digest(&heads).as_bytes();
+                meta.changes = am.stats().num_changes;
+                if heads.is_empty() {
+                    Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta))
+                } else {
+                    Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
+                }
+            }
+            Loaded::Crdt(crdt) => {
+                let bytes = crdt.encode();
+                meta.digest = *Digest::of_bytes(&bytes).as_bytes();
+                if CrdtState::empty(kind).as_ref() == Some(crdt) {
+                    Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta))
+                } else {
+                    meta.changes = 1;
+                    meta.snapshot_bytes = bytes.len() as u64;
+                    let mut batch = sled::Batch::default();
+                    batch.insert(&records::snapshot_key(doc), bytes);
+                    batch.insert(&records::meta_key(doc), encode_record(&meta));
+                    Writes::Batch(batch)
+                }
+            }
+        };
+        let version = version_of(&meta);
+        state.cache.put(doc, Entry { meta, doc: content });
+        let commit = Commit::changed(writes, doc, origin, version);
+        self.commit(state, doc, commit)?;
+        Ok(None)
+    }
+
+    /// Every document's id, in id order. Never fails on a damaged document: its id is listed
+    /// and [`Store::info`] on it returns the error.
+    pub fn list(&self) -> Result<Vec<DocId>, StoreError> {
+        let mut docs = Vec::new();
+        for item in self.shared.db.scan_prefix(records::META_PREFIX).keys() {
+            let key = item?;
+            if let Ok(bytes) = <[u8; 16]>::try_from(&key[1..]) {
+                docs.push(DocId::from_bytes(bytes));
+            }
+        }
+        Ok(docs)
+    }
+
+    /// What the store knows of `doc`, without loading it.
+    pub fn info(&self, doc: DocId) -> Result<DocInfo, StoreError> {
+        let meta = self
+            .read_meta(doc)?
+            .ok_or(StoreError::NoSuchDocument(doc))?;
+        Ok(DocInfo {
+            id: doc,
+            kind: meta.kind,
+            version: version_of(&meta),
+            digest: Digest::from_bytes(meta.digest),
+            changes: meta.changes,
+            stored_bytes: meta.snapshot_bytes + meta.incremental_bytes,
+        })
+    }
+
+    /// Deletes `doc` on this replica, with its sync records. Peers keep their copies.
+    pub fn delete(&self, doc: DocId) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if self.read_meta(doc)?.is_none() {
+            return Err(StoreError::NoSuchDocument(doc));
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(&records::meta_key(doc));
+        batch.remove(&records::snapshot_key(doc));
+        for key in self
+            .shared
+            .db
+            .scan_prefix(records::incremental_prefix(doc))
+            .keys()
+        {
+            batch.remove(key?);
+        }
+        for key in self.shared.db.scan_prefix(records::SYNC_PREFIX).keys() {
+            let key = key?;
+            if key.ends_with(doc.as_bytes()) {
+                batch.remove(key);
+            }
+        }
+        state.cache.pop(&doc);
+        let commit = Commit {
+            writes: Writes::Batch(batch),
+            events: vec![StoreEvent::Deleted { doc }],
+        };
+        self.commit(state, doc, commit)
+    }
+}

@@ -1,0 +1,164 @@
+//! Reading documents back from their records, and compacting them.
+
+use automerge::{ActorId, Automerge, ChangeHash};
+use ferry_crdt::{Digest, ReplicaId, decode};
+use lru::LruCache;
+
+use crate::records::{self, DocMeta, FORMAT, Incremental, RECORD_LIMIT};
+use crate::store::{Entry, Loaded, encode_record};
+use crate::{CrdtState, DocId, DocKind, StoreError, Version};
+
+/// The batch that compacts `doc`: its new snapshot replaces the old one and every incremental,
+/// and the base metadata is rewritten, so a crash leaves the old records or the new ones.
+/// Updates `meta` to match.
+pub(crate) fn compaction(
+    db: &sled::Db,
+    doc: DocId,
+    am: &Automerge,
+    meta: &mut DocMeta,
+) -> Result<sled::Batch, StoreError> {
+    let snapshot = am.save();
+    let mut batch = sled::Batch::default();
+    for key in db.scan_prefix(records::incremental_prefix(doc)).keys() {
+        batch.remove(key?);
+    }
+    meta.snapshot_bytes = snapshot.len() as u64;
+    meta.incremental_bytes = 0;
+    batch.insert(&records::snapshot_key(doc), snapshot);
+    batch.insert(&records::meta_key(doc), encode_record(meta));
+    Ok(batch)
+}
+
+/// Finds `doc` in the cache or loads it from sled.
+pub(crate) fn entry_in<'a>(
+    cache: &'a mut LruCache<DocId, Entry>,
+    db: &sled::Db,
+    replica: ReplicaId,
+    doc: DocId,
+) -> Result<&'a mut Entry, StoreError> {
+    if !cache.contains(&doc) {
+        let loaded = load(db, replica, doc)?;
+        cache.put(doc, loaded);
+    }
+    cache.get_mut(&doc).ok_or(StoreError::NoSuchDocument(doc))
+}
+
+/// Loads a document from its records: snapshot, then incrementals in order. The heads it ends
+/// with must be the ones its metadata recorded, or a record is missing or damaged.
+pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entry, StoreError> {
+    let meta = read_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
+    let snapshot = db.get(records::snapshot_key(doc))?;
+    let damaged = |what| StoreError::Damaged { doc, what };
+    let loaded = match meta.kind {
+        DocKind::Automerge => {
+            let mut am = match &snapshot {
+                Some(bytes) => Automerge::load(bytes).map_err(|_| damaged("snapshot"))?,
+                None => Automerge::new(),
+            };
+            let base = read_base_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
+            let records = db.scan_prefix(records::incremental_prefix(doc));
+            for (seq, item) in (base.next_incremental..).zip(records) {
+                let (key, value) = item?;
+                if key.get(17..) != Some(&seq.to_be_bytes()[..]) {
+                    return Err(damaged("incremental records are not contiguous"));
+                }
+                let record = decode_incremental(doc, &value)?;
+                am.load_incremental(&record.changes)
+                    .map_err(|_| damaged("incremental change record"))?;
+            }
+            let heads: Vec<[u8; 32]> = am.get_heads().iter().map(|h| h.0).collect();
+            if heads != meta.heads {
+                return Err(damaged("records do not reach the recorded heads"));
+            }
+            am.set_actor(ActorId::from(*replica.as_bytes()));
+            Loaded::Automerge(Box::new(am))
+        }
+        kind => {
+            let crdt = match &snapshot {
+                Some(bytes) => CrdtState::decode(kind, bytes).map_err(|_| damaged("state"))?,
+                None => CrdtState::empty(kind).ok_or(damaged("kind"))?,
+            };
+            if Digest::of_bytes(&crdt.encode()).as_bytes() != &meta.digest {
+                return Err(damaged("state does not match its digest"));
+            }
+            Loaded::Crdt(crdt)
+        }
+    };
+    Ok(Entry { meta, doc: loaded })
+}
+
+/// An empty document that gains more changes than this in one commit is snapshotted at once.
+pub(crate) const WHOLE_HISTORY: u64 = 64;
+
+/// A document's current metadata: its last incremental record's, or else its base record.
+pub(crate) fn read_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
+    let Some(base) = read_base_meta(db, doc)? else {
+        return Ok(None);
+    };
+    if base.kind != DocKind::Automerge {
+        return Ok(Some(base));
+    }
+    match db.scan_prefix(records::incremental_prefix(doc)).next_back() {
+        None => Ok(Some(base)),
+        Some(item) => {
+            let (_, value) = item?;
+            Ok(Some(decode_incremental(doc, &value)?.meta))
+        }
+    }
+}
+
+/// A document's metadata as of its creation, last compaction or CRDT update.
+pub(crate) fn read_base_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
+    match db.get(records::meta_key(doc))? {
+        None => Ok(None),
+        Some(bytes) => decode(&bytes, RECORD_LIMIT)
+            .map(Some)
+            .map_err(|_| StoreError::Damaged {
+                doc,
+                what: "metadata",
+            }),
+    }
+}
+
+pub(crate) fn decode_incremental(doc: DocId, bytes: &[u8]) -> Result<Incremental, StoreError> {
+    decode(bytes, RECORD_LIMIT).map_err(|_| StoreError::Damaged {
+        doc,
+        what: "incremental change record",
+    })
+}
+
+pub(crate) fn version_of(meta: &DocMeta) -> Version {
+    match meta.kind {
+        DocKind::Automerge => Version::Heads(meta.heads.iter().map(|h| ChangeHash(*h)).collect()),
+        _ => Version::Digest(Digest::from_bytes(meta.digest)),
+    }
+}
+
+pub(crate) fn check_format(db: &sled::Db) -> Result<(), StoreError> {
+    match db.get(records::FORMAT_KEY)? {
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_le_bytes)
+                .map_err(|_| StoreError::DamagedRecord {
+                    what: "format marker",
+                })?;
+            if found != FORMAT {
+                return Err(StoreError::UnknownFormat {
+                    found,
+                    supported: FORMAT,
+                });
+            }
+        }
+        None if db.is_empty() => {
+            db.insert(records::FORMAT_KEY, &FORMAT.to_le_bytes())?;
+            db.flush()?;
+        }
+        None => {
+            return Err(StoreError::UnknownFormat {
+                found: 0,
+                supported: FORMAT,
+            });
+        }
+    }
+    Ok(())
+}

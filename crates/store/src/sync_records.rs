@@ -1,0 +1,228 @@
+//! What sync has learned per (peer, document): acknowledged versions, sync times, status.
+
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use ferry_crdt::decode;
+
+use crate::records::{self, RECORD_LIMIT};
+use crate::store::{Store, encode_record};
+use crate::{DocId, DocKind, DocSyncStatus, PeerId, StoreError, SyncRecord, Version};
+
+/// What one step of sync learned about a (peer, document) pair; see [`Store::record_sync`].
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct SyncUpdate {
+    /// The automerge sync state to keep for the peer.
+    pub automerge_state: Option<Vec<u8>>,
+    /// A version the peer said it holds.
+    pub acked: Option<Version>,
+    /// The time, when the peer now holds everything this replica has of the document.
+    pub synced_at: Option<u64>,
+}
+/// Those of `heads` that `am` holds.
+/// Whether `heads` and `acked` name the same set of changes.
+pub(crate) fn same_hashes(heads: &[ChangeHash], acked: &[[u8; 32]]) -> bool {
+    let mut a: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+    let mut b = acked.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+pub(crate) fn known_heads(am: &Automerge, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+    let missing = am.get_missing_deps(heads);
+    heads
+        .iter()
+        .filter(|h| !missing.contains(h))
+        .copied()
+        .collect()
+}
+impl Store {
+    // ---- sync state and peers ----------------------------------------------------------------
+
+    /// How far sync with `peer` has come on `doc`, if it ever started.
+    pub fn sync_record(&self, peer: PeerId, doc: DocId) -> Result<Option<SyncRecord>, StoreError> {
+        match self.shared.db.get(records::sync_key(peer, doc))? {
+            None => Ok(None),
+            Some(bytes) => {
+                decode(&bytes, RECORD_LIMIT)
+                    .map(Some)
+                    .map_err(|_| StoreError::Damaged {
+                        doc,
+                        what: "sync record",
+                    })
+            }
+        }
+    }
+
+    /// Saves how far sync with `peer` has come on `doc`. Not flushed on its own: losing it in
+    /// a crash costs a longer next sync, never data.
+    pub fn put_sync_record(
+        &self,
+        peer: PeerId,
+        doc: DocId,
+        record: &SyncRecord,
+    ) -> Result<(), StoreError> {
+        self.shared
+            .db
+            .insert(records::sync_key(peer, doc), encode_record(record))?;
+        Ok(())
+    }
+
+    /// Records what sync with `peer` learned about `doc`, in one write. Not flushed on its own:
+    /// losing it in a crash costs a longer next sync and a stale status, never data.
+    ///
+    /// An acknowledged [`Version::Heads`] may name changes this replica does not hold yet (the
+    /// peer's own); the pending count covers the history of those it does hold.
+    pub fn record_sync(
+        &self,
+        peer: PeerId,
+        doc: DocId,
+        update: SyncUpdate,
+    ) -> Result<(), StoreError> {
+        let mut record = self.sync_record(peer, doc)?.unwrap_or_default();
+        if let Some(state) = update.automerge_state {
+            record.automerge_state = state;
+        }
+        match update.acked {
+            None => {}
+            Some(Version::Heads(heads)) => {
+                let info = self.info(doc)?;
+                record.acked_changes = if info.version == Version::Heads(heads.clone()) {
+                    info.changes // the usual case, known without loading the document
+                } else {
+                    self.read(doc, |am| {
+                        let known = known_heads(am, &heads);
+                        let total = am.stats().num_changes;
+                        total.saturating_sub(am.get_changes_meta(&known).len() as u64)
+                    })?
+                };
+                record.acked = heads.iter().map(|h| h.0).collect();
+            }
+            Some(Version::Digest(digest)) => {
+                let info = self.info(doc)?;
+                if info.digest == digest {
+                    record.acked_changes = info.changes;
+                }
+                record.acked = vec![*digest.as_bytes()];
+            }
+        }
+        if update.synced_at.is_some() {
+            record.last_sync_millis = update.synced_at;
+        }
+        self.put_sync_record(peer, doc, &record)
+    }
+
+    /// How far `peer` is behind on `doc`: the changes it has not acknowledged, and when it was
+    /// last seen to hold all of the document.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ferry_store::{DocKind, PeerId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let doc = store.create(DocKind::GCounter)?;
+    /// store.increment(doc, 1)?;
+    /// let peer = PeerId::from_bytes([1; 16]);
+    /// let status = store.sync_status(peer, doc)?;
+    /// assert_eq!(status.pending, 1); // never synced: everything is pending
+    /// assert_eq!(status.last_sync_millis, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sync_status(&self, peer: PeerId, doc: DocId) -> Result<DocSyncStatus, StoreError> {
+        let info = self.info(doc)?;
+        let record = self.sync_record(peer, doc)?.unwrap_or_default();
+        let pending = match info.kind {
+            DocKind::Automerge => match &info.version {
+                _ if record.acked.is_empty() => info.changes,
+                Version::Heads(heads) if same_hashes(heads, &record.acked) => 0,
+                // The peer acknowledged other heads: count, in the document, the changes
+                // outside the history of the acknowledged heads held here. (The count kept
+                // with the acknowledgement is stale once changes it lacked arrive from
+                // elsewhere.)
+                _ => {
+                    let acked: Vec<ChangeHash> =
+                        record.acked.iter().map(|h| ChangeHash(*h)).collect();
+                    self.read(doc, |am| {
+                        am.get_changes_meta(&known_heads(am, &acked)).len() as u64
+                    })?
+                }
+            },
+            _ if record.acked == [*info.digest.as_bytes()] => 0,
+            // A state never acknowledged, or since changed: at least one change is pending.
+            _ => info.changes.saturating_sub(record.acked_changes).max(1),
+        };
+        // A document the peer held at the last completed reconciliation was in sync then.
+        let reconciled = self.reconciled(peer)?;
+        let last_sync_millis = match (pending, record.last_sync_millis, reconciled) {
+            (0, Some(at), Some(r)) => Some(at.max(r)),
+            (_, at, _) => at,
+        };
+        Ok(DocSyncStatus {
+            pending,
+            last_sync_millis,
+        })
+    }
+
+    /// Whether `peer` has acknowledged holding `change` of an Automerge document: whether the
+    /// change is in the history of the heads the peer last acknowledged. A change this replica
+    /// does not hold is not acknowledged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use automerge::{ROOT, transaction::Transactable};
+    /// use ferry_store::{DocKind, PeerId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let chat = store.create(DocKind::Automerge)?;
+    /// store.change(chat, |tx| tx.put(ROOT, "hi", "there"))?;
+    /// let sent = store.read(chat, |d| d.get_heads())?[0];
+    /// let peer = PeerId::from_bytes([2; 16]);
+    /// assert!(!store.acknowledged(peer, chat, sent)?); // still pending for that peer
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn acknowledged(
+        &self,
+        peer: PeerId,
+        doc: DocId,
+        change: ChangeHash,
+    ) -> Result<bool, StoreError> {
+        let acked: Vec<ChangeHash> = self
+            .sync_record(peer, doc)?
+            .map(|r| r.acked.iter().map(|h| ChangeHash(*h)).collect())
+            .unwrap_or_default();
+        if acked.is_empty() {
+            return Ok(false);
+        }
+        self.read(doc, |am| {
+            if !am.get_missing_deps(&[change]).is_empty() {
+                return false;
+            }
+            let known = known_heads(am, &acked);
+            !am.get_changes_meta(&known).iter().any(|c| c.hash == change)
+        })
+    }
+
+    /// Records that a sync session with `peer` finished reconciling at `now_millis`: every
+    /// document the peer may read was compared.
+    pub fn set_reconciled(&self, peer: PeerId, now_millis: u64) -> Result<(), StoreError> {
+        self.shared
+            .db
+            .insert(records::reconciled_key(peer), &now_millis.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// When a sync session with `peer` last finished reconciling, if ever.
+    pub fn reconciled(&self, peer: PeerId) -> Result<Option<u64>, StoreError> {
+        match self.shared.db.get(records::reconciled_key(peer))? {
+            None => Ok(None),
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+                .map(|b| Some(u64::from_le_bytes(b)))
+                .map_err(|_| StoreError::DamagedRecord {
+                    what: "reconciliation time",
+                }),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The values the store hands out and takes in: document kinds and CRDT states, access,
+//! peers, and what is known of a document.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use ferry_crdt::{Crdt, Digest, GCounter, LwwRegister, MvRegister, PNCounter, decode, encode};
+use serde::{Deserialize, Serialize};
+
+use crate::records::RECORD_LIMIT;
+use crate::{DocId, PeerId, Version};
+
+/// The kinds of document a store holds.
+#[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+pub enum DocKind {
+    /// An Automerge document: JSON-like data and text.
+    Automerge,
+    /// A grow-only counter ([`GCounter`]).
+    GCounter,
+    /// A counter that goes up and down ([`PNCounter`]).
+    PNCounter,
+    /// A last-writer-wins register of bytes ([`LwwRegister`]).
+    LwwRegister,
+    /// A multi-value register of bytes ([`MvRegister`]).
+    MvRegister,
+}
+
+impl DocKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [DocKind; 5] = [
+        DocKind::Automerge,
+        DocKind::GCounter,
+        DocKind::PNCounter,
+        DocKind::LwwRegister,
+        DocKind::MvRegister,
+    ];
+}
+
+impl fmt::Display for DocKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DocKind::Automerge => "automerge",
+            DocKind::GCounter => "gcounter",
+            DocKind::PNCounter => "pncounter",
+            DocKind::LwwRegister => "lww",
+            DocKind::MvRegister => "mv",
+        })
+    }
+}
+
+/// The state of a document of one of the ferry-crdt kinds. Register values are bytes; the
+/// app chooses their encoding.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum CrdtState {
+    /// A grow-only counter.
+    GCounter(GCounter),
+    /// An up/down counter.
+    PNCounter(PNCounter),
+    /// A last-writer-wins register.
+    LwwRegister(LwwRegister<Vec<u8>>),
+    /// A multi-value register.
+    MvRegister(MvRegister<Vec<u8>>),
+}
+
+impl CrdtState {
+    pub(crate) fn empty(kind: DocKind) -> Option<Self> {
+        Some(match kind {
+            DocKind::Automerge => return None,
+            DocKind::GCounter => CrdtState::GCounter(GCounter::new()),
+            DocKind::PNCounter => CrdtState::PNCounter(PNCounter::new()),
+            DocKind::LwwRegister => CrdtState::LwwRegister(LwwRegister::new()),
+            DocKind::MvRegister => CrdtState::MvRegister(MvRegister::new()),
+        })
+    }
+
+    pub(crate) fn decode(kind: DocKind, bytes: &[u8]) -> Result<Self, ferry_crdt::DecodeError> {
+        Ok(match kind {
+            DocKind::GCounter => CrdtState::GCounter(decode(bytes, RECORD_LIMIT)?),
+            DocKind::PNCounter => CrdtState::PNCounter(decode(bytes, RECORD_LIMIT)?),
+            DocKind::LwwRegister => CrdtState::LwwRegister(decode(bytes, RECORD_LIMIT)?),
+            DocKind::MvRegister | DocKind::Automerge => {
+                CrdtState::MvRegister(decode(bytes, RECORD_LIMIT)?)
+            }
+        })
+    }
+
+    /// The kind of document this state belongs to.
+    pub fn kind(&self) -> DocKind {
+        match self {
+            CrdtState::GCounter(_) => DocKind::GCounter,
+            CrdtState::PNCounter(_) => DocKind::PNCounter,
+            CrdtState::LwwRegister(_) => DocKind::LwwRegister,
+            CrdtState::MvRegister(_) => DocKind::MvRegister,
+        }
+    }
+
+    /// The canonical encoding, the form in which peers exchange it.
+    pub fn encode(&self) -> Vec<u8> {
+        let encoded = match self {
+            CrdtState::GCounter(s) => encode(s),
+            CrdtState::PNCounter(s) => encode(s),
+            CrdtState::LwwRegister(s) => encode(s),
+            CrdtState::MvRegister(s) => encode(s),
+        };
+        // Byte values and ferry's own types always encode.
+        encoded.unwrap_or_default()
+    }
+
+    /// Merges `other` (of the same kind) in; returns whether anything changed.
+    pub(crate) fn merge_owned(&mut self, other: CrdtState) -> bool {
+        match (self, other) {
+            (CrdtState::GCounter(a), CrdtState::GCounter(b)) => a.merge_owned(b),
+            (CrdtState::PNCounter(a), CrdtState::PNCounter(b)) => a.merge_owned(b),
+            (CrdtState::LwwRegister(a), CrdtState::LwwRegister(b)) => a.merge_owned(b),
+            (CrdtState::MvRegister(a), CrdtState::MvRegister(b)) => a.merge_owned(b),
+            _ => false,
+        }
+    }
+}
+
+/// What a peer may do with a document.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize,
+)]
+pub enum Access {
+    /// Nothing: the peer never learns the document exists.
+    #[default]
+    None,
+    /// The peer may receive the document but its changes are refused.
+    Read,
+    /// The peer may receive the document and send changes to it.
+    ReadWrite,
+}
+
+/// A peer this replica knows.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_store::{Access, DocId, PeerId, PeerInfo};
+///
+/// let mut laptop = PeerInfo::new(PeerId::from_bytes([7; 16]), "laptop");
+/// laptop.addresses.push("127.0.0.1:4433".parse().unwrap());
+/// let shared = DocId::random();
+/// laptop.docs.insert(shared, Access::ReadWrite);
+/// assert_eq!(laptop.access(shared), Access::ReadWrite);
+/// assert_eq!(laptop.access(DocId::random()), Access::None); // the default
+/// ```
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct PeerInfo {
+    /// Its peer id, pinned in the TLS handshake.
+    pub id: PeerId,
+    /// A name for people.
+    pub name: String,
+    /// Where to dial it.
+    pub addresses: Vec<SocketAddr>,
+    /// Its access to documents not listed in `docs`.
+    pub default_access: Access,
+    /// Its access per document.
+    pub docs: BTreeMap<DocId, Access>,
+}
+
+impl PeerInfo {
+    /// A peer with no addresses and no access to anything.
+    pub fn new(id: PeerId, name: impl Into<String>) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            addresses: Vec::new(),
+            default_access: Access::None,
+            docs: BTreeMap::new(),
+        }
+    }
+
+    /// The peer's access to `doc`.
+    pub fn access(&self, doc: DocId) -> Access {
+        self.docs.get(&doc).copied().unwrap_or(self.default_access)
+    }
+}
+
+/// What the store knows of a document without loading it.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct DocInfo {
+    /// The document.
+    pub id: DocId,
+    /// Its kind.
+    pub kind: DocKind,
+    /// Its version: heads, or a state digest.
+    pub version: Version,
+    /// Its digest, as the sync protocol compares it: blake3 of the sorted heads, or of the
+    /// canonical state.
+    pub digest: Digest,
+    /// Automerge changes it holds, or CRDT operations and merges that changed it.
+    pub changes: u64,
+    /// Bytes stored for it: snapshot plus incremental records.
+    pub stored_bytes: u64,
+}
+
+/// How far a peer is behind on one document; see [`Store::sync_status`].
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct DocSyncStatus {
+    /// Changes held here that the peer has not acknowledged: Automerge changes outside the
+    /// history of the heads it acknowledged; for the ferry-crdt kinds, operations and merges
+    /// since it acknowledged the state (at least 1 whenever its state differs). 0 when the peer
+    /// holds everything this replica has of the document.
+    pub pending: u64,
+    /// When the peer was last seen to hold all of the document, in milliseconds since the Unix
+    /// epoch; `None` if never.
+    pub last_sync_millis: Option<u64>,
+}

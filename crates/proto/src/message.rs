@@ -449,8 +449,7 @@ impl Message {
             }),
             Message::Ack { doc, digest } => encode(&AckBody { doc, digest }),
         }
-        // ferry's own types and byte strings always encode.
-        .unwrap_or_default();
+        .expect("a message of ids, digests and byte strings always encodes");
         let len = u32::try_from(payload.len() + 1).unwrap_or(u32::MAX);
         let mut frame = Vec::with_capacity(LENGTH_PREFIX + 1 + payload.len());
         frame.extend_from_slice(&len.to_le_bytes());

@@ -722,9 +722,10 @@ impl Session {
             Err(StoreError::Damaged { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(record
-            .filter(|r| !r.acked.is_empty())
-            .map(|r| r.acked.iter().map(|h| ChangeHash(*h)).collect()))
+        Ok(record.and_then(|r| match r.acked {
+            Some(Version::Heads(heads)) => Some(heads),
+            _ => None,
+        }))
     }
 
     // ---- whole documents -------------------------------------------------------------------
@@ -1297,7 +1298,7 @@ fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, SessionError> 
                 // changes arrive by another peer: that alone is not a completed sync.)
                 let acked = matches!(
                     store.sync_record(peer, doc),
-                    Ok(Some(r)) if acked_digest(i.kind, &r.acked) == Some(digest)
+                    Ok(Some(r)) if r.acked.as_ref().map(|v| short(v.digest().as_bytes())) == Some(digest)
                         && r.last_sync_millis.is_some()
                 );
                 listed.push(Entry {
@@ -1313,18 +1314,6 @@ fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, SessionError> 
         }
     }
     Ok(listed)
-}
-
-/// The short digest of the version a sync record says the peer acknowledged.
-fn acked_digest(kind: DocKind, acked: &[[u8; 32]]) -> Option<ShortDigest> {
-    match (kind, acked) {
-        (_, []) => None,
-        (DocKind::Automerge, heads) => {
-            let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
-            Some(short(heads_digest(&heads).as_bytes()))
-        }
-        (_, [digest, ..]) => Some(short(digest)),
-    }
 }
 
 /// The fingerprint of no documents, which marks an empty child in a split.

@@ -88,7 +88,7 @@ impl Store {
         let compact_min = self.shared.config.compact_min_bytes;
         let entry = self.entry(&mut state, doc)?;
         let Loaded::Automerge(am) = &mut entry.doc else {
-            return Err(wrong_kind(doc, DocKind::Automerge, entry.meta.kind));
+            return Err(wrong_kind(doc, DocKind::Automerge.alone(), entry.meta.kind));
         };
         let old_heads: Vec<ChangeHash> = entry.meta.heads.iter().map(|h| ChangeHash(*h)).collect();
         let result = match f(am) {
@@ -172,7 +172,7 @@ impl Store {
         let entry = self.entry(&mut state, doc)?;
         match &entry.doc {
             Loaded::Automerge(am) => Ok(f(am)),
-            Loaded::Crdt(_) => Err(wrong_kind(doc, DocKind::Automerge, entry.meta.kind)),
+            Loaded::Crdt(_) => Err(wrong_kind(doc, DocKind::Automerge.alone(), entry.meta.kind)),
         }
     }
 }

@@ -17,7 +17,7 @@ impl Store {
             CrdtState::PNCounter(c) => Ok(c.increment(replica, n)? != PNCounter::new()),
             other => Err(KindOr::Kind(other.kind())),
         })
-        .map_err(|e| e.expecting(DocKind::GCounter))
+        .map_err(|e| e.expecting(&[DocKind::GCounter, DocKind::PNCounter]))
     }
 
     /// Subtracts `n` from a [`PNCounter`] document on this replica's behalf.
@@ -26,7 +26,7 @@ impl Store {
             CrdtState::PNCounter(c) => Ok(c.decrement(replica, n)? != PNCounter::new()),
             other => Err(KindOr::Kind(other.kind())),
         })
-        .map_err(|e| e.expecting(DocKind::PNCounter))
+        .map_err(|e| e.expecting(DocKind::PNCounter.alone()))
     }
 
     /// Writes a register document ([`LwwRegister`] or [`MvRegister`]).
@@ -42,7 +42,7 @@ impl Store {
             }
             other => Err(KindOr::Kind(other.kind())),
         })
-        .map_err(|e| e.expecting(DocKind::LwwRegister))
+        .map_err(|e| e.expecting(&[DocKind::LwwRegister, DocKind::MvRegister]))
     }
 
     /// Merges a state or delta from a peer (its canonical encoding) into a CRDT document.
@@ -55,12 +55,12 @@ impl Store {
     ) -> Result<Digest, StoreError> {
         let kind = self.info(doc)?.kind;
         if kind == DocKind::Automerge {
-            return Err(wrong_kind(doc, DocKind::GCounter, kind));
+            return Err(wrong_kind(doc, &DocKind::CRDTS, kind));
         }
         let incoming = CrdtState::decode(kind, bytes)
             .map_err(|source| StoreError::BadState { doc, source })?;
         self.update_crdt_from(doc, origin, |state, _, _| Ok(state.merge_owned(incoming)))
-            .map_err(|e| e.expecting(kind))
+            .map_err(|e| e.expecting(kind.alone()))
     }
 
     /// A copy of a CRDT document's state.
@@ -69,7 +69,7 @@ impl Store {
         let entry = self.entry(&mut state, doc)?;
         match &entry.doc {
             Loaded::Crdt(crdt) => Ok(crdt.clone()),
-            Loaded::Automerge(_) => Err(wrong_kind(doc, DocKind::GCounter, DocKind::Automerge)),
+            Loaded::Automerge(_) => Err(wrong_kind(doc, &DocKind::CRDTS, DocKind::Automerge)),
         }
     }
 
@@ -143,7 +143,7 @@ impl From<StoreError> for CrdtUpdateError {
 }
 
 impl CrdtUpdateError {
-    pub(crate) fn expecting(self, expected: DocKind) -> StoreError {
+    pub(crate) fn expecting(self, expected: &'static [DocKind]) -> StoreError {
         match self {
             CrdtUpdateError::Kind(doc, found) => wrong_kind(doc, expected, found),
             CrdtUpdateError::Store(e) => e,

@@ -83,7 +83,7 @@ impl Store {
         bytes: &[u8],
     ) -> Result<bool, StoreError> {
         if kind == DocKind::Automerge {
-            return Err(wrong_kind(doc, DocKind::GCounter, kind));
+            return Err(wrong_kind(doc, &DocKind::CRDTS, kind));
         }
         let incoming = CrdtState::decode(kind, bytes)
             .map_err(|source| StoreError::BadState { doc, source })?;
@@ -111,11 +111,7 @@ impl Store {
             return if meta.kind == kind {
                 Ok(Some(content))
             } else {
-                Err(StoreError::WrongKind {
-                    doc,
-                    expected: kind,
-                    found: meta.kind,
-                })
+                Err(wrong_kind(doc, kind.alone(), meta.kind))
             };
         }
         let mut meta = DocMeta {

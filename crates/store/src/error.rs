@@ -31,12 +31,15 @@ pub enum StoreError {
     #[error("no document {0}")]
     NoSuchDocument(DocId),
     /// The document exists, but is of another kind than the operation needs.
-    #[error("document {doc} is a {found} document, not {expected}")]
+    #[error(
+        "document {doc} is a {found} document, not {}",
+        DocKind::list(expected)
+    )]
     WrongKind {
         /// The document.
         doc: DocId,
-        /// The kind the operation works on.
-        expected: DocKind,
+        /// The kinds the operation works on.
+        expected: &'static [DocKind],
         /// The document's kind.
         found: DocKind,
     },

@@ -40,6 +40,7 @@ mod events;
 mod identity;
 mod ids;
 mod loading;
+mod migrate;
 mod peers;
 mod records;
 mod store;

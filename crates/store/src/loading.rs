@@ -142,6 +142,9 @@ pub(crate) fn check_format(db: &sled::Db) -> Result<(), StoreError> {
                 .map_err(|_| StoreError::DamagedRecord {
                     what: "format marker",
                 })?;
+            if found == 2 {
+                return crate::migrate::from_v2(db);
+            }
             if found != FORMAT {
                 return Err(StoreError::UnknownFormat {
                     found,

@@ -18,10 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DocId, DocKind, PeerId};
+use crate::{DocId, DocKind, PeerId, Version};
 
 /// The format this build writes; bump it with any change to the layout or a record.
-pub(crate) const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 3;
 
 /// Records are small; anything larger than this in a record slot is damage.
 pub(crate) const RECORD_LIMIT: usize = 16 << 20;
@@ -115,9 +115,8 @@ pub struct SyncRecord {
     /// Automerge's `sync::State::encode()` for this peer, empty before the first sync.
     #[serde(with = "serde_bytes")]
     pub automerge_state: Vec<u8>,
-    /// The version the peer last said it holds: Automerge heads, or the one state digest of a
-    /// ferry-crdt document.
-    pub acked: Vec<[u8; 32]>,
+    /// The version the peer last said it holds, if it ever did.
+    pub acked: Option<Version>,
     /// How many of this replica's changes to the document `acked` covers: for Automerge, the
     /// changes in the history of the acknowledged heads (those held here); for the ferry-crdt
     /// kinds, the document's change count when the peer acknowledged its state.

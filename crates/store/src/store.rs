@@ -296,10 +296,11 @@ pub(crate) const LOCK_PATIENCE: Duration = Duration::from_secs(3);
 pub(crate) fn is_lock_error(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::Other && e.to_string().starts_with("could not acquire lock")
 }
-/// Records are ferry's own types and always encode.
+/// Encodes a record: ferry's own types of plain data, which always encode.
 pub(crate) fn encode_record<T: Serialize>(record: &T) -> Vec<u8> {
-    encode(record).unwrap_or_default()
+    encode(record).expect("a record of plain data always encodes")
 }
+
 pub(crate) fn automerge_error(doc: DocId, source: AutomergeError) -> StoreError {
     StoreError::Automerge {
         doc,
@@ -307,7 +308,7 @@ pub(crate) fn automerge_error(doc: DocId, source: AutomergeError) -> StoreError 
     }
 }
 
-pub(crate) fn wrong_kind(doc: DocId, expected: DocKind, found: DocKind) -> StoreError {
+pub(crate) fn wrong_kind(doc: DocId, expected: &'static [DocKind], found: DocKind) -> StoreError {
     StoreError::WrongKind {
         doc,
         expected,

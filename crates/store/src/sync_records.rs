@@ -5,7 +5,7 @@ use ferry_crdt::decode;
 
 use crate::records::{self, RECORD_LIMIT};
 use crate::store::{Store, encode_record};
-use crate::{DocId, DocKind, DocSyncStatus, PeerId, StoreError, SyncRecord, Version};
+use crate::{DocId, DocSyncStatus, PeerId, StoreError, SyncRecord, Version};
 
 /// What one step of sync learned about a (peer, document) pair; see [`Store::record_sync`].
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -17,16 +17,8 @@ pub struct SyncUpdate {
     /// The time, when the peer now holds everything this replica has of the document.
     pub synced_at: Option<u64>,
 }
-/// Those of `heads` that `am` holds.
-/// Whether `heads` and `acked` name the same set of changes.
-pub(crate) fn same_hashes(heads: &[ChangeHash], acked: &[[u8; 32]]) -> bool {
-    let mut a: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
-    let mut b = acked.to_vec();
-    a.sort_unstable();
-    b.sort_unstable();
-    a == b
-}
 
+/// Those of `heads` that `am` holds.
 pub(crate) fn known_heads(am: &Automerge, heads: &[ChangeHash]) -> Vec<ChangeHash> {
     let missing = am.get_missing_deps(heads);
     heads
@@ -35,9 +27,17 @@ pub(crate) fn known_heads(am: &Automerge, heads: &[ChangeHash]) -> Vec<ChangeHas
         .copied()
         .collect()
 }
-impl Store {
-    // ---- sync state and peers ----------------------------------------------------------------
 
+/// Whether two lists of heads name the same set of changes.
+fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+impl Store {
     /// How far sync with `peer` has come on `doc`, if it ever started.
     pub fn sync_record(&self, peer: PeerId, doc: DocId) -> Result<Option<SyncRecord>, StoreError> {
         match self.shared.db.get(records::sync_key(peer, doc))? {
@@ -84,6 +84,8 @@ impl Store {
         }
         match update.acked {
             None => {}
+            // No heads is no acknowledgement: an empty document has nothing to hold.
+            Some(Version::Heads(heads)) if heads.is_empty() => record.acked = None,
             Some(Version::Heads(heads)) => {
                 let info = self.info(doc)?;
                 record.acked_changes = if info.version == Version::Heads(heads.clone()) {
@@ -95,14 +97,14 @@ impl Store {
                         total.saturating_sub(am.get_changes_meta(&known).len() as u64)
                     })?
                 };
-                record.acked = heads.iter().map(|h| h.0).collect();
+                record.acked = Some(Version::Heads(heads));
             }
             Some(Version::Digest(digest)) => {
                 let info = self.info(doc)?;
                 if info.digest == digest {
                     record.acked_changes = info.changes;
                 }
-                record.acked = vec![*digest.as_bytes()];
+                record.acked = Some(Version::Digest(digest));
             }
         }
         if update.synced_at.is_some() {
@@ -132,23 +134,22 @@ impl Store {
     pub fn sync_status(&self, peer: PeerId, doc: DocId) -> Result<DocSyncStatus, StoreError> {
         let info = self.info(doc)?;
         let record = self.sync_record(peer, doc)?.unwrap_or_default();
-        let pending = match info.kind {
-            DocKind::Automerge => match &info.version {
-                _ if record.acked.is_empty() => info.changes,
-                Version::Heads(heads) if same_hashes(heads, &record.acked) => 0,
-                // The peer acknowledged other heads: count, in the document, the changes
-                // outside the history of the acknowledged heads held here. (The count kept
-                // with the acknowledgement is stale once changes it lacked arrive from
-                // elsewhere.)
-                _ => {
-                    let acked: Vec<ChangeHash> =
-                        record.acked.iter().map(|h| ChangeHash(*h)).collect();
+        let pending = match (&info.version, &record.acked) {
+            (Version::Heads(_), None) => info.changes,
+            (Version::Heads(heads), Some(Version::Heads(acked))) => {
+                if same_heads(heads, acked) {
+                    0
+                } else {
+                    // The peer acknowledged other heads: count, in the document, the changes
+                    // outside the history of the acknowledged heads held here. (The count kept
+                    // with the acknowledgement is stale once changes it lacked arrive from
+                    // elsewhere.)
                     self.read(doc, |am| {
-                        am.get_changes_meta(&known_heads(am, &acked)).len() as u64
+                        am.get_changes_meta(&known_heads(am, acked)).len() as u64
                     })?
                 }
-            },
-            _ if record.acked == [*info.digest.as_bytes()] => 0,
+            }
+            (Version::Digest(digest), Some(Version::Digest(acked))) if digest == acked => 0,
             // A state never acknowledged, or since changed: at least one change is pending.
             _ => info.changes.saturating_sub(record.acked_changes).max(1),
         };
@@ -189,13 +190,9 @@ impl Store {
         doc: DocId,
         change: ChangeHash,
     ) -> Result<bool, StoreError> {
-        let acked: Vec<ChangeHash> = self
-            .sync_record(peer, doc)?
-            .map(|r| r.acked.iter().map(|h| ChangeHash(*h)).collect())
-            .unwrap_or_default();
-        if acked.is_empty() {
+        let Some(Version::Heads(acked)) = self.sync_record(peer, doc)?.and_then(|r| r.acked) else {
             return Ok(false);
-        }
+        };
         self.read(doc, |am| {
             if !am.get_missing_deps(&[change]).is_empty() {
                 return false;

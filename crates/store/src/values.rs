@@ -37,6 +37,33 @@ impl DocKind {
     ];
 }
 
+impl DocKind {
+    /// The ferry-crdt kinds: every kind but Automerge.
+    pub const CRDTS: [DocKind; 4] = [
+        DocKind::GCounter,
+        DocKind::PNCounter,
+        DocKind::LwwRegister,
+        DocKind::MvRegister,
+    ];
+
+    /// This kind alone, as a list.
+    pub fn alone(self) -> &'static [DocKind] {
+        match self {
+            DocKind::Automerge => &[DocKind::Automerge],
+            DocKind::GCounter => &[DocKind::GCounter],
+            DocKind::PNCounter => &[DocKind::PNCounter],
+            DocKind::LwwRegister => &[DocKind::LwwRegister],
+            DocKind::MvRegister => &[DocKind::MvRegister],
+        }
+    }
+
+    /// Kinds as people read them: "gcounter or pncounter".
+    pub fn list(kinds: &[DocKind]) -> String {
+        let names: Vec<String> = kinds.iter().map(DocKind::to_string).collect();
+        names.join(" or ")
+    }
+}
+
 impl fmt::Display for DocKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -103,8 +130,7 @@ impl CrdtState {
             CrdtState::LwwRegister(s) => encode(s),
             CrdtState::MvRegister(s) => encode(s),
         };
-        // Byte values and ferry's own types always encode.
-        encoded.unwrap_or_default()
+        encoded.expect("a CRDT state of byte values always encodes")
     }
 
     /// Merges `other` (of the same kind) in; returns whether anything changed.

@@ -94,7 +94,7 @@ fn an_unknown_format_is_refused() {
             err,
             StoreError::UnknownFormat {
                 found: 99,
-                supported: 2
+                supported: 3
             }
         ),
         "{err:?}"
@@ -545,7 +545,7 @@ fn peers_and_access_persist() {
         store.put_peer(&info).unwrap();
         let record = SyncRecord {
             automerge_state: vec![1, 2, 3],
-            acked: vec![[7; 32]],
+            acked: Some(Version::Digest(ferry_crdt::Digest::from_bytes([7; 32]))),
             acked_changes: 3,
             last_sync_millis: Some(42),
         };

@@ -44,10 +44,11 @@
 //! ```
 
 mod message;
+mod reconcile;
 mod session;
 
 pub use message::{
-    DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, Item, LENGTH_PREFIX, Message,
-    PROTOCOL_VERSION, Prefix, Range, ShortDigest, short,
+    DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, LENGTH_PREFIX, Message, PROTOCOL_VERSION,
 };
+pub use reconcile::{Item, Prefix, Range, ShortDigest, short};
 pub use session::{Event, Role, Session, SessionConfig, SessionError};

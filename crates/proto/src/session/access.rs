@@ -1,0 +1,90 @@
+//! What the peer may see and write. A document it may not read is indistinguishable, to it,
+//! from one this replica does not hold.
+
+use ferry_store::{Access, DocId, DocKind, PeerId, Store, StoreError};
+
+use super::{Session, SessionError};
+use crate::message::Message;
+use crate::reconcile::{Entry, short};
+
+impl Session {
+    fn access(&self, doc: DocId) -> Result<Access, SessionError> {
+        Ok(self.store.access(self.peer, doc)?)
+    }
+
+    pub(super) fn may_read(&self, doc: DocId) -> Result<bool, SessionError> {
+        Ok(self.access(doc)? >= Access::Read)
+    }
+
+    pub(super) fn may_write(&self, doc: DocId) -> Result<bool, SessionError> {
+        Ok(self.access(doc)? == Access::ReadWrite)
+    }
+
+    /// The kind of `doc`, if this replica holds it at all.
+    pub(super) fn holds(&self, doc: DocId) -> Result<Option<DocKind>, SessionError> {
+        match self.store.info(doc) {
+            Ok(info) => Ok(Some(info.kind)),
+            Err(StoreError::NoSuchDocument(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A document the peer names must be one it may read, if this replica holds it: naming a
+    /// hidden one is refused without telling it whether the document exists.
+    pub(super) fn check_visible(&self, doc: DocId) -> Result<(), SessionError> {
+        if self.holds(doc)?.is_some() && !self.may_read(doc)? {
+            return Err(SessionError::NoAccess(doc));
+        }
+        Ok(())
+    }
+
+    /// The peer has a document this side does not list: ask for it whole if the peer may
+    /// write it here; say nothing of one held but hidden.
+    pub(super) fn offered(&mut self, doc: DocId) -> Result<(), SessionError> {
+        if self.holds(doc)?.is_some() {
+            return Ok(());
+        }
+        if self.may_write(doc)? {
+            self.send(&Message::Want { doc });
+        }
+        Ok(())
+    }
+}
+
+/// This side's documents that `peer` may read, sorted by id, each marked with whether the
+/// store records the peer as holding its current version.
+pub(super) fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, SessionError> {
+    let info = store.peer(peer)?;
+    let mut listed = Vec::new();
+    let Some(info) = info else {
+        return Ok(listed); // an unknown peer may read nothing
+    };
+    for doc in store.list()? {
+        if info.access(doc) < Access::Read {
+            continue;
+        }
+        match store.info(doc) {
+            Ok(i) => {
+                let digest = short(i.digest.as_bytes());
+                // The peer is recorded as holding this very version, and as having been seen
+                // in sync. (Heads a peer named can become this side's heads later, when its
+                // changes arrive by another peer: that alone is not a completed sync.)
+                let acked = matches!(
+                    store.sync_record(peer, doc),
+                    Ok(Some(r)) if r.acked.as_ref().map(|v| short(v.digest().as_bytes())) == Some(digest)
+                        && r.last_sync_millis.is_some()
+                );
+                listed.push(Entry {
+                    doc,
+                    kind: i.kind,
+                    digest,
+                    acked,
+                });
+            }
+            // A damaged document is left out, not fatal to the session.
+            Err(StoreError::Damaged { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(listed)
+}

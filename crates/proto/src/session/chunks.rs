@@ -1,0 +1,82 @@
+//! Parsing Automerge chunks from a peer before anything of them is stored.
+
+use std::collections::HashSet;
+
+use automerge::{Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad};
+
+use super::SessionError;
+
+/// Automerge's chunk types (the byte after 4 magic and 4 checksum bytes).
+const DOCUMENT_CHUNK: u8 = 0;
+const CHANGE_CHUNK: u8 = 1;
+const COMPRESSED_CHANGE_CHUNK: u8 = 2;
+/// Bytes before a chunk's data length: magic, checksum and type.
+const CHUNK_HEADER: usize = 9;
+
+/// Changes in a sync message must parse whole: automerge's own loading would quietly keep a
+/// good prefix of damaged bytes. An entry is a run of chunks (version 2 messages put every
+/// change in one entry). Change chunks are parsed one by one, so dependencies outside the
+/// message are fine (and loading them into an empty document would log an error for each); a
+/// document chunk must load whole.
+pub(super) fn validate_changes(mut bytes: &[u8]) -> Result<(), SessionError> {
+    let bad = || SessionError::Protocol("changes that do not parse");
+    while !bytes.is_empty() {
+        // A chunk: magic (4), checksum (4), type (1), data length (uLEB128), data.
+        let mut rest = bytes.get(CHUNK_HEADER..).ok_or_else(bad)?;
+        let data = leb128::read::unsigned(&mut rest).map_err(|_| bad())?;
+        let header = bytes.len() - rest.len();
+        let end = usize::try_from(data)
+            .ok()
+            .and_then(|data| header.checked_add(data))
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(bad)?;
+        let (chunk, next) = bytes.split_at(end);
+        match chunk[CHUNK_HEADER - 1] {
+            CHANGE_CHUNK | COMPRESSED_CHANGE_CHUNK => {
+                Change::try_from(chunk).map_err(|_| bad())?;
+            }
+            DOCUMENT_CHUNK => {
+                Automerge::load_with_options(
+                    chunk,
+                    LoadOptions::new().on_partial_load(OnPartialLoad::Error),
+                )
+                .map_err(|_| bad())?;
+            }
+            _ => return Err(bad()),
+        }
+        bytes = next;
+    }
+    Ok(())
+}
+
+/// Parses the changes of a `Changes` message: each must be one whole, uncompressed change
+/// chunk (a compressed one could inflate far beyond the frame that carried it).
+pub(super) fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, SessionError> {
+    raw.iter()
+        .map(|bytes| {
+            if bytes.get(8) != Some(&CHANGE_CHUNK) {
+                return Err(SessionError::Protocol(
+                    "a change that is not a change chunk",
+                ));
+            }
+            Change::try_from(bytes.as_slice())
+                .map_err(|_| SessionError::Protocol("a change that does not parse"))
+        })
+        .collect()
+}
+
+/// The changes no other change among them depends on, sorted: the heads they imply.
+pub(super) fn frontier(changes: &[Change]) -> Vec<ChangeHash> {
+    let deps: HashSet<ChangeHash> = changes
+        .iter()
+        .flat_map(|c| c.deps().iter().copied())
+        .collect();
+    let mut heads: Vec<ChangeHash> = changes
+        .iter()
+        .map(Change::hash)
+        .filter(|h| !deps.contains(h))
+        .collect();
+    heads.sort_unstable();
+    heads.dedup();
+    heads
+}

@@ -1,0 +1,83 @@
+//! Documents of the ferry-crdt kinds: whole states are exchanged and merged on arrival.
+
+use ferry_crdt::{Digest, GCounter, LwwRegister, MvRegister, PNCounter, decode};
+use ferry_store::{DocId, DocKind, Origin, Version};
+
+use super::{Event, Session, SessionError};
+use crate::message::{ErrorCode, Message};
+use crate::reconcile::short;
+
+impl Session {
+    pub(super) fn send_state(&mut self, doc: DocId) -> Result<(), SessionError> {
+        let bytes = self.store.crdt(doc)?.encode();
+        self.send(&Message::State { doc, bytes });
+        Ok(())
+    }
+
+    pub(super) fn on_state(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
+        self.check_visible(doc)?;
+        let Some(kind) = self.holds(doc)? else {
+            // Not here yet: ask for it whole, if the peer may write it.
+            return self.offered(doc);
+        };
+        if kind == DocKind::Automerge {
+            return Err(SessionError::Protocol("a state for an automerge document"));
+        }
+        validate_state(kind, bytes, self.config.max_frame)?;
+        if !self.may_write(doc)? {
+            self.send(&Message::Refused {
+                doc,
+                code: ErrorCode::ReadOnly,
+            });
+            // The peer may still read: it gets this side's state, once.
+            if self.store.info(doc)?.digest != Digest::of_bytes(bytes) {
+                self.send_state(doc)?;
+            }
+            return Ok(());
+        }
+        self.merge_state(doc, bytes)
+    }
+
+    /// Merges a validated state; acknowledges it if the result is the state received, else
+    /// answers with the merged state (unless the peer refused this side's changes).
+    pub(super) fn merge_state(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
+        let before = self.store.info(doc)?.digest;
+        let after = self
+            .store
+            .merge_state(doc, Origin::Remote(self.peer), bytes)?;
+        if after != before {
+            self.events.push_back(Event::DocUpdated { doc });
+        }
+        let received = Digest::of_bytes(bytes);
+        if after == received {
+            self.send(&Message::Ack {
+                doc,
+                digest: short(after.as_bytes()),
+            });
+            return self.peer_in_sync(doc, Version::Digest(after));
+        }
+        let known = self.peer_doc(doc);
+        known.peer_state = Some(received);
+        if !known.refused {
+            self.send_state(doc)?;
+        }
+        Ok(())
+    }
+}
+
+/// A state from the peer must decode as its document's kind before anything is stored.
+pub(super) fn validate_state(kind: DocKind, bytes: &[u8], limit: u32) -> Result<(), SessionError> {
+    let limit = limit as usize;
+    let ok = match kind {
+        DocKind::GCounter => decode::<GCounter>(bytes, limit).is_ok(),
+        DocKind::PNCounter => decode::<PNCounter>(bytes, limit).is_ok(),
+        DocKind::LwwRegister => decode::<LwwRegister<Vec<u8>>>(bytes, limit).is_ok(),
+        DocKind::MvRegister => decode::<MvRegister<Vec<u8>>>(bytes, limit).is_ok(),
+        DocKind::Automerge => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(SessionError::Protocol("a state that does not decode"))
+    }
+}

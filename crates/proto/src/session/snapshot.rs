@@ -1,0 +1,76 @@
+//! Whole documents: a snapshot for a peer that lacks a document, and taking one in.
+
+use automerge::Automerge;
+use ferry_store::{DocId, DocKind, Origin};
+
+use super::crdt_sync::validate_state;
+use super::{Event, Session, SessionError};
+use crate::message::{ErrorCode, Message};
+
+impl Session {
+    pub(super) fn send_snapshot(&mut self, doc: DocId) -> Result<(), SessionError> {
+        let kind = self.store.info(doc)?.kind;
+        let bytes = match kind {
+            DocKind::Automerge => {
+                let (bytes, heads) = self.store.read(doc, |am| (am.save(), am.get_heads()))?;
+                // Once the peer has loaded it, it holds these heads.
+                self.sync_state(doc)?.shared_heads = heads.clone();
+                self.peer_doc(doc).sent_heads = Some(heads);
+                bytes
+            }
+            _ => self.store.crdt(doc)?.encode(),
+        };
+        self.send(&Message::Snapshot { doc, kind, bytes });
+        Ok(())
+    }
+
+    pub(super) fn on_want(&mut self, doc: DocId) -> Result<(), SessionError> {
+        if self.holds(doc)?.is_none() || !self.may_read(doc)? {
+            return Err(SessionError::NoAccess(doc));
+        }
+        self.send_snapshot(doc)
+    }
+
+    pub(super) fn on_snapshot(
+        &mut self,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+    ) -> Result<(), SessionError> {
+        self.check_visible(doc)?;
+        if !self.may_write(doc)? {
+            self.send(&Message::Refused {
+                doc,
+                code: ErrorCode::ReadOnly,
+            });
+            return Ok(());
+        }
+        if let Some(held) = self.holds(doc)?
+            && held != kind
+        {
+            return Err(SessionError::Protocol("a snapshot of another kind"));
+        }
+        let origin = Origin::Remote(self.peer);
+        match kind {
+            DocKind::Automerge => {
+                // Strict: a damaged or truncated document is refused whole.
+                let theirs = Automerge::load(bytes)
+                    .map_err(|_| SessionError::Protocol("a snapshot that does not load"))?;
+                let their_heads = theirs.get_heads();
+                // Created with its content in one write, or merged into the copy here.
+                if self.store.adopt(doc, origin, theirs)? {
+                    self.events.push_back(Event::DocUpdated { doc });
+                }
+                self.answer_heads(doc, their_heads)
+            }
+            _ => {
+                validate_state(kind, bytes, self.config.max_frame)?;
+                // Created with the state in one write; the merge below then acknowledges.
+                if self.holds(doc)?.is_none() && self.store.adopt_state(doc, kind, origin, bytes)? {
+                    self.events.push_back(Event::DocUpdated { doc });
+                }
+                self.merge_state(doc, bytes)
+            }
+        }
+    }
+}

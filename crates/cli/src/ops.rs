@@ -139,17 +139,13 @@ pub(crate) async fn sync_once(
             }
         }
     };
-    result?;
-    while let Some(event) = events.try_next() {
-        tally.note(event);
-    }
-    // What was sent, the status says for certain (an event may have been missed).
-    let still = pending_for(&replica.sync_status().await?);
+    // The bar followed the events; the counts come from the sync's own report.
+    let report = result?;
     Ok(json!({
         "peer": peer.to_string(),
-        "sent": tally.to_send.difference(&still).count(),
-        "received": tally.received.len(),
-        "pending": still.len(),
+        "sent": report.sent.len(),
+        "received": report.received.len(),
+        "pending": report.pending.len(),
     }))
 }
 
@@ -328,21 +324,15 @@ fn access_name(access: Access) -> &'static str {
     }
 }
 
-fn millis(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub(crate) fn connection_json(state: &ConnectionState) -> Json {
     match state {
         ConnectionState::Connecting => json!({ "state": "connecting" }),
         ConnectionState::Connected { since } => {
-            json!({ "state": "connected", "since_millis": millis(*since) })
+            json!({ "state": "connected", "since_millis": ferry::millis_of(*since) })
         }
         ConnectionState::Disconnected { next_retry } => json!({
             "state": "disconnected",
-            "next_retry_millis": next_retry.map(millis),
+            "next_retry_millis": next_retry.map(ferry::millis_of),
         }),
     }
 }
@@ -361,7 +351,7 @@ async fn status_json(replica: &Replica) -> anyhow::Result<Json> {
                     json!({
                         "doc": d.doc.to_string(),
                         "pending": d.pending,
-                        "last_sync_millis": d.last_sync.map(millis),
+                        "last_sync_millis": d.last_sync.map(ferry::millis_of),
                     })
                 })
                 .collect();

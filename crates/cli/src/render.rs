@@ -1,9 +1,9 @@
 //! How replies and events look on a terminal, and as JSON.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ferry::{ConnectionState, Event, Origin};
+use ferry::{ConnectionState, Event, Origin, wall_millis};
 use serde_json::{Value as Json, json};
 
 use crate::ops::{Request, connection_json};
@@ -165,22 +165,15 @@ fn connection_text(connection: &Json) -> String {
     }
 }
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn ago(at: u64) -> String {
     format!(
         "{} ago",
-        human(Duration::from_millis(now_millis().saturating_sub(at)))
+        human(Duration::from_millis(wall_millis().saturating_sub(at)))
     )
 }
 
 fn from_now(at: u64) -> String {
-    let wait = at.saturating_sub(now_millis());
+    let wait = at.saturating_sub(wall_millis());
     if wait == 0 {
         "now".to_owned()
     } else {

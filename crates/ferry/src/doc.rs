@@ -13,10 +13,17 @@ async fn write<R: Send + 'static>(
     f: impl FnOnce(&Store) -> Result<R, ferry_store::StoreError> + Send + 'static,
 ) -> Result<R, Error> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
+    blocking(move || f(&store).map_err(Error::from_store)).await
+}
+
+/// Runs `f` on a blocking thread, off the async workers: the store's calls wait on disk (a
+/// durable write waits for its fsync).
+pub(crate) async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, Error> + Send + 'static,
+) -> Result<R, Error> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| Error::Background)?
-        .map_err(Error::from_store)
 }
 
 pub(crate) fn kind_of(store: &Store, doc: DocId) -> Result<DocKind, Error> {

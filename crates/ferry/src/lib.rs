@@ -74,5 +74,8 @@ pub use automerge;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 pub use ferry_crdt::ReplicaId;
-pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig};
-pub use ferry_store::{Access, DocId, DocInfo, DocKind, Durability, Origin, PeerId, StoreConfig};
+pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig, SyncReport};
+pub use ferry_store::{
+    Access, DocId, DocInfo, DocKind, Durability, Origin, PeerId, StoreConfig, millis_of, time_of,
+    wall_millis,
+};

@@ -3,20 +3,21 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_crdt::ReplicaId;
-use ferry_net::{BackoffConfig, ConnectionState, NetConfig, NetEvent, Node};
+use ferry_net::{BackoffConfig, ConnectionState, NetConfig, NetEvent, Node, SyncReport};
 use ferry_store::{
     Access, DocId, DocInfo, DocKind, Durability, PeerId, PeerInfo, Store, StoreConfig, StoreEvent,
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::doc::{Counter, Doc, MultiRegister, Register, kind_of};
-use crate::status::{DocStatus, PeerStatus, SyncStatus, time_of};
+use crate::doc::{Counter, Doc, MultiRegister, Register, blocking, kind_of};
+use crate::status::{DocStatus, PeerStatus, SyncStatus};
 use crate::{Error, Event, Events};
+use ferry_store::time_of;
 
 /// How [`ReplicaBuilder::open`] sets a replica up.
 ///
@@ -85,16 +86,11 @@ impl ReplicaBuilder {
     /// runtime.
     pub async fn open(self) -> Result<Replica, Error> {
         let (dir, config) = (self.dir.clone(), self.store.clone());
-        let store = tokio::task::spawn_blocking(move || Store::open_with(dir, config))
-            .await
-            .map_err(|_| Error::Background)??;
+        let store = blocking(move || Ok(Store::open_with(dir, config)?)).await?;
         let (events, _) = broadcast::channel(1024);
         let replica = Replica {
             inner: Arc::new(Inner {
-                forwarders: Mutex::new(vec![tokio::spawn(forward_store(
-                    store.subscribe(),
-                    events.clone(),
-                ))]),
+                store_forwarder: tokio::spawn(forward_store(store.subscribe(), events.clone())),
                 store,
                 net: self.net,
                 node: tokio::sync::Mutex::new(None),
@@ -150,24 +146,28 @@ pub struct Replica {
 struct Inner {
     store: Store,
     net: NetConfig,
-    node: tokio::sync::Mutex<Option<Node>>,
+    node: tokio::sync::Mutex<Option<Serving>>,
     events: broadcast::Sender<Event>,
-    forwarders: Mutex<Vec<JoinHandle<()>>>,
+    /// Forwards the store's events to subscribers for the replica's lifetime.
+    store_forwarder: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in self.forwarders().drain(..) {
-            task.abort();
-        }
+        self.store_forwarder.abort();
     }
 }
 
-impl Inner {
-    fn forwarders(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.forwarders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The node of a serving replica, and the task forwarding its events; the task ends with it.
+#[derive(Debug)]
+struct Serving {
+    node: Arc<Node>,
+    forwarder: JoinHandle<()>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.forwarder.abort();
     }
 }
 
@@ -208,10 +208,7 @@ impl Replica {
 
     async fn create(&self, kind: DocKind) -> Result<DocId, Error> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.create(kind))
-            .await
-            .map_err(|_| Error::Background)?
-            .map_err(Error::from_store)
+        blocking(move || store.create(kind).map_err(Error::from_store)).await
     }
 
     /// Creates an Automerge document.
@@ -314,10 +311,7 @@ impl Replica {
     /// Deletes `doc` on this replica (peers keep their copies).
     pub async fn delete(&self, doc: DocId) -> Result<(), Error> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.delete(doc))
-            .await
-            .map_err(|_| Error::Background)?
-            .map_err(Error::from_store)
+        blocking(move || store.delete(doc).map_err(Error::from_store)).await
     }
 
     // ---- peers ------------------------------------------------------------------------------
@@ -328,16 +322,15 @@ impl Replica {
         f: impl FnOnce(&mut PeerInfo) + Send + 'static,
     ) -> Result<(), Error> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut info = store
                 .peer(peer)?
                 .unwrap_or_else(|| PeerInfo::new(peer, peer.to_string()));
             f(&mut info);
-            store.put_peer(&info)
+            Ok(store.put_peer(&info)?)
         })
-        .await
-        .map_err(|_| Error::Background)??;
-        if let Some(node) = self.inner.node.lock().await.as_ref()
+        .await?;
+        if let Some(Serving { node, .. }) = self.inner.node.lock().await.as_ref()
             && self
                 .inner
                 .store
@@ -384,11 +377,9 @@ impl Replica {
     /// records are dropped. Returns whether it was known.
     pub async fn remove_peer(&self, peer: PeerId) -> Result<bool, Error> {
         let store = self.inner.store.clone();
-        let known = tokio::task::spawn_blocking(move || store.remove_peer(peer))
-            .await
-            .map_err(|_| Error::Background)??;
-        if let Some(node) = self.inner.node.lock().await.as_ref() {
-            node.disconnect(peer);
+        let known = blocking(move || Ok(store.remove_peer(peer)?)).await?;
+        if let Some(serving) = self.inner.node.lock().await.as_ref() {
+            serving.node.disconnect(peer);
         }
         Ok(known)
     }
@@ -403,9 +394,9 @@ impl Replica {
     /// Goes online: listens on `addr` (UDP; port 0 picks one) and dials every peer with an
     /// address, keeping a connection to each and syncing live. Returns the address bound.
     pub async fn serve(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
-        let mut node = self.inner.node.lock().await;
-        if let Some(node) = node.as_ref() {
-            return Err(Error::AlreadyServing(node.local_addr()));
+        let mut serving = self.inner.node.lock().await;
+        if let Some(serving) = serving.as_ref() {
+            return Err(Error::AlreadyServing(serving.node.local_addr()));
         }
         let config = NetConfig {
             listen: addr,
@@ -426,106 +417,70 @@ impl Replica {
             }
         };
         let local = started.local_addr();
-        let forward = tokio::spawn(forward_net(started.subscribe(), self.inner.events.clone()));
-        self.inner.forwarders().push(forward);
-        *node = Some(started);
+        let forwarder = tokio::spawn(forward_net(started.subscribe(), self.inner.events.clone()));
+        *serving = Some(Serving {
+            node: Arc::new(started),
+            forwarder,
+        });
         Ok(local)
     }
 
     /// The address this replica serves on, if it is serving.
     pub async fn local_addr(&self) -> Option<SocketAddr> {
-        self.inner.node.lock().await.as_ref().map(Node::local_addr)
+        self.inner
+            .node
+            .lock()
+            .await
+            .as_ref()
+            .map(|serving| serving.node.local_addr())
     }
 
     /// Goes offline: closes every connection gracefully and stops listening. The replica stays
     /// usable; changes made now are sent when it serves again.
     pub async fn shutdown(&self) {
-        if let Some(node) = self.inner.node.lock().await.take() {
-            node.shutdown().await;
+        if let Some(serving) = self.inner.node.lock().await.take() {
+            serving.node.shutdown().await;
         }
     }
 
     /// The network changed (back from a tunnel, a new Wi-Fi): peers waiting to be retried are
     /// dialed now.
     pub async fn network_changed(&self) {
-        if let Some(node) = self.inner.node.lock().await.as_ref() {
-            node.network_changed();
+        if let Some(serving) = self.inner.node.lock().await.as_ref() {
+            serving.node.network_changed();
         }
     }
 
     /// Syncs with `peer` now and returns when both sides are quiet: nothing has arrived for
     /// a moment after the two sides compared everything they share. Offline, it dials the
     /// peer once, syncs, and disconnects. Serving, it uses the live connection (dialing now
-    /// if there is none) and leaves it open. Fails clearly if the peer is unknown, has no
-    /// address, does not answer, or refuses.
-    pub async fn sync_once(&self, peer: PeerId) -> Result<(), Error> {
+    /// if there is none) and leaves it open. The report says which documents the peer now
+    /// holds, which it updated here, and which it still lacks. Fails clearly if the peer is
+    /// unknown, has no address, does not answer, or the session breaks.
+    pub async fn sync_once(&self, peer: PeerId) -> Result<SyncReport, Error> {
         const QUIET: Duration = Duration::from_millis(300);
-        let guard = self.inner.node.lock().await;
-        let Some(node) = guard.as_ref() else {
-            drop(guard);
-            let config = NetConfig {
-                listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-                ..self.inner.net.clone()
-            };
-            let node = Node::start_without_dialing(self.inner.store.clone(), config).await?;
-            // Subscribers see what this sync does (a peer now holding a document), as they do
-            // while serving.
-            let forward = tokio::spawn(forward_net(node.subscribe(), self.inner.events.clone()));
-            let result = node.sync_once(peer, QUIET).await;
-            node.shutdown().await;
-            forward.abort();
-            return Ok(result?);
+        let serving = self
+            .inner
+            .node
+            .lock()
+            .await
+            .as_ref()
+            .map(|serving| serving.node.clone());
+        if let Some(node) = serving {
+            return Ok(node.sync_once(peer, QUIET).await?);
+        }
+        let config = NetConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            ..self.inner.net.clone()
         };
-        let info = self.inner.store.peer(peer)?;
-        let connected = matches!(
-            node.states().get(&peer),
-            Some(ConnectionState::Connected { .. })
-        );
-        let addr = info.as_ref().and_then(|p| p.addresses.first().copied());
-        if !connected && addr.is_none() {
-            return Err(ferry_net::NetError::NoAddress(peer).into());
-        }
-        let mut events = node.subscribe();
-        if !connected {
-            node.dial(peer);
-        }
-        drop(guard);
-        if let (false, Some(addr)) = (connected, addr) {
-            // A live session finishes its catch-up with a reconciliation; wait for that.
-            let patience = self.inner.net.connect_timeout * 2 + Duration::from_secs(5);
-            let reconciled = tokio::time::timeout(patience, async {
-                loop {
-                    match events.recv().await {
-                        Ok(NetEvent::Session {
-                            peer: p,
-                            event: ferry_proto::Event::Reconciled,
-                        }) if p == peer => return Ok(()),
-                        Ok(NetEvent::SessionFailed { peer: p, error }) if p == peer => {
-                            return Err(ferry_net::NetError::Stream { peer, what: error });
-                        }
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => {
-                            return Err(ferry_net::NetError::Shutdown);
-                        }
-                    }
-                }
-            })
-            .await;
-            match reconciled {
-                Ok(result) => result?,
-                Err(_) => return Err(ferry_net::NetError::Timeout { peer, addr }.into()),
-            }
-        }
-        // Then wait until the session with the peer has been quiet for a moment.
-        loop {
-            match tokio::time::timeout(QUIET, events.recv()).await {
-                Err(_) => return Ok(()),
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return Err(ferry_net::NetError::Shutdown.into());
-                }
-                Ok(_) => {}
-            }
-        }
+        let node = Node::start_without_dialing(self.inner.store.clone(), config).await?;
+        // Subscribers see what this sync does (a peer now holding a document), as they do
+        // while serving.
+        let forward = tokio::spawn(forward_net(node.subscribe(), self.inner.events.clone()));
+        let result = node.sync_once(peer, QUIET).await;
+        node.shutdown().await;
+        forward.abort();
+        Ok(result?)
     }
 
     /// Events from now on: changes to re-read, connections, and documents a peer now holds.
@@ -537,13 +492,11 @@ impl Replica {
     /// it has not acknowledged and when it last held the whole document.
     pub async fn sync_status(&self) -> Result<SyncStatus, Error> {
         let states = match self.inner.node.lock().await.as_ref() {
-            Some(node) => node.states(),
+            Some(serving) => serving.node.states(),
             None => Default::default(),
         };
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || status(&store, &states))
-            .await
-            .map_err(|_| Error::Background)?
+        blocking(move || status(&store, &states)).await
     }
 }
 

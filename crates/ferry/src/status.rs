@@ -1,6 +1,6 @@
 //! How far sync has come, per peer and per document.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use ferry_net::ConnectionState;
 use ferry_store::{DocId, PeerId};
@@ -60,8 +60,4 @@ pub struct DocStatus {
     pub pending: u64,
     /// When the peer was last seen to hold the whole document.
     pub last_sync: Option<SystemTime>,
-}
-
-pub(crate) fn time_of(millis: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(millis)
 }

@@ -1,15 +1,22 @@
 //! Moves one session's frames over one QUIC stream, and the store's changes into the session.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ferry_proto::{Role, Session, SessionError};
-use ferry_store::{Origin, PeerId, RecvError, StoreEvent};
+use ferry_proto::{Role, Session, SessionConfig, SessionError};
+use ferry_store::{Origin, PeerId, RecvError, Store, StoreEvent, wall_millis};
 use quinn::{Connection, SendStream};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::node::Inner;
 use crate::{CloseCode, NetError, NetEvent};
+
+/// What a driver needs from its node: the store, how sessions behave, and where to report.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionContext {
+    pub(crate) store: Store,
+    pub(crate) config: SessionConfig,
+    pub(crate) events: broadcast::Sender<NetEvent>,
+}
 
 /// Largest chunk read from the stream at once.
 const READ_CHUNK: usize = 256 * 1024;
@@ -30,7 +37,7 @@ pub(crate) enum Until {
 /// `until` says it is done. A session error closes the connection with
 /// [`CloseCode::Protocol`] after its error frame.
 pub(crate) async fn drive(
-    inner: Arc<Inner>,
+    ctx: SessionContext,
     peer: PeerId,
     conn: Connection,
     role: Role,
@@ -42,14 +49,13 @@ pub(crate) async fn drive(
     };
     let (mut send, mut recv) = stream.map_err(|source| NetError::Connection { peer, source })?;
     // Subscribed before the session lists documents, so no change falls between the two.
-    let mut changes = inner.store.subscribe();
-    let store = inner.store.clone();
-    let config = inner.config.session.clone();
+    let mut changes = ctx.store.subscribe();
+    let (store, config) = (ctx.store.clone(), ctx.config.clone());
     let mut session = tokio::task::spawn_blocking(move || Session::new(store, peer, role, config))
         .await
         .map_err(|_| NetError::Panicked { peer })?
         .map_err(|source| NetError::Session { peer, source })?;
-    flush(&inner, peer, &mut session, &mut send).await?;
+    flush(&ctx.events, peer, &mut session, &mut send).await?;
 
     let mut last_frame = Instant::now();
     loop {
@@ -69,8 +75,8 @@ pub(crate) async fn drive(
                 };
                 last_frame = Instant::now();
                 let result;
-                (session, result) = step(peer, session, move |s| s.handle_bytes(&chunk.bytes, now_millis())).await?;
-                flush(&inner, peer, &mut session, &mut send).await?;
+                (session, result) = step(peer, session, move |s| s.handle_bytes(&chunk.bytes, wall_millis())).await?;
+                flush(&ctx.events, peer, &mut session, &mut send).await?;
                 if let Err(error) = result {
                     return fail(peer, &conn, &mut send, error).await;
                 }
@@ -79,7 +85,7 @@ pub(crate) async fn drive(
                 Ok(StoreEvent::Changed { doc, origin, .. }) if origin != Origin::Remote(peer) => {
                     let result;
                     (session, result) = step(peer, session, move |s| s.doc_changed(doc)).await?;
-                    flush(&inner, peer, &mut session, &mut send).await?;
+                    flush(&ctx.events, peer, &mut session, &mut send).await?;
                     if let Err(error) = result {
                         return fail(peer, &conn, &mut send, error).await;
                     }
@@ -148,7 +154,7 @@ async fn step<R: Send + 'static>(
 
 /// Sends every frame the session has queued, in one write, and reports its events.
 async fn flush(
-    inner: &Inner,
+    events: &broadcast::Sender<NetEvent>,
     peer: PeerId,
     session: &mut Session,
     send: &mut SendStream,
@@ -158,7 +164,7 @@ async fn flush(
         out.extend_from_slice(&frame);
     }
     while let Some(event) = session.poll_event() {
-        inner.emit(NetEvent::Session { peer, event });
+        let _ = events.send(NetEvent::Session { peer, event }); // no subscriber is fine
     }
     if out.is_empty() {
         return Ok(());
@@ -170,10 +176,4 @@ async fn flush(
             what: e.to_string(),
         },
     })
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

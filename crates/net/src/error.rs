@@ -88,4 +88,21 @@ pub enum NetError {
     /// The node has shut down.
     #[error("the node has shut down")]
     Shutdown,
+    /// The live session with the peer failed; the reason is the session's error, as reported
+    /// by the task that ran it.
+    #[error("the session with {peer} failed: {reason}")]
+    SessionFailed {
+        /// The peer.
+        peer: PeerId,
+        /// The session's error, for people.
+        reason: String,
+    },
+    /// Connected, but the session did not finish comparing documents in time.
+    #[error("{peer} did not finish comparing documents within {waited:?}")]
+    NotReconciled {
+        /// The peer.
+        peer: PeerId,
+        /// How long this side waited.
+        waited: std::time::Duration,
+    },
 }

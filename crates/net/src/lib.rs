@@ -54,14 +54,20 @@
 //! ```
 
 mod backoff;
+mod config;
 mod driver;
 mod error;
+mod events;
 mod node;
+mod sync_once;
 pub mod tls;
 
 pub use backoff::BackoffConfig;
+pub use config::NetConfig;
 pub use error::NetError;
-pub use node::{ConnectionState, NetConfig, NetEvent, Node};
+pub use events::{ConnectionState, NetEvent};
+pub use node::Node;
+pub use sync_once::SyncReport;
 pub use tls::ALPN;
 
 /// Application codes ferry closes QUIC connections with.

@@ -6,102 +6,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use ferry_proto::{Role, SessionConfig};
+use ferry_proto::Role;
 use ferry_store::{PeerId, Store};
 use quinn::Connection;
-use tokio::sync::{Notify, broadcast, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::task::JoinSet;
 
-use crate::backoff::{Backoff, BackoffConfig};
-use crate::driver::{self, Until};
+use crate::backoff::Backoff;
+use crate::driver::{self, SessionContext, Until};
 use crate::tls::{self, Credentials, SERVER_NAME};
-use crate::{CloseCode, NetError};
-
-/// How a [`Node`] behaves.
-///
-/// # Examples
-///
-/// ```
-/// use ferry_net::NetConfig;
-///
-/// let config = NetConfig {
-///     listen: "127.0.0.1:0".parse().unwrap(),
-///     ..NetConfig::default()
-/// };
-/// assert_eq!(config.backoff.max.as_secs(), 60);
-/// ```
-#[derive(Clone, Debug)]
-pub struct NetConfig {
-    /// Where to listen (UDP). Default `0.0.0.0:0`: every interface, a port the system picks.
-    pub listen: SocketAddr,
-    /// The sync sessions' configuration (frame limit).
-    pub session: SessionConfig,
-    /// How often an idle connection is pinged, so middleboxes keep it. Default 5 s.
-    pub keep_alive: Duration,
-    /// A connection silent this long is dropped. Default 20 s.
-    pub idle_timeout: Duration,
-    /// How long a dial waits for the handshake. Default 5 s.
-    pub connect_timeout: Duration,
-    /// Reconnect timing.
-    pub backoff: BackoffConfig,
-}
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            session: SessionConfig::default(),
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(20),
-            connect_timeout: Duration::from_secs(5),
-            backoff: BackoffConfig::default(),
-        }
-    }
-}
-
-/// A peer's connection, as the app shows it.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub enum ConnectionState {
-    /// Dialing.
-    Connecting,
-    /// Connected, with a sync session running.
-    Connected {
-        /// Since when.
-        since: SystemTime,
-    },
-    /// Not connected.
-    Disconnected {
-        /// When this side dials again; `None` if it will not (no address for the peer, or the
-        /// node is shutting down): the peer may still dial in.
-        next_retry: Option<SystemTime>,
-    },
-}
-
-/// Something that happened on the network.
-#[derive(Clone, Debug, Eq, PartialEq)]
-pub enum NetEvent {
-    /// A peer's connection state changed.
-    Connection {
-        /// The peer.
-        peer: PeerId,
-        /// Its new state.
-        state: ConnectionState,
-    },
-    /// The sync session with a peer reported an event.
-    Session {
-        /// The peer.
-        peer: PeerId,
-        /// The event.
-        event: ferry_proto::Event,
-    },
-    /// The sync session with a peer failed, and its connection was closed.
-    SessionFailed {
-        /// The peer.
-        peer: PeerId,
-        /// Why, for people.
-        error: String,
-    },
-}
+use crate::{CloseCode, ConnectionState, NetConfig, NetError, NetEvent};
 
 /// How long a connection the peer closed as a duplicate waits for the one it kept.
 const REPLACEMENT_GRACE: Duration = Duration::from_secs(1);
@@ -136,7 +50,7 @@ const SIMULTANEOUS: Duration = Duration::from_secs(2);
 /// ```
 #[derive(Debug)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
@@ -150,7 +64,11 @@ pub(crate) struct Inner {
     events: broadcast::Sender<NetEvent>,
     network_changed: Notify,
     shutdown: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Dials nobody unless asked: a node for one-off syncs.
+    pub(crate) one_off: bool,
+    /// Every task the node runs (accepting, dial loops, connections); finished ones are reaped
+    /// as new ones start, and the rest are aborted at shutdown.
+    tasks: Mutex<JoinSet<()>>,
 }
 
 /// What the node knows of one peer's connection.
@@ -197,7 +115,7 @@ impl Node {
     /// Binds the endpoint and starts listening, and dialing every peer in the store's peer
     /// table that has an address.
     pub async fn start(store: Store, config: NetConfig) -> Result<Self, NetError> {
-        let node = Self::bind(store, config).await?;
+        let node = Self::bind(store, config, false).await?;
         for peer in node.inner.store.peers()? {
             if !peer.addresses.is_empty() {
                 node.inner.ensure_dialing(peer.id);
@@ -209,10 +127,10 @@ impl Node {
     /// Binds the endpoint and accepts peers, but dials nobody until asked: for one-off syncs
     /// with [`Node::sync_once`], which a dial loop to the same peer would duplicate.
     pub async fn start_without_dialing(store: Store, config: NetConfig) -> Result<Self, NetError> {
-        Self::bind(store, config).await
+        Self::bind(store, config, true).await
     }
 
-    async fn bind(store: Store, config: NetConfig) -> Result<Self, NetError> {
+    async fn bind(store: Store, config: NetConfig, one_off: bool) -> Result<Self, NetError> {
         let credentials = Credentials::of(&store)?;
         let mut server = tls::server_config(&store, &credentials)?;
         server.transport_config(Arc::new(transport(&config)));
@@ -236,10 +154,10 @@ impl Node {
             events,
             network_changed: Notify::new(),
             shutdown: watch::Sender::new(false),
-            tasks: Mutex::new(Vec::new()),
+            one_off,
+            tasks: Mutex::new(JoinSet::new()),
         });
-        let accept = tokio::spawn(accept_loop(inner.clone()));
-        inner.tasks().push(accept);
+        inner.spawn(accept_loop(inner.clone()));
         tracing::info!(peer = %store.peer_id(), addr = %local_addr, "listening");
         Ok(Self { inner })
     }
@@ -296,33 +214,17 @@ impl Node {
         self.inner.live(peer).map(|conn| conn.stats())
     }
 
+    /// How many tasks the node runs now: its accept loop, a dial loop per peer it keeps a
+    /// connection to, and one per open connection. Tasks that have ended are not counted.
+    pub fn running_tasks(&self) -> usize {
+        let mut tasks = self.inner.tasks();
+        while tasks.try_join_next().is_some() {}
+        tasks.len()
+    }
+
     /// Events from now on: connection changes and session events.
     pub fn subscribe(&self) -> broadcast::Receiver<NetEvent> {
         self.inner.events.subscribe()
-    }
-
-    /// Dials `peer` once (no retries), runs one sync session until reconciliation has finished
-    /// and nothing has arrived for `quiet`, and closes the connection. For one-off syncs, such
-    /// as `ferry sync --once`.
-    pub async fn sync_once(&self, peer: PeerId, quiet: Duration) -> Result<(), NetError> {
-        let addresses = self
-            .inner
-            .store
-            .peer(peer)?
-            .map(|p| p.addresses)
-            .filter(|a| !a.is_empty())
-            .ok_or(NetError::NoAddress(peer))?;
-        let conn = self.inner.dial_addresses(peer, &addresses).await?;
-        let result = driver::drive(
-            self.inner.clone(),
-            peer,
-            conn.clone(),
-            Role::Initiator,
-            Until::Quiet(quiet),
-        )
-        .await;
-        conn.close(CloseCode::Shutdown.into(), b"done");
-        result
     }
 
     /// Closes every connection with [`CloseCode::Shutdown`] and waits (up to a second) until
@@ -332,19 +234,14 @@ impl Node {
         // The close frames go out at once; waiting longer would only let connections already
         // closed finish draining.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
-        let tasks: Vec<JoinHandle<()>> = self.inner.tasks().drain(..).collect();
-        for task in tasks {
-            task.abort();
-        }
+        self.inner.tasks().abort_all();
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.inner.begin_shutdown();
-        for task in self.inner.tasks().drain(..) {
-            task.abort();
-        }
+        self.inner.tasks().abort_all();
     }
 }
 
@@ -356,10 +253,26 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+    fn tasks(&self) -> MutexGuard<'_, JoinSet<()>> {
         self.tasks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `task` on the node's task set, reaping the tasks that have finished.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks();
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// What a session driver needs from this node.
+    pub(crate) fn session_context(&self) -> SessionContext {
+        SessionContext {
+            store: self.store.clone(),
+            config: self.config.session.clone(),
+            events: self.events.clone(),
+        }
     }
 
     pub(crate) fn emit(&self, event: NetEvent) {
@@ -443,7 +356,7 @@ impl Inner {
     }
 
     /// The open connection to `peer`, if any.
-    fn live(&self, peer: PeerId) -> Option<Connection> {
+    pub(crate) fn live(&self, peer: PeerId) -> Option<Connection> {
         self.peers()
             .get(&peer)
             .and_then(|slot| slot.live.as_ref())
@@ -507,11 +420,22 @@ impl Inner {
     }
 
     /// Runs a session on a connection just established, for as long as it lasts.
-    async fn run_connection(self: Arc<Self>, peer: PeerId, conn: Connection, role: Role) {
+    /// When `ended` is given, it hears how the session ended: `Ok` also when the connection was
+    /// not kept because another one to the peer was.
+    pub(crate) async fn run_connection(
+        self: Arc<Self>,
+        peer: PeerId,
+        conn: Connection,
+        role: Role,
+        ended: Option<oneshot::Sender<Result<(), NetError>>>,
+    ) {
         if role == Role::Responder {
             self.await_own_dial(peer, &conn).await;
         }
         if !self.register(peer, &conn, role == Role::Initiator) {
+            if let Some(ended) = ended {
+                let _ = ended.send(Ok(()));
+            }
             return;
         }
         self.set_state(
@@ -521,7 +445,9 @@ impl Inner {
             },
         );
         tracing::debug!(%peer, ?role, addr = %conn.remote_address(), "connected");
-        match driver::drive(self.clone(), peer, conn.clone(), role, Until::Closed).await {
+        let ctx = self.session_context();
+        let result = driver::drive(ctx, peer, conn.clone(), role, Until::Closed).await;
+        match &result {
             Ok(()) => tracing::debug!(%peer, "session ended"),
             Err(_) if closed_as_duplicate(&conn) => {
                 tracing::debug!(%peer, "duplicate connection closed");
@@ -538,16 +464,19 @@ impl Inner {
                 tracing::info!(%peer, "the peer went offline");
             }
             Err(e) => {
-                tracing::warn!(%peer, error = %error_chain(&e), "session ended with an error");
+                tracing::warn!(%peer, error = %error_chain(e), "session ended with an error");
                 if matches!(e, NetError::Session { .. } | NetError::Panicked { .. }) {
                     self.emit(NetEvent::SessionFailed {
                         peer,
-                        error: error_chain(&e),
+                        error: error_chain(e),
                     });
                 }
             }
         }
         self.unregister(peer, &conn);
+        if let Some(ended) = ended {
+            let _ = ended.send(result);
+        }
     }
 
     fn ensure_dialing(self: &Arc<Self>, peer: PeerId) {
@@ -562,8 +491,7 @@ impl Inner {
             }
             slot.dialing = true;
         }
-        let task = tokio::spawn(self.clone().dial_loop(peer));
-        self.tasks().push(task);
+        self.spawn(self.clone().dial_loop(peer));
     }
 
     /// Keeps a connection to `peer`: dials when there is none (in either direction), and after
@@ -630,9 +558,10 @@ impl Inner {
             match dialed {
                 Ok(conn) => {
                     backoff.reset();
-                    let task =
-                        tokio::spawn(self.clone().run_connection(peer, conn, Role::Initiator));
-                    self.tasks().push(task);
+                    self.spawn(
+                        self.clone()
+                            .run_connection(peer, conn, Role::Initiator, None),
+                    );
                     // Give the new connection a moment to register before looking again.
                     tokio::select! {
                         () = &mut woken => {}
@@ -667,7 +596,7 @@ impl Inner {
     }
 
     /// Dials `peer` at each address in turn until one answers.
-    async fn dial_addresses(
+    pub(crate) async fn dial_addresses(
         &self,
         peer: PeerId,
         addresses: &[SocketAddr],
@@ -704,7 +633,7 @@ async fn accept_loop(inner: Arc<Inner>) {
             continue;
         }
         let node = inner.clone();
-        let task = tokio::spawn(async move {
+        inner.spawn(async move {
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -713,11 +642,10 @@ async fn accept_loop(inner: Arc<Inner>) {
                 }
             };
             match peer_of(&conn) {
-                Ok(peer) => node.run_connection(peer, conn, Role::Responder).await,
+                Ok(peer) => node.run_connection(peer, conn, Role::Responder, None).await,
                 Err(_) => conn.close(CloseCode::Protocol.into(), b"no certificate"),
             }
         });
-        inner.tasks().push(task);
     }
 }
 

@@ -500,3 +500,112 @@ async fn network_changed_retries_at_once() {
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_sync_reports_what_it_sent_and_received() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    let mine = a.create(DocKind::GCounter).unwrap();
+    a.increment(mine, 2).unwrap();
+    let theirs = b.create(DocKind::Automerge).unwrap();
+    b.change(theirs, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    let node_b = start(&b).await;
+    trust(&b, &a, None, Access::ReadWrite);
+    trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
+    let node_a = Node::start_without_dialing(a.clone(), config(loopback()))
+        .await
+        .unwrap();
+    let report = node_a
+        .sync_once(b.peer_id(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(report.sent.into_iter().collect::<Vec<_>>(), vec![mine]);
+    assert_eq!(
+        report.received.into_iter().collect::<Vec<_>>(),
+        vec![theirs]
+    );
+    assert!(report.pending.is_empty(), "{:?}", report.pending);
+    assert!(same(&a, &b, mine) && same(&a, &b, theirs));
+    // The one-off node kept no connection.
+    assert!(node_a.connection_stats(b.peer_id()).is_none());
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_node_syncs_once_over_a_connection_it_keeps() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    let node_b = start(&b).await;
+    trust(&b, &a, None, Access::ReadWrite);
+    // a serves, but learns b's address only after starting: no dial loop runs for b yet.
+    let node_a = start(&a).await;
+    trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
+    let doc = a.create(DocKind::PNCounter).unwrap();
+    a.increment(doc, 5).unwrap();
+    let report = node_a
+        .sync_once(b.peer_id(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(report.sent.contains(&doc), "{report:?}");
+    assert!(report.pending.is_empty(), "{report:?}");
+    assert!(same(&a, &b, doc));
+    assert!(matches!(
+        node_a.states().get(&b.peer_id()),
+        Some(ConnectionState::Connected { .. })
+    ));
+    // And again, over the same live connection: nothing moves.
+    let again = node_a
+        .sync_once(b.peer_id(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(again.sent.is_empty() && again.received.is_empty() && again.pending.is_empty());
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_an_address_cannot_be_synced_once() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    trust(&a, &b, None, Access::ReadWrite);
+    for node in [
+        start(&a).await,
+        Node::start_without_dialing(a.clone(), config(loopback()))
+            .await
+            .unwrap(),
+    ] {
+        let err = node
+            .sync_once(b.peer_id(), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ferry_net::NetError::NoAddress(_)), "{err}");
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_keeps_no_task_for_a_connection_that_ended() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, relay) = (open(da.path()), open(db.path()));
+    let node_relay = start(&relay).await;
+    trust(&relay, &a, None, Access::ReadWrite);
+    trust(&a, &relay, Some(node_relay.local_addr()), Access::ReadWrite);
+    let node_a = Node::start_without_dialing(a.clone(), config(loopback()))
+        .await
+        .unwrap();
+    let idle = node_relay.running_tasks();
+    for _ in 0..20 {
+        node_a
+            .sync_once(relay.peer_id(), Duration::from_millis(50))
+            .await
+            .unwrap();
+    }
+    // Every connection ended; the relay is back to its accept loop alone.
+    eventually("the relay's connection tasks to end", || {
+        node_relay.running_tasks() <= idle
+    })
+    .await;
+    node_a.shutdown().await;
+    node_relay.shutdown().await;
+}

@@ -4,8 +4,8 @@ use ferry_crdt::{Clock, Digest, GCounter, PNCounter, ReplicaId};
 
 use crate::loading::entry_in;
 use crate::records;
-use crate::store::{Commit, Loaded, State, Store, Writes, encode_record, wall_millis, wrong_kind};
-use crate::{CrdtState, DocId, DocKind, Origin, StoreError, Version};
+use crate::store::{Commit, Loaded, State, Store, Writes, encode_record, wrong_kind};
+use crate::{CrdtState, DocId, DocKind, Origin, StoreError, Version, wall_millis};
 
 impl Store {
     // ---- ferry-crdt documents ----------------------------------------------------------------

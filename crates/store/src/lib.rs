@@ -45,6 +45,7 @@ mod peers;
 mod records;
 mod store;
 mod sync_records;
+mod time;
 mod values;
 mod version;
 
@@ -56,5 +57,6 @@ pub use ids::{DocId, PeerId};
 pub use records::SyncRecord;
 pub use store::{Store, StoreConfig};
 pub use sync_records::SyncUpdate;
+pub use time::{millis_of, time_of, wall_millis};
 pub use values::{Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo};
 pub use version::{Version, heads_digest};

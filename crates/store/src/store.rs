@@ -4,7 +4,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use automerge::{ActorId, Automerge, AutomergeError};
 use ferry_crdt::{Clock, ReplicaId, encode};
@@ -314,10 +314,4 @@ pub(crate) fn wrong_kind(doc: DocId, expected: &'static [DocKind], found: DocKin
         expected,
         found,
     }
-}
-
-pub(crate) fn wall_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -1,0 +1,50 @@
+//! How a node behaves.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_proto::SessionConfig;
+
+use crate::BackoffConfig;
+
+/// How a [`Node`](crate::Node) behaves.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_net::NetConfig;
+///
+/// let config = NetConfig {
+///     listen: "127.0.0.1:0".parse().unwrap(),
+///     ..NetConfig::default()
+/// };
+/// assert_eq!(config.backoff.max.as_secs(), 60);
+/// ```
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Where to listen (UDP). Default `0.0.0.0:0`: every interface, a port the system picks.
+    pub listen: SocketAddr,
+    /// The sync sessions' configuration (frame limit).
+    pub session: SessionConfig,
+    /// How often an idle connection is pinged, so middleboxes keep it. Default 5 s.
+    pub keep_alive: Duration,
+    /// A connection silent this long is dropped. Default 20 s.
+    pub idle_timeout: Duration,
+    /// How long a dial waits for the handshake. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Reconnect timing.
+    pub backoff: BackoffConfig,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            session: SessionConfig::default(),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            backoff: BackoffConfig::default(),
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! The control socket: while `ferry serve` runs on a replica, it owns the store (sled allows one
 //! process), so the other commands send it their request over a Unix socket in the replica's
-//! directory, `ferry.sock`, as one JSON line; it answers with one JSON line (`{"ok": ...}` or
-//! `{"error": "..."}`), or for `watch`, with one JSON line per event until the client hangs up.
-//! For `sync --once`, `{"progress": ...}` lines come before the answer.
+//! directory, `ferry.sock`, as one JSON line (a [`Request`]); it answers with [`Line`]s, one JSON
+//! line each: the reply (`ok` or `error`); for `sync --once`, `progress` lines before it; for
+//! `watch`, an `event` line per event until the client hangs up.
 //!
 //! Only the user running `ferry serve` can reach the socket (mode 0600, next to the replica's
 //! private key). Where there are no Unix sockets, commands always open
@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ferry::Replica;
-use serde_json::{Value as Json, json};
 
-use crate::ops::{self, Progress, Request};
+use crate::ops;
+use crate::protocol::{Command, Line, Progress, Reply, Request, WatchEvent};
 
 /// The largest request or reply line accepted.
 #[cfg(unix)]
@@ -104,133 +104,152 @@ async fn answer(stream: tokio::net::UnixStream, replica: Replica) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
+    let mut send = async |line: Line| {
+        let mut text = serde_json::to_string(&line).expect("a line of plain data always encodes");
+        text.push('\n');
+        write.write_all(text.as_bytes()).await.is_ok()
+    };
+    let mut text = String::new();
     let mut reader = BufReader::new(read.take(LINE_LIMIT));
-    if reader.read_line(&mut line).await.is_err() {
+    if reader.read_line(&mut text).await.is_err() {
         return;
     }
-    let request: Request = match serde_json::from_str(&line) {
+    let request: Request = match serde_json::from_str(&text) {
         Ok(request) => request,
         Err(e) => {
-            let reply = json!({ "error": format!("malformed request: {e}") });
-            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+            send(Line::Error(format!("malformed request: {e}"))).await;
             return;
         }
     };
-    if let Request::Watch = request {
-        let mut events = replica.subscribe();
-        while let Some(event) = events.next().await {
-            let line = format!("{}\n", crate::render::event_json(&event));
-            if write.write_all(line.as_bytes()).await.is_err() {
-                return; // the client hung up
+    let result = match request {
+        Request::Watch => {
+            let mut events = replica.subscribe();
+            while let Some(event) = events.next().await {
+                if !send(Line::Event(WatchEvent::from(&event))).await {
+                    return; // the client hung up
+                }
             }
+            return;
         }
-        return;
-    }
-    let result = if let Request::SyncOnce { peer } = request {
-        // Progress lines go out as the sync goes; the answer follows them.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let sync = ops::sync_once(&replica, peer, move |p| {
-            let _ = tx.send(p);
-        });
-        tokio::pin!(sync);
-        let mut listening = true;
-        loop {
-            tokio::select! {
-                result = &mut sync => break result,
-                Some(progress) = rx.recv(), if listening => {
-                    let line = format!("{}\n", json!({ "progress": progress }));
-                    // A client that hung up still gets its sync done.
-                    listening = write.write_all(line.as_bytes()).await.is_ok();
+        Request::SyncOnce { peer } => {
+            // Progress lines go out as the sync goes; the answer follows them.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let sync = ops::sync_once(&replica, peer, move |p| {
+                let _ = tx.send(p);
+            });
+            tokio::pin!(sync);
+            let mut listening = true;
+            loop {
+                tokio::select! {
+                    result = &mut sync => break result.map(Reply::Synced),
+                    Some(progress) = rx.recv(), if listening => {
+                        // A client that hung up still gets its sync done.
+                        listening = send(Line::Progress(progress)).await;
+                    }
                 }
             }
         }
-    } else {
-        ops::execute(&replica, &request).await
+        Request::Run(command) => ops::execute(&replica, &command).await,
     };
-    let reply = match result {
-        Ok(value) => json!({ "ok": value }),
-        Err(e) => json!({ "error": format!("{e:#}") }),
-    };
-    let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+    send(match result {
+        Ok(reply) => Line::Ok(reply),
+        Err(e) => Line::Error(format!("{e:#}")),
+    })
+    .await;
 }
 
-/// Sends `request` to the server and returns its answer.
-pub(crate) async fn call(server: Server, request: &Request) -> anyhow::Result<Json> {
-    call_with_progress(server, request, |_| {}).await
+/// Runs `command` on the server and returns its reply.
+pub(crate) async fn call(server: Server, command: Command) -> anyhow::Result<Reply> {
+    call_with_progress(server, Request::Run(command), |_| {}).await
 }
 
-/// [`call`], handing `progress` each progress line that comes before the answer.
+/// Sends `request` and returns the reply, handing `progress` each progress line before it.
 pub(crate) async fn call_with_progress(
     server: Server,
-    request: &Request,
+    request: Request,
     mut progress: impl FnMut(Progress),
-) -> anyhow::Result<Json> {
-    #[cfg(unix)]
-    {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-        let (read, mut write) = server.into_split();
-        write
-            .write_all(format!("{}\n", serde_json::to_string(request)?).as_bytes())
-            .await
-            .context("`ferry serve` stopped answering")?;
-        let mut reader = BufReader::new(read);
-        let mut reply = loop {
-            let mut line = String::new();
-            (&mut reader)
-                .take(LINE_LIMIT)
-                .read_line(&mut line)
-                .await
-                .context("`ferry serve` stopped answering")?;
-            if line.is_empty() {
-                bail!("`ferry serve` closed the connection without answering");
-            }
-            let mut reply: serde_json::Map<String, Json> = serde_json::from_str(&line)
-                .context("`ferry serve` answered something malformed")?;
-            match reply.remove("progress") {
-                Some(p) => progress(
-                    serde_json::from_value(p)
-                        .context("`ferry serve` answered something malformed")?,
-                ),
-                None => break reply,
-            }
-        };
-        if let Some(Json::String(error)) = reply.remove("error") {
-            bail!("{error}");
+) -> anyhow::Result<Reply> {
+    let mut lines = open(server, &request).await?;
+    loop {
+        match lines.next().await? {
+            None => bail!("`ferry serve` closed the connection without answering"),
+            Some(Line::Progress(p)) => progress(p),
+            Some(Line::Ok(reply)) => return Ok(reply),
+            Some(Line::Error(error)) => bail!("{error}"),
+            Some(Line::Event(_)) => bail!("`ferry serve` answered with an event"),
         }
-        reply
-            .remove("ok")
-            .context("`ferry serve` answered something malformed")
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (request, &mut progress);
-        match server {}
     }
 }
 
 /// Streams the server's events to `each` until it stops.
-pub(crate) async fn watch(server: Server, mut each: impl FnMut(&Json)) -> anyhow::Result<()> {
+pub(crate) async fn watch(server: Server, mut each: impl FnMut(&WatchEvent)) -> anyhow::Result<()> {
+    let mut lines = open(server, &Request::Watch).await?;
+    loop {
+        match lines.next().await? {
+            None => bail!("`ferry serve` stopped"),
+            Some(Line::Event(event)) => each(&event),
+            Some(Line::Error(error)) => bail!("{error}"),
+            Some(_) => bail!("`ferry serve` sent something other than an event"),
+        }
+    }
+}
+
+/// The lines a server sends after a request.
+struct Lines {
+    #[cfg(unix)]
+    reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    // Kept open until the answer is read: closing it would tell the server the client left.
+    #[cfg(unix)]
+    _write: tokio::net::unix::OwnedWriteHalf,
+}
+
+async fn open(server: Server, request: &Request) -> anyhow::Result<Lines> {
     #[cfg(unix)]
     {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        use tokio::io::{AsyncWriteExt, BufReader};
 
         let (read, mut write) = server.into_split();
+        let mut text = serde_json::to_string(request)?;
+        text.push('\n');
         write
-            .write_all(format!("{}\n", serde_json::to_string(&Request::Watch)?).as_bytes())
-            .await?;
-        let mut lines = BufReader::new(read).lines();
-        while let Some(line) = lines.next_line().await? {
-            let event: Json =
-                serde_json::from_str(&line).context("`ferry serve` sent a malformed event")?;
-            each(&event);
-        }
-        bail!("`ferry serve` stopped")
+            .write_all(text.as_bytes())
+            .await
+            .context("`ferry serve` stopped answering")?;
+        Ok(Lines {
+            reader: BufReader::new(read),
+            _write: write,
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = &mut each;
+        let _ = request;
         match server {}
+    }
+}
+
+impl Lines {
+    /// The next line, `None` once the server closed the connection.
+    async fn next(&mut self) -> anyhow::Result<Option<Line>> {
+        #[cfg(unix)]
+        {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+            let mut text = String::new();
+            (&mut self.reader)
+                .take(LINE_LIMIT)
+                .read_line(&mut text)
+                .await
+                .context("`ferry serve` stopped answering")?;
+            if text.is_empty() {
+                return Ok(None);
+            }
+            let line = serde_json::from_str(&text)
+                .context("`ferry serve` answered something malformed")?;
+            Ok(Some(line))
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(None)
+        }
     }
 }

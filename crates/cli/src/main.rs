@@ -8,6 +8,7 @@
 
 mod control;
 mod ops;
+mod protocol;
 mod render;
 
 use std::net::SocketAddr;
@@ -16,11 +17,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
-use ferry::{Event, PeerId, Replica};
+use ferry::{Access, DocKind, Event, PeerId, Replica};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::ops::{AccessArg, KindArg, Request};
+use crate::protocol::{Command as Run, Request};
 
 /// Offline-first replicated documents: a durable local replica that syncs with its peers over
 /// QUIC.
@@ -90,8 +92,8 @@ enum PeerCommand {
         /// Where the peer listens, as IP:PORT.
         addr: Option<String>,
         /// What the peer may do with this replica's documents.
-        #[arg(long, value_enum, default_value = "write")]
-        access: AccessArg,
+        #[arg(long, value_parser = access_parser(), default_value = "write")]
+        access: Access,
         /// A name for people.
         #[arg(long)]
         name: Option<String>,
@@ -114,8 +116,8 @@ enum DocCommand {
     /// Create a document and print its id.
     New {
         /// What kind of document.
-        #[arg(long, value_enum, default_value = "automerge")]
-        kind: KindArg,
+        #[arg(long, value_parser = kind_parser(), default_value = "automerge")]
+        kind: DocKind,
     },
     /// List the documents.
     List {
@@ -211,19 +213,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => default_dir(),
     };
-    let (request, json) = match cli.command {
+    let (command, json) = match cli.command {
         Command::Init => return init(&dir).await,
         Command::Serve { listen } => return serve(&dir, listen).await,
         Command::Watch { json } => return watch(&dir, json).await,
         Command::Sync { peer, .. } => return sync_once(&dir, &peer).await,
-        Command::Id => (Request::Id, false),
+        Command::Id => (Run::Id, false),
         Command::Peer(PeerCommand::Add {
             id,
             addr,
             access,
             name,
         }) => (
-            Request::PeerAdd {
+            Run::PeerAdd {
                 peer: ops::parse_peer(&id)?,
                 addr: addr.as_deref().map(ops::parse_addr).transpose()?,
                 access,
@@ -231,23 +233,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             false,
         ),
-        Command::Peer(PeerCommand::List { json }) => (Request::PeerList, json),
+        Command::Peer(PeerCommand::List { json }) => (Run::PeerList, json),
         Command::Peer(PeerCommand::Remove { id }) => (
-            Request::PeerRemove {
+            Run::PeerRemove {
                 peer: ops::parse_peer(&id)?,
             },
             false,
         ),
-        Command::Doc(DocCommand::New { kind }) => (Request::DocNew { kind }, false),
-        Command::Doc(DocCommand::List { json }) => (Request::DocList, json),
+        Command::Doc(DocCommand::New { kind }) => (Run::DocNew { kind }, false),
+        Command::Doc(DocCommand::List { json }) => (Run::DocList, json),
         Command::Doc(DocCommand::Get { doc, json }) => (
-            Request::DocGet {
+            Run::DocGet {
                 doc: ops::parse_doc(&doc)?,
             },
             json,
         ),
         Command::Doc(DocCommand::Set { doc, path, value }) => (
-            Request::DocSet {
+            Run::DocSet {
                 doc: ops::parse_doc(&doc)?,
                 path: ops::parse_path(&path)?,
                 value: ops::parse_value(&value),
@@ -255,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             false,
         ),
         Command::Counter(CounterCommand::Inc { doc, n }) => (
-            Request::CounterAdd {
+            Run::CounterAdd {
                 doc: ops::parse_doc(&doc)?,
                 n,
                 down: false,
@@ -263,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             false,
         ),
         Command::Counter(CounterCommand::Dec { doc, n }) => (
-            Request::CounterAdd {
+            Run::CounterAdd {
                 doc: ops::parse_doc(&doc)?,
                 n,
                 down: true,
@@ -271,17 +273,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             false,
         ),
         Command::Register(RegisterCommand::Set { doc, value }) => (
-            Request::RegisterSet {
+            Run::RegisterSet {
                 doc: ops::parse_doc(&doc)?,
                 value,
             },
             false,
         ),
-        Command::Status { json } => (Request::Status, json),
+        Command::Status { json } => (Run::Status, json),
     };
-    let reply = call(&dir, &request).await?;
-    print!("{}", render::render(&request, &reply, json));
+    let reply = call(&dir, command).await?;
+    print!("{}", render::render(&reply, json));
     Ok(())
+}
+
+/// The access a peer can be given, by the names the store defines.
+fn access_parser() -> impl TypedValueParser<Value = Access> {
+    PossibleValuesParser::new([
+        PossibleValue::new(Access::Read.name()).help("Receive documents; its changes are refused"),
+        PossibleValue::new(Access::ReadWrite.name()).help("Receive documents and change them"),
+    ])
+    .map(|name| name.parse().expect("every listed name is an access level"))
+}
+
+/// The kinds of document, by the names the store defines.
+fn kind_parser() -> impl TypedValueParser<Value = DocKind> {
+    PossibleValuesParser::new(DocKind::ALL.map(|kind| {
+        PossibleValue::new(kind.name()).help(match kind {
+            DocKind::Automerge => "JSON-like data and text (an Automerge document)",
+            DocKind::GCounter => "A grow-only counter",
+            DocKind::PNCounter => "A counter that goes up and down",
+            DocKind::LwwRegister => "A last-writer-wins register",
+            DocKind::MvRegister => "A multi-value register: concurrent writes are all kept",
+        })
+    }))
+    .map(|name| name.parse().expect("every listed name is a kind"))
 }
 
 /// `~/.ferry`, or `.ferry` here if there is no home directory.
@@ -291,13 +316,13 @@ fn default_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".ferry"))
 }
 
-/// Runs `request` through the `ferry serve` running on `dir`, or on the replica opened here.
-async fn call(dir: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+/// Runs `command` through the `ferry serve` running on `dir`, or on the replica opened here.
+async fn call(dir: &Path, command: Run) -> anyhow::Result<protocol::Reply> {
     if let Some(server) = control::connect(dir).await {
-        return control::call(server, request).await;
+        return control::call(server, command).await;
     }
     let replica = open(dir).await?;
-    let result = ops::execute(&replica, request).await;
+    let result = ops::execute(&replica, &command).await;
     replica.shutdown().await;
     result
 }
@@ -372,7 +397,7 @@ fn log_event(event: &Event) {
             tracing::info!(%peer, state = %render::connection(state), "connection")
         }
         Event::Changed { doc, origin } => {
-            tracing::debug!(%doc, origin = %render::origin(origin), "changed")
+            tracing::debug!(%doc, origin = %protocol::origin_text(origin), "changed")
         }
         Event::Refused { peer, doc } => {
             tracing::warn!(%peer, %doc, "the peer refused this replica's changes (read-only)")
@@ -427,10 +452,15 @@ async fn sync_once(dir: &Path, peer: &str) -> anyhow::Result<()> {
             bar.enable_steady_tick(Duration::from_millis(100));
         })
     };
-    let on_progress = |p: ops::Progress| show_progress(&bar, peer, p);
+    let on_progress = |p: protocol::Progress| show_progress(&bar, peer, p);
     let started = std::time::Instant::now();
     let result = match control::connect(dir).await {
-        Some(server) => control::call_with_progress(server, &request, on_progress).await,
+        Some(server) => control::call_with_progress(server, request, on_progress)
+            .await
+            .and_then(|reply| match reply {
+                protocol::Reply::Synced(synced) => Ok(synced),
+                _ => bail!("`ferry serve` answered a sync with something else"),
+            }),
         None => {
             let replica = open(dir).await?;
             let result = ops::sync_once(&replica, peer, on_progress).await;
@@ -440,15 +470,9 @@ async fn sync_once(dir: &Path, peer: &str) -> anyhow::Result<()> {
     };
     ticker.abort();
     bar.finish_and_clear();
-    let reply = result?;
-    let count = |name: &str| {
-        reply
-            .get(name)
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
-    };
-    let plural = |n: u64| if n == 1 { "document" } else { "documents" };
-    let (sent, received, pending) = (count("sent"), count("received"), count("pending"));
+    let synced = result?;
+    let plural = |n: usize| if n == 1 { "document" } else { "documents" };
+    let (sent, received, pending) = (synced.sent, synced.received, synced.pending);
     print!(
         "synced with {peer} in {:.1} s: {sent} {} sent, {received} received",
         started.elapsed().as_secs_f64(),
@@ -462,7 +486,7 @@ async fn sync_once(dir: &Path, peer: &str) -> anyhow::Result<()> {
 }
 
 /// A bar over the documents the peer lacked changes to, with how many came the other way.
-fn show_progress(bar: &ProgressBar, peer: PeerId, p: ops::Progress) {
+fn show_progress(bar: &ProgressBar, peer: PeerId, p: protocol::Progress) {
     if bar.length() != Some(p.to_send) {
         bar.set_length(p.to_send);
         let template = if p.to_send == 0 {

@@ -4,100 +4,15 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
-use clap::ValueEnum;
 use ferry::automerge::transaction::{Transactable, Transaction};
 use ferry::automerge::{AutoSerde, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use ferry::{Access, ConnectionState, DocId, DocKind, PeerId, Replica};
-use serde::{Deserialize, Serialize};
+use ferry::{Access, DocId, DocKind, PeerId, Replica};
 use serde_json::{Value as Json, json};
 
-/// What a peer may do with this replica's documents.
-#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum AccessArg {
-    /// Receive documents; its changes are refused.
-    Read,
-    /// Receive documents and change them.
-    Write,
-}
-
-impl From<AccessArg> for Access {
-    fn from(access: AccessArg) -> Self {
-        match access {
-            AccessArg::Read => Access::Read,
-            AccessArg::Write => Access::ReadWrite,
-        }
-    }
-}
-
-/// The kinds of document, as the command line names them.
-#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum KindArg {
-    /// JSON-like data and text (an Automerge document).
-    Automerge,
-    /// A grow-only counter.
-    Gcounter,
-    /// A counter that goes up and down.
-    Pncounter,
-    /// A last-writer-wins register.
-    Lww,
-    /// A multi-value register: concurrent writes are all kept.
-    Mv,
-}
-
-/// One command, as the client sends it to `ferry serve` (a JSON line) or runs it itself.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub(crate) enum Request {
-    Id,
-    PeerAdd {
-        peer: PeerId,
-        addr: Option<SocketAddr>,
-        access: AccessArg,
-        name: Option<String>,
-    },
-    PeerList,
-    PeerRemove {
-        peer: PeerId,
-    },
-    DocNew {
-        kind: KindArg,
-    },
-    DocList,
-    DocGet {
-        doc: DocId,
-    },
-    DocSet {
-        doc: DocId,
-        path: Vec<String>,
-        value: Json,
-    },
-    CounterAdd {
-        doc: DocId,
-        n: u64,
-        down: bool,
-    },
-    RegisterSet {
-        doc: DocId,
-        value: String,
-    },
-    Status,
-    SyncOnce {
-        peer: PeerId,
-    },
-    /// Streams events until the client hangs up (served only by `ferry serve`).
-    Watch,
-}
-
-/// How far a `sync --once` has come: of the documents with changes the peer lacked when it
-/// began, how many it now holds whole; and how many documents the peer's changes updated here.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
-pub(crate) struct Progress {
-    pub(crate) to_send: u64,
-    pub(crate) sent: u64,
-    pub(crate) received: u64,
-}
+use crate::protocol::{
+    Command, DocCreated, DocEntry, DocStatus, DocValue, PeerAdded, PeerEntry, PeerRef, PeerStatus,
+    Progress, Reply, Status, Synced,
+};
 
 /// Syncs with `peer` once, telling `progress` whenever a document is sent or received. Replies
 /// with the counts: documents sent (the peer lacked changes to them and now holds them),
@@ -106,7 +21,7 @@ pub(crate) async fn sync_once(
     replica: &Replica,
     peer: PeerId,
     mut progress: impl FnMut(Progress),
-) -> anyhow::Result<Json> {
+) -> anyhow::Result<Synced> {
     let pending_for = |status: &ferry::SyncStatus| -> BTreeSet<DocId> {
         status
             .peer(peer)
@@ -141,12 +56,12 @@ pub(crate) async fn sync_once(
     };
     // The bar followed the events; the counts come from the sync's own report.
     let report = result?;
-    Ok(json!({
-        "peer": peer.to_string(),
-        "sent": report.sent.len(),
-        "received": report.received.len(),
-        "pending": report.pending.len(),
-    }))
+    Ok(Synced {
+        peer,
+        sent: report.sent.len(),
+        received: report.received.len(),
+        pending: report.pending.len(),
+    })
 }
 
 /// What a sync with `peer` has done so far, from the replica's events.
@@ -218,11 +133,13 @@ pub(crate) fn parse_value(text: &str) -> Json {
     serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.to_owned()))
 }
 
-/// Runs one request (other than `Watch`) on `replica`; the reply is JSON for the renderer.
-pub(crate) async fn execute(replica: &Replica, request: &Request) -> anyhow::Result<Json> {
-    Ok(match request {
-        Request::Id => json!({ "peer": replica.peer_id().to_string() }),
-        Request::PeerAdd {
+/// Runs one command on `replica`.
+pub(crate) async fn execute(replica: &Replica, command: &Command) -> anyhow::Result<Reply> {
+    Ok(match command {
+        Command::Id => Reply::Id(PeerRef {
+            peer: replica.peer_id(),
+        }),
+        Command::PeerAdd {
             peer,
             addr,
             access,
@@ -231,143 +148,119 @@ pub(crate) async fn execute(replica: &Replica, request: &Request) -> anyhow::Res
             if *peer == replica.peer_id() {
                 bail!("{peer} is this replica's own id");
             }
+            if *access == Access::None {
+                bail!("a peer is added with read or write access");
+            }
             match addr {
-                Some(addr) => replica.add_peer(*peer, *addr, (*access).into()).await?,
-                None => replica.allow_peer(*peer, (*access).into()).await?,
+                Some(addr) => replica.add_peer(*peer, *addr, *access).await?,
+                None => replica.allow_peer(*peer, *access).await?,
             }
             if let Some(name) = name {
-                let mut info = replica.store().peer(*peer)?.context("the peer vanished")?;
-                info.name = name.clone();
-                replica.store().put_peer(&info)?;
+                replica.name_peer(*peer, name.clone()).await?;
             }
-            json!({ "peer": peer.to_string(), "addr": addr.map(|a| a.to_string()), "access": access })
+            Reply::PeerAdded(PeerAdded {
+                peer: *peer,
+                addr: *addr,
+                access: *access,
+            })
         }
-        Request::PeerList => {
+        Command::PeerList => {
             let status = replica.sync_status().await?;
-            let peers: Vec<Json> = replica
+            let peers = replica
                 .peers()?
                 .into_iter()
-                .map(|p| {
-                    let connection = status.peer(p.id).map(|s| connection_json(&s.connection));
-                    json!({
-                        "peer": p.id.to_string(),
-                        "name": p.name,
-                        "addresses": p.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        "access": access_name(p.default_access),
-                        "connection": connection,
-                    })
+                .map(|p| PeerEntry {
+                    connection: status.peer(p.id).map(|s| (&s.connection).into()),
+                    peer: p.id,
+                    name: p.name,
+                    addresses: p.addresses,
+                    access: p.default_access,
                 })
                 .collect();
-            Json::Array(peers)
+            Reply::Peers(peers)
         }
-        Request::PeerRemove { peer } => {
+        Command::PeerRemove { peer } => {
             if !replica.remove_peer(*peer).await? {
                 bail!("no peer {peer}");
             }
-            json!({ "peer": peer.to_string() })
+            Reply::PeerRemoved(PeerRef { peer: *peer })
         }
-        Request::DocNew { kind } => {
+        Command::DocNew { kind } => {
             let doc = match kind {
-                KindArg::Automerge => replica.create_doc().await?.id(),
-                KindArg::Gcounter => replica.create_counter().await?.id(),
-                KindArg::Pncounter => replica.create_pn_counter().await?.id(),
-                KindArg::Lww => replica.create_register().await?.id(),
-                KindArg::Mv => replica.create_multi_register().await?.id(),
+                DocKind::Automerge => replica.create_doc().await?.id(),
+                DocKind::GCounter => replica.create_counter().await?.id(),
+                DocKind::PNCounter => replica.create_pn_counter().await?.id(),
+                DocKind::LwwRegister => replica.create_register().await?.id(),
+                DocKind::MvRegister => replica.create_multi_register().await?.id(),
             };
-            json!({ "doc": doc.to_string(), "kind": kind })
+            Reply::DocCreated(DocCreated { doc, kind: *kind })
         }
-        Request::DocList => {
-            let docs: Vec<Json> = replica
+        Command::DocList => Reply::Docs(
+            replica
                 .documents()?
                 .into_iter()
-                .map(|d| json!({ "doc": d.id.to_string(), "kind": d.kind.to_string(), "changes": d.changes }))
-                .collect();
-            Json::Array(docs)
-        }
-        Request::DocGet { doc } => doc_json(replica, *doc)?,
-        Request::DocSet { doc, path, value } => {
+                .map(|d| DocEntry {
+                    doc: d.id,
+                    kind: d.kind,
+                    changes: d.changes,
+                })
+                .collect(),
+        ),
+        Command::DocGet { doc } => Reply::Doc(doc_value(replica, *doc)?),
+        Command::DocSet { doc, path, value } => {
             if path.is_empty() || path.iter().any(String::is_empty) {
                 bail!("malformed path (keys separated by dots, none empty)");
             }
             let handle = replica.doc(*doc)?;
             let (path, value) = (path.clone(), value.clone());
             handle.change(move |tx| set_path(tx, &path, &value)).await?;
-            doc_json(replica, *doc)?
+            Reply::Doc(doc_value(replica, *doc)?)
         }
-        Request::CounterAdd { doc, n, down } => {
+        Command::CounterAdd { doc, n, down } => {
             let counter = replica.counter(*doc)?;
             if *down {
                 counter.decrement(*n).await?;
             } else {
                 counter.increment(*n).await?;
             }
-            doc_json(replica, *doc)?
+            Reply::Doc(doc_value(replica, *doc)?)
         }
-        Request::RegisterSet { doc, value } => {
-            match replica.store().info(*doc)?.kind {
+        Command::RegisterSet { doc, value } => {
+            match replica.doc_info(*doc)?.kind {
                 DocKind::MvRegister => replica.multi_register(*doc)?.set(value.clone()).await?,
                 _ => replica.register(*doc)?.set(value.clone()).await?,
             }
-            doc_json(replica, *doc)?
+            Reply::Doc(doc_value(replica, *doc)?)
         }
-        Request::Status => status_json(replica).await?,
-        Request::SyncOnce { peer } => sync_once(replica, *peer, |_| {}).await?,
-        Request::Watch => bail!("`watch` streams events; it is not a single request"),
+        Command::Status => Reply::Status(status(replica).await?),
     })
 }
 
-fn access_name(access: Access) -> &'static str {
-    match access {
-        Access::None => "none",
-        Access::Read => "read",
-        Access::ReadWrite => "write",
-    }
-}
-
-pub(crate) fn connection_json(state: &ConnectionState) -> Json {
-    match state {
-        ConnectionState::Connecting => json!({ "state": "connecting" }),
-        ConnectionState::Connected { since } => {
-            json!({ "state": "connected", "since_millis": ferry::millis_of(*since) })
-        }
-        ConnectionState::Disconnected { next_retry } => json!({
-            "state": "disconnected",
-            "next_retry_millis": next_retry.map(ferry::millis_of),
-        }),
-    }
-}
-
-async fn status_json(replica: &Replica) -> anyhow::Result<Json> {
+async fn status(replica: &Replica) -> anyhow::Result<Status> {
     let status = replica.sync_status().await?;
-    let addr = replica.local_addr().await;
-    let peers: Vec<Json> = status
+    let peers = status
         .peers
         .iter()
-        .map(|p| {
-            let docs: Vec<Json> = p
+        .map(|p| PeerStatus {
+            peer: p.peer,
+            name: p.name.clone(),
+            connection: (&p.connection).into(),
+            docs: p
                 .docs
                 .iter()
-                .map(|d| {
-                    json!({
-                        "doc": d.doc.to_string(),
-                        "pending": d.pending,
-                        "last_sync_millis": d.last_sync.map(ferry::millis_of),
-                    })
+                .map(|d| DocStatus {
+                    doc: d.doc,
+                    pending: d.pending,
+                    last_sync_millis: d.last_sync.map(ferry::millis_of),
                 })
-                .collect();
-            json!({
-                "peer": p.peer.to_string(),
-                "name": p.name,
-                "connection": connection_json(&p.connection),
-                "docs": docs,
-            })
+                .collect(),
         })
         .collect();
-    Ok(json!({
-        "peer": replica.peer_id().to_string(),
-        "serving": addr.map(|a| a.to_string()),
-        "peers": peers,
-    }))
+    Ok(Status {
+        peer: replica.peer_id(),
+        serving: replica.local_addr().await,
+        peers,
+    })
 }
 
 /// A register's bytes: the string if they are UTF-8, else `{"hex": ...}`.
@@ -378,8 +271,8 @@ fn bytes_json(bytes: &[u8]) -> Json {
     }
 }
 
-fn doc_json(replica: &Replica, doc: DocId) -> anyhow::Result<Json> {
-    let kind = replica.store().info(doc).map_err(ferry::Error::from)?.kind;
+fn doc_value(replica: &Replica, doc: DocId) -> anyhow::Result<DocValue> {
+    let kind = replica.doc_info(doc)?.kind;
     let value = match kind {
         DocKind::Automerge => replica
             .doc(doc)?
@@ -401,7 +294,7 @@ fn doc_json(replica: &Replica, doc: DocId) -> anyhow::Result<Json> {
                 .collect(),
         ),
     };
-    Ok(json!({ "doc": doc.to_string(), "kind": kind.to_string(), "value": value }))
+    Ok(DocValue { doc, kind, value })
 }
 
 /// Puts `value` at `path`, making maps on the way where there are none.

@@ -3,50 +3,39 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ferry::{ConnectionState, Event, Origin, wall_millis};
-use serde_json::{Value as Json, json};
+use ferry::{ConnectionState, wall_millis};
+use serde_json::Value as Json;
 
-use crate::ops::{Request, connection_json};
+use crate::protocol::{Connection, Reply, Status, WatchEvent};
 
 /// The text (or JSON) a command prints for its reply, ending in a newline.
-pub(crate) fn render(request: &Request, reply: &Json, json: bool) -> String {
+pub(crate) fn render(reply: &Reply, json: bool) -> String {
     if json {
-        return format!("{reply:#}\n");
+        return format!("{:#}\n", reply.to_json());
     }
-    let field = |name: &str| reply.get(name).map(plain).unwrap_or_default();
-    match request {
-        Request::Id => format!("{}\n", field("peer")),
-        Request::PeerAdd { .. } => match reply.get("addr").and_then(Json::as_str) {
-            Some(addr) => format!(
-                "trusting {} at {addr} ({} access)\n",
-                field("peer"),
-                field("access")
-            ),
-            None => format!(
-                "trusting {} ({} access); it dials in\n",
-                field("peer"),
-                field("access")
-            ),
+    match reply {
+        Reply::Id(r) => format!("{}\n", r.peer),
+        Reply::PeerAdded(r) => match r.addr {
+            Some(addr) => format!("trusting {} at {addr} ({} access)\n", r.peer, r.access),
+            None => format!("trusting {} ({} access); it dials in\n", r.peer, r.access),
         },
-        Request::PeerRemove { .. } => format!("forgot {}\n", field("peer")),
-        Request::PeerList => {
+        Reply::PeerRemoved(r) => format!("forgot {}\n", r.peer),
+        Reply::Peers(peers) => {
             let mut out = String::new();
-            for p in reply.as_array().into_iter().flatten() {
-                let addresses: Vec<String> = p["addresses"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(plain)
-                    .collect();
-                let (peer, name) = (plain(&p["peer"]), plain(&p["name"]));
-                let name = if name == peer { String::new() } else { name };
+            for p in peers {
+                let addresses: Vec<String> = p.addresses.iter().map(ToString::to_string).collect();
+                let peer = p.peer.to_string();
+                let name = if p.name == peer { "" } else { &p.name };
+                let connection = p
+                    .connection
+                    .as_ref()
+                    .map_or("-".to_owned(), connection_text);
                 let _ = writeln!(
                     out,
-                    "{peer}  {:<12} {:<6} {:<24} {}",
-                    or_dash(&name),
-                    plain(&p["access"]),
+                    "{peer}  {:<12} {:<6} {:<24} {connection}",
+                    or_dash(name),
+                    p.access,
                     or_dash(&addresses.join(",")),
-                    connection_text(&p["connection"]),
                 );
             }
             if out.is_empty() {
@@ -54,36 +43,23 @@ pub(crate) fn render(request: &Request, reply: &Json, json: bool) -> String {
             }
             out
         }
-        Request::DocNew { .. } => format!("{}\n", field("doc")),
-        Request::DocList => {
+        Reply::DocCreated(r) => format!("{}\n", r.doc),
+        Reply::Docs(docs) => {
             let mut out = String::new();
-            for d in reply.as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    out,
-                    "{}  {:<9} {} changes",
-                    plain(&d["doc"]),
-                    plain(&d["kind"]),
-                    plain(&d["changes"])
-                );
+            for d in docs {
+                let _ = writeln!(out, "{}  {:<9} {} changes", d.doc, d.kind, d.changes);
             }
             if out.is_empty() {
                 out.push_str("no documents (create one with `ferry doc new`)\n");
             }
             out
         }
-        Request::DocGet { .. }
-        | Request::DocSet { .. }
-        | Request::CounterAdd { .. }
-        | Request::RegisterSet { .. } => value_text(&reply["value"]),
-        Request::Status => status_text(reply),
-        Request::SyncOnce { .. } => format!(
+        Reply::Doc(r) => value_text(&r.value),
+        Reply::Status(status) => status_text(status),
+        Reply::Synced(r) => format!(
             "synced with {}: {} sent, {} received, {} pending\n",
-            field("peer"),
-            field("sent"),
-            field("received"),
-            field("pending")
+            r.peer, r.sent, r.received, r.pending
         ),
-        Request::Watch => String::new(),
     }
 }
 
@@ -109,59 +85,50 @@ fn value_text(value: &Json) -> String {
     }
 }
 
-fn status_text(reply: &Json) -> String {
-    let mut out = format!("replica {}", plain(&reply["peer"]));
-    match &reply["serving"] {
-        Json::String(addr) => {
+fn status_text(status: &Status) -> String {
+    let mut out = format!("replica {}", status.peer);
+    match status.serving {
+        Some(addr) => {
             let _ = writeln!(out, ", serving on {addr}");
         }
-        _ => out.push_str(", offline (not serving)\n"),
+        None => out.push_str(", offline (not serving)\n"),
     }
-    let peers = reply["peers"].as_array().cloned().unwrap_or_default();
-    if peers.is_empty() {
+    if status.peers.is_empty() {
         out.push_str("no peers\n");
     }
-    for p in peers {
-        let (peer, name) = (plain(&p["peer"]), plain(&p["name"]));
+    for p in &status.peers {
+        let peer = p.peer.to_string();
         let _ = writeln!(
             out,
             "peer {peer}{}: {}",
-            if name.is_empty() || name == peer {
+            if p.name.is_empty() || p.name == peer {
                 String::new()
             } else {
-                format!(" ({name})")
+                format!(" ({})", p.name)
             },
-            connection_text(&p["connection"])
+            connection_text(&p.connection)
         );
-        for d in p["docs"].as_array().into_iter().flatten() {
-            let pending = d["pending"].as_u64().unwrap_or(0);
-            let last = match d["last_sync_millis"].as_u64() {
+        for d in &p.docs {
+            let last = match d.last_sync_millis {
                 Some(at) => format!("last synced {}", ago(at)),
                 None => "never synced".to_owned(),
             };
-            let _ = writeln!(
-                out,
-                "  {}  {:>6} pending  {last}",
-                plain(&d["doc"]),
-                pending
-            );
+            let _ = writeln!(out, "  {}  {:>6} pending  {last}", d.doc, d.pending);
         }
     }
     out
 }
 
-fn connection_text(connection: &Json) -> String {
-    match connection["state"].as_str() {
-        Some("connected") => match connection["since_millis"].as_u64() {
-            Some(at) => format!("connected since {}", ago(at)),
-            None => "connected".to_owned(),
-        },
-        Some("connecting") => "connecting".to_owned(),
-        Some("disconnected") => match connection["next_retry_millis"].as_u64() {
-            Some(at) => format!("disconnected, retrying {}", from_now(at)),
-            None => "disconnected".to_owned(),
-        },
-        _ => "-".to_owned(),
+fn connection_text(connection: &Connection) -> String {
+    match connection {
+        Connection::Connected { since_millis } => format!("connected since {}", ago(*since_millis)),
+        Connection::Connecting => "connecting".to_owned(),
+        Connection::Disconnected {
+            next_retry_millis: Some(at),
+        } => format!("disconnected, retrying {}", from_now(*at)),
+        Connection::Disconnected {
+            next_retry_millis: None,
+        } => "disconnected".to_owned(),
     }
 }
 
@@ -192,56 +159,27 @@ fn human(d: Duration) -> String {
     }
 }
 
-pub(crate) fn origin(origin: &Origin) -> String {
-    match origin {
-        Origin::Local => "local".to_owned(),
-        Origin::Remote(peer) => format!("peer {peer}"),
-    }
-}
-
+/// A connection state as the server's log shows it.
 pub(crate) fn connection(state: &ConnectionState) -> String {
-    connection_text(&connection_json(state))
+    connection_text(&state.into())
 }
 
-/// An event as one JSON object.
-pub(crate) fn event_json(event: &Event) -> Json {
-    match event {
-        Event::Changed { doc, origin: o } => {
-            json!({ "event": "changed", "doc": doc.to_string(), "origin": origin(o) })
-        }
-        Event::Deleted { doc } => json!({ "event": "deleted", "doc": doc.to_string() }),
-        Event::Connection { peer, state } => json!({
-            "event": "connection",
-            "peer": peer.to_string(),
-            "connection": connection_json(state),
-        }),
-        Event::Synced { peer, doc } => {
-            json!({ "event": "synced", "peer": peer.to_string(), "doc": doc.to_string() })
-        }
-        Event::Refused { peer, doc } => {
-            json!({ "event": "refused", "peer": peer.to_string(), "doc": doc.to_string() })
-        }
-        Event::Lagged { missed } => json!({ "event": "lagged", "missed": missed }),
-    }
-}
-
-/// An event as `watch` prints it.
-pub(crate) fn event(event: &Json, json: bool) -> String {
+/// An event as `watch` prints it: a line of text, or one JSON object.
+pub(crate) fn event(event: &WatchEvent, json: bool) -> String {
     if json {
-        return event.to_string();
+        // Through a JSON value, so keys come out sorted as before.
+        return serde_json::to_value(event)
+            .expect("an event of ids and numbers always serializes")
+            .to_string();
     }
-    let f = |name: &str| plain(&event[name]);
-    match event["event"].as_str() {
-        Some("changed") => format!("changed  {}  by {}", f("doc"), f("origin")),
-        Some("deleted") => format!("deleted  {}", f("doc")),
-        Some("connection") => format!(
-            "peer     {}  {}",
-            f("peer"),
-            connection_text(&event["connection"])
-        ),
-        Some("synced") => format!("synced   {}  with {}", f("doc"), f("peer")),
-        Some("refused") => format!("refused  {}  by {} (read-only)", f("doc"), f("peer")),
-        Some("lagged") => format!("lagged   {} events missed: re-read", f("missed")),
-        _ => event.to_string(),
+    match event {
+        WatchEvent::Changed { doc, origin } => format!("changed  {doc}  by {origin}"),
+        WatchEvent::Deleted { doc } => format!("deleted  {doc}"),
+        WatchEvent::Connection { peer, connection } => {
+            format!("peer     {peer}  {}", connection_text(connection))
+        }
+        WatchEvent::Synced { peer, doc } => format!("synced   {doc}  with {peer}"),
+        WatchEvent::Refused { peer, doc } => format!("refused  {doc}  by {peer} (read-only)"),
+        WatchEvent::Lagged { missed } => format!("lagged   {missed} events missed: re-read"),
     }
 }

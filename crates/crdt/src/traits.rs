@@ -24,7 +24,8 @@ use crate::codec::{self, DecodeError, Digest, EncodeError};
 /// Every mutator returns its *delta*: the smallest state that carries the change. If a mutator
 /// takes `s` to `s'` with delta `d`, then `s ⊔ d == s'`, and so for any `x`,
 /// `(x ⊔ s) ⊔ d == x ⊔ s'`: merging the delta anywhere that has seen `s` is the same as merging
-/// the full new state. The sync layer ships deltas instead of whole states.
+/// the full new state. (ferry's sync protocol exchanges whole states today; the delta is what a
+/// caller can store or send when the change alone is wanted.)
 ///
 /// # Encoding
 ///

@@ -1,7 +1,7 @@
 //! What can go wrong when an app uses a replica.
 
 use ferry_net::NetError;
-use ferry_store::{DocId, DocKind, StoreError};
+use ferry_store::{DocId, DocKind, PeerId, StoreError};
 
 /// An operation on a [`Replica`](crate::Replica) failed. A failed write changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,9 @@ pub enum Error {
     /// No document has this id on this replica.
     #[error("no document {0}")]
     NoSuchDocument(DocId),
+    /// No peer has this id in this replica's peer table.
+    #[error("no peer {0}")]
+    NoSuchPeer(PeerId),
     /// The document is of another kind than the handle asked for.
     #[error("document {doc} is a {found} document, not {expected}")]
     WrongKind {

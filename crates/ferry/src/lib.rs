@@ -73,6 +73,26 @@ pub use automerge;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+pub struct GuideDoctests;
+
+/// The architecture map's code blocks, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/architecture.md")]
+pub struct ArchitectureDoctests;
+
+/// The protocol spec's code blocks, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/protocol.md")]
+pub struct ProtocolDoctests;
+
+/// The benchmark notes' code blocks, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/benchmarks.md")]
+pub struct BenchmarksDoctests;
 pub use ferry_crdt::ReplicaId;
 pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig, SyncReport};
 pub use ferry_store::{

@@ -308,6 +308,11 @@ impl Replica {
             .collect()
     }
 
+    /// What the replica knows of `doc` (kind, version, size) without loading it.
+    pub fn doc_info(&self, doc: DocId) -> Result<DocInfo, Error> {
+        self.inner.store.info(doc).map_err(Error::from_store)
+    }
+
     /// Deletes `doc` on this replica (peers keep their copies).
     pub async fn delete(&self, doc: DocId) -> Result<(), Error> {
         let store = self.inner.store.clone();
@@ -382,6 +387,18 @@ impl Replica {
             serving.node.disconnect(peer);
         }
         Ok(known)
+    }
+
+    /// Gives `peer` a name for people, shown by `ferry peer list`; a peer is named by its id
+    /// until then. Fails if the peer is unknown.
+    pub async fn name_peer(&self, peer: PeerId, name: impl Into<String>) -> Result<(), Error> {
+        let (store, name) = (self.inner.store.clone(), name.into());
+        blocking(move || {
+            let mut info = store.peer(peer)?.ok_or(Error::NoSuchPeer(peer))?;
+            info.name = name;
+            Ok(store.put_peer(&info)?)
+        })
+        .await
     }
 
     /// Every known peer.

@@ -93,7 +93,7 @@ pub enum Message {
         /// The encoded message.
         message: Vec<u8>,
     },
-    /// A ferry-crdt document's state (or delta), to merge.
+    /// A ferry-crdt document's whole state, to merge.
     State {
         /// The document.
         doc: DocId,

@@ -58,5 +58,5 @@ pub use records::SyncRecord;
 pub use store::{Store, StoreConfig};
 pub use sync_records::SyncUpdate;
 pub use time::{millis_of, time_of, wall_millis};
-pub use values::{Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo};
+pub use values::{Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo, UnknownName};
 pub use version::{Version, heads_digest};

@@ -50,9 +50,8 @@ impl Default for StoreConfig {
 ///
 /// Cloning a `Store` gives another handle to the same store; it closes when the last handle is
 /// dropped. Every write is durable before it returns (see [`Durability`]), and subscribers hear
-/// of it only once it is durable. Reads on other threads may see a change a moment earlier,
-/// while its flush runs; the sync layer calls [`Store::flush`] before it sends anything to a
-/// peer, so peers only ever receive durable changes.
+/// of it only once it is durable. Reads on other threads, sync sessions among them, may see a
+/// change a moment earlier, while its flush runs.
 ///
 /// # Examples
 ///
@@ -201,8 +200,7 @@ impl Store {
         Subscription::new(self.shared.events.subscribe(), Some(doc))
     }
 
-    /// Flushes everything written so far to disk. A batched store's sync layer calls this
-    /// before sending changes, so that only durable changes reach peers.
+    /// Flushes everything written so far to disk, sync records and peers included.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.shared.db.flush()?;
         Ok(())

@@ -57,6 +57,18 @@ impl DocKind {
         }
     }
 
+    /// The kind's name, as people and the command line write it: `automerge`, `gcounter`,
+    /// `pncounter`, `lww` or `mv`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DocKind::Automerge => "automerge",
+            DocKind::GCounter => "gcounter",
+            DocKind::PNCounter => "pncounter",
+            DocKind::LwwRegister => "lww",
+            DocKind::MvRegister => "mv",
+        }
+    }
+
     /// Kinds as people read them: "gcounter or pncounter".
     pub fn list(kinds: &[DocKind]) -> String {
         let names: Vec<String> = kinds.iter().map(DocKind::to_string).collect();
@@ -66,13 +78,39 @@ impl DocKind {
 
 impl fmt::Display for DocKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DocKind::Automerge => "automerge",
-            DocKind::GCounter => "gcounter",
-            DocKind::PNCounter => "pncounter",
-            DocKind::LwwRegister => "lww",
-            DocKind::MvRegister => "mv",
-        })
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is no [`DocKind`]'s or [`Access`]'s.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("unknown {what} {given:?} (one of: {known})")]
+pub struct UnknownName {
+    what: &'static str,
+    given: String,
+    known: String,
+}
+
+impl std::str::FromStr for DocKind {
+    type Err = UnknownName;
+
+    /// Parses a kind's [name](DocKind::name).
+    ///
+    /// ```
+    /// use ferry_store::DocKind;
+    ///
+    /// assert_eq!("lww".parse::<DocKind>(), Ok(DocKind::LwwRegister));
+    /// assert!("list".parse::<DocKind>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DocKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownName {
+                what: "document kind",
+                given: s.to_owned(),
+                known: DocKind::ALL.map(DocKind::name).join(", "),
+            })
     }
 }
 
@@ -157,6 +195,48 @@ pub enum Access {
     Read,
     /// The peer may receive the document and send changes to it.
     ReadWrite,
+}
+
+impl Access {
+    /// Every level, from none up.
+    pub const ALL: [Access; 3] = [Access::None, Access::Read, Access::ReadWrite];
+
+    /// The level's name, as people and the command line write it: `none`, `read` or `write`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::Read => "read",
+            Access::ReadWrite => "write",
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Access {
+    type Err = UnknownName;
+
+    /// Parses a level's [name](Access::name).
+    ///
+    /// ```
+    /// use ferry_store::Access;
+    ///
+    /// assert_eq!("write".parse::<Access>(), Ok(Access::ReadWrite));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Access::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| UnknownName {
+                what: "access",
+                given: s.to_owned(),
+                known: Access::ALL.map(Access::name).join(", "),
+            })
+    }
 }
 
 /// A peer this replica knows.

@@ -4,6 +4,7 @@
 //! payload, the message's fields in ferry's canonical encoding (bincode 2, standard
 //! configuration: variable-length integers, length-prefixed sequences).
 
+use bytes::{Bytes, BytesMut};
 use ferry_crdt::{DecodeError, decode, encode};
 use ferry_store::{DocId, DocKind};
 
@@ -36,18 +37,97 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// Everything that travels in a frame.
-#[derive(Clone, Debug, Eq, PartialEq)]
-pub enum Message {
+/// Defines the messages once: each with its frame type byte and its fields in wire order. From
+/// the one list come the [`Message`] enum, its type bytes, and a borrowing (for encoding) and an
+/// owning (for decoding) payload struct per message, whose fields carry the serde attributes.
+/// The payload is the fields in order, in ferry's canonical encoding.
+macro_rules! messages {
+    ($(
+        $(#[doc = $doc:expr])*
+        $type:literal => $name:ident {
+            $(
+                $(#[doc = $field_doc:expr])*
+                $(#[serde($serde:meta)])*
+                $field:ident : $ty:ty
+            ),* $(,)?
+        }
+    ),* $(,)?) => {
+        /// Everything that travels in a frame.
+        #[derive(Clone, Debug, Eq, PartialEq)]
+        pub enum Message {
+            $(
+                $(#[doc = $doc])*
+                $name {
+                    $( $(#[doc = $field_doc])* $field: $ty, )*
+                },
+            )*
+        }
+
+        /// Payloads borrowed from a [`Message`], to encode.
+        mod outgoing {
+            use super::*;
+            $(
+                #[derive(Serialize)]
+                pub(super) struct $name<'a> {
+                    $( $(#[serde($serde)])* pub(super) $field: &'a $ty, )*
+                }
+            )*
+        }
+
+        /// Payloads as they decode, to become a [`Message`].
+        mod incoming {
+            use super::*;
+            $(
+                #[derive(Deserialize)]
+                pub(super) struct $name {
+                    $( $(#[serde($serde)])* pub(super) $field: $ty, )*
+                }
+            )*
+        }
+
+        impl Message {
+            fn type_byte(&self) -> u8 {
+                match self {
+                    $( Message::$name { .. } => $type, )*
+                }
+            }
+
+            fn encode_payload(&self) -> Result<Vec<u8>, ferry_crdt::EncodeError> {
+                match self {
+                    $( Message::$name { $($field),* } => encode(&outgoing::$name { $($field),* }), )*
+                }
+            }
+
+            fn decode_payload(
+                type_byte: u8,
+                payload: &[u8],
+                limit: usize,
+            ) -> Result<Message, FrameError> {
+                match type_byte {
+                    $(
+                        $type => {
+                            let body: incoming::$name =
+                                decode(payload, limit).map_err(FrameError::Payload)?;
+                            Ok(Message::$name { $($field: body.$field),* })
+                        }
+                    )*
+                    other => Err(FrameError::UnknownType(other)),
+                }
+            }
+        }
+    };
+}
+
+messages! {
     /// First frame of each side: its version and capabilities.
-    Hello {
+    1 => Hello {
         /// The protocol version.
         version: u32,
         /// Capability bits; none are defined in version 1.
         capabilities: u64,
     },
     /// A fatal error: the sender closes the session after it.
-    Error {
+    2 => Error {
         /// What went wrong.
         code: ErrorCode,
         /// For people.
@@ -55,7 +135,7 @@ pub enum Message {
     },
     /// Reconciliation: fingerprints or item lists for prefixes. Every non-empty one is
     /// answered by exactly one `Reconcile`, possibly empty.
-    Reconcile {
+    3 => Reconcile {
         /// Which turn of reconciliation this is: the initiator's first is 0, and each reply
         /// is one more than what it answers. A receiver ignores any other (a replay).
         round: u32,
@@ -63,22 +143,23 @@ pub enum Message {
         ranges: Vec<Range>,
     },
     /// I have nothing of this document: send me a snapshot.
-    Want {
+    4 => Want {
         /// The document.
         doc: DocId,
     },
     /// A whole document: `Automerge::save()`, or a CRDT's canonical state.
-    Snapshot {
+    5 => Snapshot {
         /// The document.
         doc: DocId,
         /// Its kind.
         kind: DocKind,
         /// The bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// An Automerge document's heads and some of their ancestors, sent before automerge's sync
     /// so both sides can seed the hashes they share.
-    Heads {
+    6 => Heads {
         /// The document.
         doc: DocId,
         /// The sender's heads.
@@ -87,115 +168,69 @@ pub enum Message {
         ancestors: Vec<[u8; 32]>,
     },
     /// An automerge sync message (`sync::Message::encode`) for one document.
-    Sync {
+    7 => Sync {
         /// The document.
         doc: DocId,
         /// The encoded message.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
     /// A ferry-crdt document's whole state, to merge.
-    State {
+    8 => State {
         /// The document.
         doc: DocId,
         /// The canonical encoding.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
+    },
+    /// A document's changes were refused; the session goes on without it.
+    9 => Refused {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        code: ErrorCode,
     },
     /// An Automerge document's heads, with the changes the sender believes the receiver
     /// lacks (none: "send me what I lack"). Each change is its raw, uncompressed bytes.
-    Changes {
+    10 => Changes {
         /// The document.
         doc: DocId,
         /// The sender's heads, with these changes applied; empty when they are exactly the
         /// changes in this message that no other change in it depends on (the usual case).
         heads: Vec<[u8; 32]>,
         /// The changes, each one whole change chunk, dependencies first.
+        #[serde(with = "byte_strings")]
         changes: Vec<Vec<u8>>,
     },
     /// The sender now holds the version with this digest (shortened): heads digest or state
     /// digest.
-    Ack {
+    11 => Ack {
         /// The document.
         doc: DocId,
         /// The digest.
         digest: ShortDigest,
     },
-    /// A document's changes were refused; the session goes on without it.
-    Refused {
-        /// The document.
-        doc: DocId,
-        /// Why.
-        code: ErrorCode,
-    },
 }
 
-#[derive(Serialize, Deserialize)]
-struct HelloBody {
-    version: u32,
-    capabilities: u64,
-}
-#[derive(Serialize, Deserialize)]
-struct ErrorBody {
-    code: ErrorCode,
-    detail: String,
-}
-#[derive(Serialize, Deserialize)]
-struct ReconcileBody {
-    round: u32,
-    ranges: Vec<Range>,
-}
-#[derive(Serialize, Deserialize)]
-struct DocBody {
-    doc: DocId,
-}
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    doc: DocId,
-    kind: DocKind,
-    #[serde(with = "serde_bytes")]
-    bytes: Vec<u8>,
-}
-#[derive(Serialize, Deserialize)]
-struct HeadsBody {
-    doc: DocId,
-    heads: Vec<[u8; 32]>,
-    ancestors: Vec<[u8; 32]>,
-}
-#[derive(Serialize, Deserialize)]
-struct BytesBody {
-    doc: DocId,
-    #[serde(with = "serde_bytes")]
-    bytes: Vec<u8>,
-}
-#[derive(Serialize, Deserialize)]
-struct ChangesBody {
-    doc: DocId,
-    heads: Vec<[u8; 32]>,
-    changes: Vec<serde_bytes::ByteBuf>,
-}
-#[derive(Serialize, Deserialize)]
-struct AckBody {
-    doc: DocId,
-    digest: ShortDigest,
-}
-#[derive(Serialize, Deserialize)]
-struct RefusedBody {
-    doc: DocId,
-    code: ErrorCode,
-}
+/// A list of byte strings, each encoded as bytes (a length, then the bytes) rather than as a
+/// sequence of numbers.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
 
-/// Frame type bytes.
-mod kind {
-    pub(super) const HELLO: u8 = 1;
-    pub(super) const ERROR: u8 = 2;
-    pub(super) const RECONCILE: u8 = 3;
-    pub(super) const WANT: u8 = 4;
-    pub(super) const SNAPSHOT: u8 = 5;
-    pub(super) const HEADS: u8 = 6;
-    pub(super) const SYNC: u8 = 7;
-    pub(super) const STATE: u8 = 8;
-    pub(super) const REFUSED: u8 = 9;
-    pub(super) const CHANGES: u8 = 10;
-    pub(super) const ACK: u8 = 11;
+    pub(super) fn serialize<S: Serializer>(
+        strings: &&Vec<Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(strings.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let strings = Vec::<serde_bytes::ByteBuf>::deserialize(d)?;
+        Ok(strings
+            .into_iter()
+            .map(serde_bytes::ByteBuf::into_vec)
+            .collect())
+    }
 }
 
 /// A frame that could not be read.
@@ -224,66 +259,11 @@ pub enum FrameError {
 }
 
 impl Message {
-    fn type_byte(&self) -> u8 {
-        match self {
-            Message::Hello { .. } => kind::HELLO,
-            Message::Error { .. } => kind::ERROR,
-            Message::Reconcile { .. } => kind::RECONCILE,
-            Message::Want { .. } => kind::WANT,
-            Message::Snapshot { .. } => kind::SNAPSHOT,
-            Message::Heads { .. } => kind::HEADS,
-            Message::Sync { .. } => kind::SYNC,
-            Message::State { .. } => kind::STATE,
-            Message::Refused { .. } => kind::REFUSED,
-            Message::Changes { .. } => kind::CHANGES,
-            Message::Ack { .. } => kind::ACK,
-        }
-    }
-
     /// The message as one frame: length prefix, type byte, payload.
     pub fn to_frame(&self) -> Vec<u8> {
-        let payload = match self.clone() {
-            Message::Hello {
-                version,
-                capabilities,
-            } => encode(&HelloBody {
-                version,
-                capabilities,
-            }),
-            Message::Error { code, detail } => encode(&ErrorBody { code, detail }),
-            Message::Reconcile { round, ranges } => encode(&ReconcileBody { round, ranges }),
-            Message::Want { doc } => encode(&DocBody { doc }),
-            Message::Snapshot { doc, kind, bytes } => encode(&SnapshotBody { doc, kind, bytes }),
-            Message::Heads {
-                doc,
-                heads,
-                ancestors,
-            } => encode(&HeadsBody {
-                doc,
-                heads,
-                ancestors,
-            }),
-            Message::Sync { doc, message } => encode(&BytesBody {
-                doc,
-                bytes: message,
-            }),
-            Message::State { doc, bytes } => encode(&BytesBody { doc, bytes }),
-            Message::Refused { doc, code } => encode(&RefusedBody { doc, code }),
-            Message::Changes {
-                doc,
-                heads,
-                changes,
-            } => encode(&ChangesBody {
-                doc,
-                heads,
-                changes: changes
-                    .into_iter()
-                    .map(serde_bytes::ByteBuf::from)
-                    .collect(),
-            }),
-            Message::Ack { doc, digest } => encode(&AckBody { doc, digest }),
-        }
-        .expect("a message of ids, digests and byte strings always encodes");
+        let payload = self
+            .encode_payload()
+            .expect("a message of ids, digests and byte strings always encodes");
         let len = u32::try_from(payload.len() + 1).unwrap_or(u32::MAX);
         let mut frame = Vec::with_capacity(LENGTH_PREFIX + 1 + payload.len());
         frame.extend_from_slice(&len.to_le_bytes());
@@ -305,88 +285,7 @@ impl Message {
             return Err(FrameError::Trailing);
         }
         let (&type_byte, payload) = body.split_first().ok_or(FrameError::UnknownType(0))?;
-        let limit = limit as usize;
-        let bad = FrameError::Payload;
-        Ok(match type_byte {
-            kind::HELLO => {
-                let b: HelloBody = decode(payload, limit).map_err(bad)?;
-                Message::Hello {
-                    version: b.version,
-                    capabilities: b.capabilities,
-                }
-            }
-            kind::ERROR => {
-                let b: ErrorBody = decode(payload, limit).map_err(bad)?;
-                Message::Error {
-                    code: b.code,
-                    detail: b.detail,
-                }
-            }
-            kind::RECONCILE => {
-                let b: ReconcileBody = decode(payload, limit).map_err(bad)?;
-                Message::Reconcile {
-                    round: b.round,
-                    ranges: b.ranges,
-                }
-            }
-            kind::WANT => {
-                let b: DocBody = decode(payload, limit).map_err(bad)?;
-                Message::Want { doc: b.doc }
-            }
-            kind::SNAPSHOT => {
-                let b: SnapshotBody = decode(payload, limit).map_err(bad)?;
-                Message::Snapshot {
-                    doc: b.doc,
-                    kind: b.kind,
-                    bytes: b.bytes,
-                }
-            }
-            kind::HEADS => {
-                let b: HeadsBody = decode(payload, limit).map_err(bad)?;
-                Message::Heads {
-                    doc: b.doc,
-                    heads: b.heads,
-                    ancestors: b.ancestors,
-                }
-            }
-            kind::SYNC => {
-                let b: BytesBody = decode(payload, limit).map_err(bad)?;
-                Message::Sync {
-                    doc: b.doc,
-                    message: b.bytes,
-                }
-            }
-            kind::STATE => {
-                let b: BytesBody = decode(payload, limit).map_err(bad)?;
-                Message::State {
-                    doc: b.doc,
-                    bytes: b.bytes,
-                }
-            }
-            kind::REFUSED => {
-                let b: RefusedBody = decode(payload, limit).map_err(bad)?;
-                Message::Refused {
-                    doc: b.doc,
-                    code: b.code,
-                }
-            }
-            kind::CHANGES => {
-                let b: ChangesBody = decode(payload, limit).map_err(bad)?;
-                Message::Changes {
-                    doc: b.doc,
-                    heads: b.heads,
-                    changes: b.changes.into_iter().map(|c| c.into_vec()).collect(),
-                }
-            }
-            kind::ACK => {
-                let b: AckBody = decode(payload, limit).map_err(bad)?;
-                Message::Ack {
-                    doc: b.doc,
-                    digest: b.digest,
-                }
-            }
-            other => return Err(FrameError::UnknownType(other)),
-        })
+        Message::decode_payload(type_byte, payload, limit as usize)
     }
 }
 
@@ -398,10 +297,11 @@ fn split_prefix(bytes: &[u8]) -> Result<(u64, &[u8]), FrameError> {
 }
 
 /// Splits a byte stream into frames, for transports that deliver a stream. Holds at most one
-/// frame's bytes; a frame over the limit is refused from its length prefix alone.
+/// frame's bytes beyond what has been pushed; a frame over the limit is refused from its length
+/// prefix alone. Taking a frame out moves no other bytes.
 #[derive(Debug)]
 pub struct FrameReader {
-    buffer: Vec<u8>,
+    buffer: BytesMut,
     limit: u32,
 }
 
@@ -409,7 +309,7 @@ impl FrameReader {
     /// A reader refusing frames longer than `limit`.
     pub fn new(limit: u32) -> Self {
         Self {
-            buffer: Vec::new(),
+            buffer: BytesMut::new(),
             limit,
         }
     }
@@ -419,8 +319,8 @@ impl FrameReader {
         self.buffer.extend_from_slice(bytes);
     }
 
-    /// The next whole frame, if one has arrived.
-    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+    /// The next whole frame, if one has arrived: length prefix, type byte and payload.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
         let Ok((len, _)) = split_prefix(&self.buffer) else {
             return Ok(None);
         };
@@ -432,9 +332,9 @@ impl FrameReader {
         }
         let end = LENGTH_PREFIX + len as usize;
         if self.buffer.len() < end {
+            self.buffer.reserve(end - self.buffer.len());
             return Ok(None);
         }
-        let rest = self.buffer.split_off(end);
-        Ok(Some(std::mem::replace(&mut self.buffer, rest)))
+        Ok(Some(self.buffer.split_to(end).freeze()))
     }
 }

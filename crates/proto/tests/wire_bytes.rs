@@ -1,0 +1,98 @@
+//! The bytes on the wire, pinned: one frame of every message type, as protocol version 1
+//! encodes it. A change here breaks every peer already deployed; it needs a new version.
+
+#![allow(clippy::unwrap_used)]
+
+use ferry_proto::{ErrorCode, Item, Message, Prefix, Range};
+use ferry_store::{DocId, DocKind};
+
+/// The frames, in hex, as this build's first release wrote them.
+const GOLDEN: [&str; 11] = [
+    "050000000101fb2c01",
+    "070000000203046e6f7065",
+    "b1000000030303000000010101010101010101010150010707070707070707070707070707070704020202020202020201020201590303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303",
+    "110000000407070707070707070707070707070707",
+    "1700000005070707070707070707070707070707070004010203c8",
+    "7300000006070707070707070707070707070707070104040404040404040404040404040404040404040404040404040404040404040205050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
+    "400100000707070707070707070707070707070707fb2c01090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909",
+    "12000000080707070707070707070707070707070700",
+    "12000000090707070707070707070707070707070704",
+    "9a0000000a0707070707070707070707070707070700030201020082ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "190000000b070707070707070707070707070707070808080808080808",
+];
+
+#[test]
+fn every_message_type_encodes_to_the_bytes_version_1_defined() {
+    let doc = DocId::from_bytes([7; 16]);
+    let msgs = vec![
+        Message::Hello {
+            version: 1,
+            capabilities: 300,
+        },
+        Message::Error {
+            code: ErrorCode::NoAccess,
+            detail: "nope".into(),
+        },
+        Message::Reconcile {
+            round: 3,
+            ranges: vec![
+                Range::Fingerprint {
+                    prefix: Prefix::ROOT,
+                    fingerprint: [1; 8],
+                },
+                Range::Items {
+                    prefix: Prefix::ROOT.children()[5].clone(),
+                    items: vec![Item {
+                        doc,
+                        kind: DocKind::MvRegister,
+                        digest: [2; 8],
+                        acked: true,
+                    }],
+                },
+                Range::Split {
+                    prefix: Prefix::ROOT.children()[5].children()[9].clone(),
+                    children: [[3; 8]; 16],
+                },
+            ],
+        },
+        Message::Want { doc },
+        Message::Snapshot {
+            doc,
+            kind: DocKind::Automerge,
+            bytes: vec![1, 2, 3, 200],
+        },
+        Message::Heads {
+            doc,
+            heads: vec![[4; 32]],
+            ancestors: vec![[5; 32], [6; 32]],
+        },
+        Message::Sync {
+            doc,
+            message: vec![9; 300],
+        },
+        Message::State { doc, bytes: vec![] },
+        Message::Refused {
+            doc,
+            code: ErrorCode::ReadOnly,
+        },
+        Message::Changes {
+            doc,
+            heads: vec![],
+            changes: vec![vec![1, 2], vec![], vec![255; 130]],
+        },
+        Message::Ack {
+            doc,
+            digest: [8; 8],
+        },
+    ];
+    assert_eq!(msgs.len(), GOLDEN.len());
+    for (m, golden) in msgs.iter().zip(GOLDEN) {
+        let hex: String = m.to_frame().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, golden, "{m:?}");
+        let frame: Vec<u8> = (0..golden.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(&Message::from_frame(&frame, 1 << 20).unwrap(), m);
+    }
+}

@@ -1,7 +1,7 @@
 //! Bringing a store written by an older format up to this build's, in one atomic batch.
 
 use ferry_crdt::{Digest, decode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::records::{self, DocMeta, FORMAT, RECORD_LIMIT};
 use crate::store::encode_record;
@@ -9,7 +9,7 @@ use crate::{DocId, DocKind, StoreError, SyncRecord, Version};
 
 /// Format 2's sync record: the acknowledged version as bare hashes whose meaning depended on
 /// the document's kind (heads, or one state digest), empty when never acknowledged.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct SyncRecordV2 {
     #[serde(with = "serde_bytes")]
     automerge_state: Vec<u8>,
@@ -69,18 +69,9 @@ mod tests {
     use automerge::ROOT;
     use automerge::transaction::Transactable;
     use ferry_crdt::encode;
-    use serde::Serialize;
 
+    use super::SyncRecordV2;
     use crate::{DocKind, PeerId, Store, Version};
-
-    #[derive(Serialize)]
-    struct SyncRecordV2 {
-        #[serde(with = "serde_bytes")]
-        automerge_state: Vec<u8>,
-        acked: Vec<[u8; 32]>,
-        acked_changes: u64,
-        last_sync_millis: Option<u64>,
-    }
 
     #[test]
     fn a_format_2_store_opens_with_its_sync_records_as_versions() {

@@ -29,7 +29,7 @@ impl Store {
         .map_err(|e| e.expecting(DocKind::PNCounter.alone()))
     }
 
-    /// Writes a register document ([`LwwRegister`] or [`MvRegister`]).
+    /// Writes a register document ([`LwwRegister`](ferry_crdt::LwwRegister) or [`MvRegister`](ferry_crdt::MvRegister)).
     pub fn set_register(&self, doc: DocId, value: Vec<u8>) -> Result<Digest, StoreError> {
         self.update_crdt(doc, |state, replica, clock| match state {
             CrdtState::LwwRegister(r) => {

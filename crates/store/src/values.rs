@@ -303,7 +303,7 @@ pub struct DocInfo {
     pub stored_bytes: u64,
 }
 
-/// How far a peer is behind on one document; see [`Store::sync_status`].
+/// How far a peer is behind on one document; see [`Store::sync_status`](crate::Store::sync_status).
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub struct DocSyncStatus {
     /// Changes held here that the peer has not acknowledged: Automerge changes outside the

@@ -204,6 +204,8 @@ impl Session {
             let (round, ranges) = session.reconciler.start();
             session.send(&Message::Reconcile { round, ranges });
         }
+        // The listing names versions read from the store: durable before it goes out.
+        session.store.wait_durable()?;
         Ok(session)
     }
 
@@ -248,8 +250,14 @@ impl Session {
     }
 
     /// Handles one whole frame from the peer. `now_millis` is the wall time, recorded as the
-    /// time of a completed sync.
+    /// time of a completed sync. Frames it queues are released once what they carry is
+    /// durable here (see [`Store::wait_durable`]).
     pub fn handle_frame(&mut self, frame: &[u8], now_millis: u64) -> Result<(), SessionError> {
+        let handled = self.handle(frame, now_millis);
+        self.release(handled)
+    }
+
+    fn handle(&mut self, frame: &[u8], now_millis: u64) -> Result<(), SessionError> {
         if self.phase == Phase::Closed {
             return Err(SessionError::Closed);
         }
@@ -270,7 +278,7 @@ impl Session {
                     // Changed since this side listed its documents: pushed now, as they would
                     // have been had the hello come first.
                     for doc in std::mem::take(&mut self.changed_early) {
-                        self.doc_changed(doc)?;
+                        self.push(doc)?;
                     }
                     Ok(())
                 }
@@ -302,6 +310,11 @@ impl Session {
     /// that it pushes the change if the peer may read the document. Changes the peer already
     /// holds (because they came from it) are not sent back.
     pub fn doc_changed(&mut self, doc: DocId) -> Result<(), SessionError> {
+        let pushed = self.push(doc);
+        self.release(pushed)
+    }
+
+    fn push(&mut self, doc: DocId) -> Result<(), SessionError> {
         if self.phase == Phase::AwaitHello {
             self.changed_early.insert(doc);
             return Ok(());
@@ -320,6 +333,31 @@ impl Session {
             _ if self.docs.get(&doc).and_then(|d| d.peer_state) == Some(info.digest) => Ok(()),
             _ => self.send_state(doc),
         }
+    }
+
+    /// Ends a step: the frames it queued may carry what this side read from the store, which
+    /// may include a change whose flush is still running; they go out only once everything
+    /// read is durable. If the flush fails, they are dropped and the session ends.
+    fn release(&mut self, step: Result<(), SessionError>) -> Result<(), SessionError> {
+        if self.out.is_empty() {
+            return step;
+        }
+        if let Err(e) = self.store.wait_durable() {
+            self.out.clear();
+            let error = SessionError::Store(e);
+            return match self.phase {
+                // The step's own error frame went with the rest; say why now.
+                Phase::Closed => {
+                    self.send(&Message::Error {
+                        code: ErrorCode::Internal,
+                        detail: error.to_string(),
+                    });
+                    Err(error)
+                }
+                _ => self.fail(ErrorCode::Internal, error),
+            };
+        }
+        step
     }
 
     fn send(&mut self, message: &Message) {

@@ -93,6 +93,11 @@ impl GroupCommit {
         state.applied
     }
 
+    /// The ticket of the last commit applied.
+    pub(crate) fn last_applied(&self) -> u64 {
+        self.lock().applied
+    }
+
     /// Returns once a flush has covered the commit with this ticket, leading one if none is
     /// running.
     pub(crate) fn wait_durable(

@@ -50,8 +50,9 @@ impl Default for StoreConfig {
 ///
 /// Cloning a `Store` gives another handle to the same store; it closes when the last handle is
 /// dropped. Every write is durable before it returns (see [`Durability`]), and subscribers hear
-/// of it only once it is durable. Reads on other threads, sync sessions among them, may see a
-/// change a moment earlier, while its flush runs.
+/// of it only once it is durable. Reads on other threads may see a change a moment earlier,
+/// while its flush runs; sync sessions call [`Store::wait_durable`] before their frames go out,
+/// so peers only ever receive durable changes.
 ///
 /// # Examples
 ///
@@ -198,6 +199,17 @@ impl Store {
     /// Events for one document.
     pub fn subscribe_doc(&self, doc: DocId) -> Subscription {
         Subscription::new(self.shared.events.subscribe(), Some(doc))
+    }
+
+    /// Returns once every commit applied so far is durable: at once if none is waiting for its
+    /// flush, else when the flush that covers the last one is done (under
+    /// [`Durability::Batched`], up to its interval). A reader that saw a change through
+    /// [`Store::read`] or [`Store::info`] and calls this afterwards knows the change is on disk;
+    /// sync sessions do so before their frames go out, so peers only receive durable changes.
+    pub fn wait_durable(&self) -> Result<(), StoreError> {
+        let group = &self.shared.group;
+        let last = group.last_applied();
+        group.wait_durable(&self.shared.db, &self.shared.events, last)
     }
 
     /// Flushes everything written so far to disk, sync records and peers included.

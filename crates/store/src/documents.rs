@@ -172,9 +172,17 @@ impl Store {
 
     /// What the store knows of `doc`, without loading it.
     pub fn info(&self, doc: DocId) -> Result<DocInfo, StoreError> {
-        let meta = self
-            .read_meta(doc)?
-            .ok_or(StoreError::NoSuchDocument(doc))?;
+        // Under the lock: a document's metadata is its base record or its last incremental,
+        // two reads that a compaction committing between them would make go back in time.
+        // A loaded document's metadata is at hand.
+        let mut state = self.lock();
+        let meta = match state.cache.get(&doc) {
+            Some(entry) => entry.meta.clone(),
+            None => self
+                .read_meta(doc)?
+                .ok_or(StoreError::NoSuchDocument(doc))?,
+        };
+        drop(state);
         Ok(DocInfo {
             id: doc,
             kind: meta.kind,

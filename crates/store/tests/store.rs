@@ -695,3 +695,59 @@ fn sync_status_counts_what_a_peer_has_not_acknowledged() {
     assert_eq!(store.sync_status(peer, doc).unwrap().pending, 4);
     assert_eq!(store.reconciled(peer).unwrap(), None);
 }
+
+#[test]
+fn info_never_goes_back_while_a_document_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        compact_min_bytes: 1,
+        ..StoreConfig::default()
+    };
+    let store = Store::open_with(dir.path(), config).unwrap();
+    let doc = store.create(DocKind::Automerge).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for i in 0..300i64 {
+                store.change(doc, |tx| tx.put(ROOT, "n", i)).unwrap();
+                if i % 3 == 0 {
+                    store.compact(doc).unwrap();
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last = 0;
+                let mut checked = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let info = store.info(doc).unwrap();
+                    assert!(info.changes >= last, "{} after {last}", info.changes);
+                    last = info.changes;
+                    // The version info names is one the document holds.
+                    let Version::Heads(heads) = info.version else {
+                        panic!("an automerge document's version is heads");
+                    };
+                    let known = store
+                        .read(doc, |d| d.get_missing_deps(&heads).is_empty())
+                        .unwrap();
+                    assert!(known, "info named heads the document does not hold");
+                    checked += 1;
+                }
+                checked
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    // Quiet now: info and the document agree exactly.
+    let info = store.info(doc).unwrap();
+    let heads = store.read(doc, |d| d.get_heads()).unwrap();
+    assert_eq!(info.version, Version::Heads(heads));
+}

@@ -100,7 +100,8 @@ impl Clock {
     ///
     /// This accepts any timestamp, however far ahead: a peer whose clock runs fast drags this
     /// one forwards (that is how hybrid clocks keep causality). Bounding how far ahead a peer
-    /// may be is the sync layer's decision, made before it calls this.
+    /// may be is the caller's decision, made before it calls this: ferry's sync sessions refuse
+    /// register states stamped more than a configured skew (10 minutes by default) ahead.
     pub fn observe(&mut self, remote: Timestamp, wall_millis: u64) {
         let local = (self.millis, self.counter);
         let seen = (remote.millis, remote.counter);

@@ -35,6 +35,10 @@ pub enum ErrorCode {
     ReadOnly,
     /// The receiver could not store what it was sent.
     Internal,
+    /// A last-writer-wins register's stamp lies further ahead of the receiver's clock than it
+    /// allows ([`SessionConfig::max_clock_skew_millis`](crate::SessionConfig)); nothing of it
+    /// was stored.
+    FutureStamp,
 }
 
 /// Defines the messages once: each with its frame type byte and its fields in wire order. From

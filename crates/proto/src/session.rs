@@ -50,6 +50,11 @@ pub struct SessionConfig {
     pub max_frame: u32,
     /// A prefix holding at most this many documents is listed rather than split. Default 16.
     pub leaf: usize,
+    /// How far ahead of this side's wall time (the `now` the driver passes) a register's
+    /// stamp from the peer may be. A state stamped later is refused with
+    /// [`ErrorCode::FutureStamp`]: otherwise one peer with a clock set years ahead would win
+    /// every later write, and drag every hybrid clock it reaches along. Default 10 minutes.
+    pub max_clock_skew_millis: u64,
 }
 
 impl Default for SessionConfig {
@@ -57,6 +62,7 @@ impl Default for SessionConfig {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             leaf: 16,
+            max_clock_skew_millis: 10 * 60 * 1000,
         }
     }
 }

@@ -75,7 +75,7 @@ proptest! {
         leaf in prop_oneof![Just(1usize), Just(2), Just(16)],
         ops in proptest::collection::vec(op(), 1..40),
     ) {
-        let config = SessionConfig { leaf, ..SessionConfig::default() };
+        let config = SessionConfig { leaf, ..support::config() };
         let sync = |a: &Replica, b: &Replica, faults| sync_with(a, b, faults, &config);
         let replicas: Vec<Replica> = (0..n).map(|_| Replica::new()).collect();
         for a in &replicas {

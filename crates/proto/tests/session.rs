@@ -823,3 +823,87 @@ fn heads_a_peer_named_that_arrive_by_another_peer_still_get_a_last_sync_time() {
         assert!(status.last_sync_millis.is_some());
     }
 }
+
+/// Frames the session over `store` sends after the peer's hello and `frames`, handled at
+/// wall time `now`.
+fn answers(store: &Store, peer: ferry_store::PeerId, frames: &[Message], now: u64) -> Vec<Message> {
+    let mut session = Session::new(
+        store.clone(),
+        peer,
+        Role::Responder,
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let hello = Message::Hello {
+        version: ferry_proto::PROTOCOL_VERSION,
+        capabilities: 0,
+    };
+    session.handle_frame(&hello.to_frame(), now).unwrap();
+    for frame in frames {
+        session.handle_frame(&frame.to_frame(), now).unwrap();
+    }
+    std::iter::from_fn(|| session.poll_transmit())
+        .map(|f| Message::from_frame(&f, u32::MAX).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_register_stamped_too_far_ahead_is_refused_and_one_within_the_skew_is_taken() {
+    let (a, b) = friends();
+    let now = 1_800_000_000_000u64;
+    let doc = a.store.create(DocKind::LwwRegister).unwrap();
+    let peer = b.store.peer_id();
+    let stamped = |value: &str, wall: u64| {
+        let mut clock = ferry_crdt::Clock::new(ferry_crdt::ReplicaId::from_bytes([9; 16]));
+        let mut register = ferry_crdt::LwwRegister::new();
+        register.set(value.as_bytes().to_vec(), &mut clock, wall);
+        ferry_crdt::encode(&register).unwrap()
+    };
+    let before = a.store.info(doc).unwrap().digest;
+
+    // An hour ahead: refused, nothing stored, for an existing document and for a new one.
+    let late = stamped("from the future", now + 3_600_000);
+    let fresh = DocId::random();
+    let sent = answers(
+        &a.store,
+        peer,
+        &[
+            Message::State {
+                doc,
+                bytes: late.clone(),
+            },
+            Message::Snapshot {
+                doc: fresh,
+                kind: DocKind::LwwRegister,
+                bytes: late,
+            },
+        ],
+        now,
+    );
+    for refused in [doc, fresh] {
+        assert!(
+            sent.contains(&Message::Refused {
+                doc: refused,
+                code: ErrorCode::FutureStamp
+            }),
+            "{sent:?}"
+        );
+    }
+    assert_eq!(a.store.info(doc).unwrap().digest, before);
+    assert!(a.store.info(fresh).is_err());
+
+    // A minute ahead, within the default ten: merged and acknowledged.
+    let soon = stamped("a minute early", now + 60_000);
+    let sent = answers(&a.store, peer, &[Message::State { doc, bytes: soon }], now);
+    assert!(
+        sent.iter().any(|m| matches!(m, Message::Ack { .. })),
+        "{sent:?}"
+    );
+    let CrdtState::LwwRegister(register) = a.store.crdt(doc).unwrap() else {
+        panic!("an lww document");
+    };
+    assert_eq!(
+        register.get().map(Vec::as_slice),
+        Some(&b"a minute early"[..])
+    );
+}

@@ -24,6 +24,9 @@ impl Session {
             return Err(SessionError::Protocol("a state for an automerge document"));
         }
         validate_state(kind, bytes, self.config.max_frame)?;
+        if self.refuse_future_stamp(doc, kind, bytes) {
+            return Ok(());
+        }
         if !self.may_write(doc)? {
             self.send(&Message::Refused {
                 doc,
@@ -36,6 +39,26 @@ impl Session {
             return Ok(());
         }
         self.merge_state(doc, bytes)
+    }
+
+    /// Refuses (with [`ErrorCode::FutureStamp`]) a register state stamped further ahead of
+    /// this side's clock than the session allows; returns whether it did.
+    pub(super) fn refuse_future_stamp(&mut self, doc: DocId, kind: DocKind, bytes: &[u8]) -> bool {
+        if kind != DocKind::LwwRegister {
+            return false;
+        }
+        let limit = self.now.saturating_add(self.config.max_clock_skew_millis);
+        let stamp = decode::<LwwRegister<Vec<u8>>>(bytes, self.config.max_frame as usize)
+            .ok()
+            .and_then(|register| register.stamp());
+        if stamp.is_none_or(|stamp| stamp.millis <= limit) {
+            return false;
+        }
+        self.send(&Message::Refused {
+            doc,
+            code: ErrorCode::FutureStamp,
+        });
+        true
     }
 
     /// Merges a validated state; acknowledges it if the result is the state received, else

@@ -65,6 +65,9 @@ impl Session {
             }
             _ => {
                 validate_state(kind, bytes, self.config.max_frame)?;
+                if self.refuse_future_stamp(doc, kind, bytes) {
+                    return Ok(());
+                }
                 // Created with the state in one write; the merge below then acknowledges.
                 if self.holds(doc)?.is_none() && self.store.adopt_state(doc, kind, origin, bytes)? {
                     self.events.push_back(Event::DocUpdated { doc });

@@ -57,9 +57,23 @@ pub struct Faults {
     pub duplicate_every: Option<usize>,
 }
 
+/// The time the pump tells sessions: 1,000 ms after the epoch, so tests can name the time a
+/// sync is recorded at.
+pub const PUMP_NOW: u64 = 1_000;
+
+/// The sessions' configuration in these tests: the defaults, except that register stamps are
+/// not bounded against the pump's clock, which reads [`PUMP_NOW`] while the stores stamp
+/// registers with the real time. (The bound has its own test.)
+pub fn config() -> SessionConfig {
+    SessionConfig {
+        max_clock_skew_millis: u64::MAX,
+        ..SessionConfig::default()
+    }
+}
+
 /// Runs a session between `a` (initiator) and `b` until no frame moves, or a fault cuts it.
 pub fn sync(a: &Replica, b: &Replica, faults: Faults) -> Run {
-    sync_with(a, b, faults, &SessionConfig::default())
+    sync_with(a, b, faults, &config())
 }
 
 /// [`sync`] with both sessions configured by `config`.
@@ -169,5 +183,5 @@ fn deliver(session: &mut Session, frame: &[u8]) -> Result<(), SessionError> {
     if session.is_closed() {
         return Ok(());
     }
-    session.handle_frame(frame, 1_000)
+    session.handle_frame(frame, PUMP_NOW)
 }

@@ -25,8 +25,17 @@ pub struct Identity {
 
 impl Identity {
     /// Reads the key file in `dir`, or creates one (readable by the owner only) if there is none.
+    /// A key file that others may read or write is refused, as ssh refuses such a private key:
+    /// anyone who read it could pose as this replica to every peer.
     pub(crate) fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
         let path = dir.join(KEY_FILE);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                let mode = meta.permissions().mode() & 0o777;
+                return Err(IdentityError::Exposed { path, mode });
+            }
+            _ => {}
+        }
         match fs::read(&path) {
             Ok(der) => Self::from_pkcs8(&der).map_err(|_| IdentityError::Damaged { path }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -108,4 +117,12 @@ pub enum IdentityError {
     /// No key pair could be generated.
     #[error("cannot generate a key pair")]
     Generate,
+    /// The key file may be read or written by others than its owner; it is not used.
+    #[error("key file {path} is open to others (mode {mode:o}): make it private with `chmod 600`")]
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }

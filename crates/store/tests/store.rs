@@ -751,3 +751,24 @@ fn info_never_goes_back_while_a_document_is_compacted() {
     let heads = store.read(doc, |d| d.get_heads()).unwrap();
     assert_eq!(info.version, Version::Heads(heads));
 }
+
+#[test]
+fn a_key_file_others_can_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Store::open(dir.path()).unwrap().peer_id();
+    let key = dir.path().join("identity.key");
+    for mode in [0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Identity(ferry_store::IdentityError::Exposed { .. })
+            ),
+            "mode {mode:o}: {err:?}"
+        );
+    }
+    // Made private again, it opens as the same replica.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(Store::open(dir.path()).unwrap().peer_id(), id);
+}

@@ -69,14 +69,8 @@ pub(crate) fn listen(dir: &Path, replica: Replica) -> anyhow::Result<Control> {
     let path = socket_path(dir);
     #[cfg(unix)]
     {
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path)
+        let listener = bind_private(dir, &path)
             .with_context(|| format!("cannot listen on {}", path.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot restrict {}", path.display()))?;
-        }
         let task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -97,6 +91,26 @@ pub(crate) fn listen(dir: &Path, replica: Replica) -> anyhow::Result<Control> {
         let _ = replica;
         Ok(Control { path })
     }
+}
+
+/// Binds the socket at `path` so that it is never reachable by others: it is made in a fresh
+/// directory only the owner may enter, restricted to the owner (0600), and only then moved into
+/// place (replacing a file left by a `ferry serve` that was killed).
+#[cfg(unix)]
+fn bind_private(dir: &Path, path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    let private = dir.join(format!(".ferry.sock.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("sock");
+    let bound = tokio::net::UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 #[cfg(unix)]

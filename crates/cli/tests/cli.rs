@@ -321,3 +321,86 @@ fn watch_streams_changes_from_a_peer() {
     let _ = watch.wait();
     assert!(found, "no change event from the peer");
 }
+
+/// Sends `request` (bytes, a newline added) on `dir`'s control socket and returns the first
+/// line of the answer.
+#[cfg(unix)]
+fn raw_request(dir: &Path, request: Vec<u8>) -> String {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    let stream = UnixStream::connect(dir.join("ferry.sock")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // Written on its own thread: the server stops reading an oversized line at its limit.
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(&request);
+        let _ = writer.write_all(b"\n");
+    });
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    drop(stream);
+    let _ = sending.join();
+    line
+}
+
+#[cfg(unix)]
+#[test]
+fn the_control_socket_is_private_and_outlives_bad_clients() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let id = ok(d, &["init"]);
+    let serving = Serving::start(d, free_port());
+    let socket = std::fs::metadata(d.join("ferry.sock")).unwrap();
+    assert!(socket.file_type().is_socket());
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
+
+    // A second server on the same replica is refused in one line.
+    assert!(fails(d, &["serve", "--listen", &free_port().to_string()]).contains("already running"));
+
+    // Garbage, and a line over the 16 MiB limit: one error line each, and it keeps answering.
+    for request in [b"not json".to_vec(), vec![b'x'; 17 << 20]] {
+        let answer: Value = serde_json::from_str(&raw_request(d, request)).unwrap();
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed request"),
+            "{answer}"
+        );
+        assert_eq!(ok(d, &["id"]), id);
+    }
+
+    // A client that hangs up in the middle of `sync --once` (the peer never answers).
+    let other = TempDir::new().unwrap();
+    let peer = ok(other.path(), &["init"]);
+    ok(d, &["peer", "add", &peer, &free_port().to_string()]);
+    let mut client = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--dir")
+        .arg(d)
+        .args(["sync", "--once", &peer])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert_eq!(ok(d, &["id"]), id);
+    assert_eq!(
+        json(d, &["peer", "list", "--json"])[0]["peer"],
+        peer.as_str()
+    );
+
+    // Killed, it leaves its socket file behind; the next `ferry serve` replaces it.
+    drop(serving);
+    assert!(d.join("ferry.sock").exists());
+    let serving = Serving::start(d, free_port());
+    assert_eq!(ok(d, &["id"]), id);
+    serving.stop();
+    assert!(!d.join("ferry.sock").exists());
+}

@@ -51,6 +51,9 @@ pub(crate) struct GroupCommit {
     state: Mutex<GroupState>,
     changed: Condvar,
     gather: Duration,
+    /// Tests make the next flush fail.
+    #[cfg(test)]
+    pub(crate) fail_next_flush: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +73,8 @@ impl GroupCommit {
         Self {
             state: Mutex::new(GroupState::default()),
             changed: Condvar::new(),
+            #[cfg(test)]
+            fail_next_flush: std::sync::atomic::AtomicBool::new(false),
             gather: match durability {
                 Durability::Immediate => Duration::ZERO,
                 Durability::Batched { interval } => interval,
@@ -91,6 +96,19 @@ impl GroupCommit {
         state.applied += 1;
         state.pending.extend(events);
         state.applied
+    }
+
+    fn flush(&self, db: &sled::Db) -> sled::Result<usize> {
+        #[cfg(test)]
+        if self
+            .fail_next_flush
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(sled::Error::Io(std::io::Error::other(
+                "injected flush failure",
+            )));
+        }
+        db.flush()
     }
 
     /// The ticket of the last commit applied.
@@ -132,7 +150,7 @@ impl GroupCommit {
             let mut state = self.lock();
             (state.applied, std::mem::take(&mut state.pending))
         };
-        let flushed = db.flush();
+        let flushed = self.flush(db);
 
         let mut state = self.lock();
         state.flushing = false;
@@ -149,5 +167,56 @@ impl GroupCommit {
         drop(state);
         self.changed.notify_all();
         flushed.map(|_| ()).map_err(StoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use automerge::transaction::Transactable;
+    use automerge::{ROOT, ReadDoc};
+
+    use crate::{DocKind, Store, StoreError};
+
+    #[test]
+    fn a_failed_flush_fails_every_later_commit_and_the_store_reopens_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (doc, counter) = {
+            let store = Store::open(dir.path()).unwrap();
+            let doc = store.create(DocKind::Automerge).unwrap();
+            store.change(doc, |tx| tx.put(ROOT, "saved", 1)).unwrap();
+            let counter = store.create(DocKind::GCounter).unwrap();
+            store.increment(counter, 2).unwrap();
+
+            store
+                .shared
+                .group
+                .fail_next_flush
+                .store(true, Ordering::SeqCst);
+            let failed = store.change(doc, |tx| tx.put(ROOT, "lost", 1));
+            assert!(matches!(failed, Err(StoreError::Storage(_))), "{failed:?}");
+            // Every later write is refused, clearly, of every kind.
+            for later in [
+                store.change(doc, |tx| tx.put(ROOT, "later", 1)).map(drop),
+                store.increment(counter, 1).map(drop),
+                store.create(DocKind::PNCounter).map(drop),
+                store.wait_durable(),
+            ] {
+                assert!(matches!(later, Err(StoreError::FlushFailed)), "{later:?}");
+            }
+            (doc, counter)
+        };
+        // Reopened, it works again, with every write that was acknowledged.
+        let store = Store::open(dir.path()).unwrap();
+        let saved = store
+            .read(doc, |d| d.get(ROOT, "saved").unwrap().is_some())
+            .unwrap();
+        assert!(saved);
+        let crate::CrdtState::GCounter(c) = store.crdt(counter).unwrap() else {
+            panic!("a gcounter");
+        };
+        assert!(c.value() >= 2);
+        store.change(doc, |tx| tx.put(ROOT, "after", 1)).unwrap();
     }
 }

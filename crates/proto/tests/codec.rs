@@ -116,17 +116,25 @@ fn message() -> impl Strategy<Value = Message> {
 
 proptest! {
     #[test]
-    fn every_message_round_trips(message in message()) {
+    fn every_message_round_trips(
+        message in message(),
+        cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..4),
+    ) {
         let frame = message.to_frame();
         prop_assert_eq!(Message::from_frame(&frame, 1 << 20).unwrap(), message.clone());
-        // And through a stream reader, split anywhere.
+        // And through a stream reader, split at random points.
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(frame.len())).collect();
+        cuts.push(frame.len());
+        cuts.sort_unstable();
         let mut reader = FrameReader::new(1 << 20);
-        let cut = frame.len() / 2;
-        reader.push(&frame[..cut]);
-        if cut < frame.len() {
-            prop_assert!(reader.next_frame().unwrap().is_none());
+        let mut from = 0;
+        for cut in cuts {
+            reader.push(&frame[from..cut]);
+            from = cut;
+            if cut < frame.len() {
+                prop_assert!(reader.next_frame().unwrap().is_none());
+            }
         }
-        reader.push(&frame[cut..]);
         prop_assert_eq!(reader.next_frame().unwrap().unwrap(), frame);
     }
 
@@ -145,6 +153,11 @@ proptest! {
         let _ = Message::from_frame(&bytes, 1 << 16);
         let mut framed = ((bytes.len()) as u32).to_le_bytes().to_vec();
         framed.extend_from_slice(&bytes);
-        let _ = Message::from_frame(&framed, 1 << 16);
+        // Whatever decodes has one encoding: the bytes it came from.
+        for frame in [&bytes, &framed] {
+            if let Ok(message) = Message::from_frame(frame, 1 << 16) {
+                prop_assert_eq!(&message.to_frame(), frame);
+            }
+        }
     }
 }

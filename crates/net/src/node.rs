@@ -571,16 +571,20 @@ impl Inner {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::debug!(%peer, error = %e, ?delay, "dial failed");
+                    // Listening for the network-changed nudge before the state says when the
+                    // next try is: an app that sees that state and nudges at once is heard.
+                    let changed = self.network_changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
                     self.set_state(
                         peer,
                         ConnectionState::Disconnected {
                             next_retry: Some(SystemTime::now() + delay),
                         },
                     );
-                    let changed = self.network_changed.notified();
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = changed => backoff.reset(),
+                        () = &mut changed => backoff.reset(),
                         () = &mut woken => {}
                         _ = shutdown.changed() => break,
                     }

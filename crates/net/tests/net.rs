@@ -462,9 +462,10 @@ fn free_port() -> SocketAddr {
 async fn network_changed_retries_at_once() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (open(da.path()), open(db.path()));
-    let b_addr = free_port();
-    trust(&a, &b, Some(b_addr), Access::ReadWrite);
+    // a dials b where nothing listens, until b's real address takes its place.
+    trust(&a, &b, Some(free_port()), Access::ReadWrite);
     trust(&b, &a, None, Access::ReadWrite);
+    let node_b = Node::start(b.clone(), config(loopback())).await.unwrap();
     // Long backoff: without the nudge, the next try would be many seconds away.
     let slow = NetConfig {
         backoff: BackoffConfig {
@@ -475,18 +476,26 @@ async fn network_changed_retries_at_once() {
         ..config(loopback())
     };
     let node_a = Node::start(a.clone(), slow).await.unwrap();
-    eventually("a first failed dial", || {
-        matches!(
-            node_a.states().get(&b.peer_id()),
-            Some(ConnectionState::Disconnected {
-                next_retry: Some(_)
-            })
-        )
-    })
-    .await;
-    let node_b = Node::start(b.clone(), config(b_addr)).await.unwrap();
-    // Let a's pending wait settle, then tell it the network is back.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut events = node_a.subscribe();
+    // Dials fail until the jittered wait before the next one is long.
+    let far = Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout(PATIENCE, events.recv()).await.unwrap();
+        if let Ok(NetEvent::Connection {
+            state:
+                ConnectionState::Disconnected {
+                    next_retry: Some(at),
+                },
+            ..
+        }) = event
+            && at > std::time::SystemTime::now() + far
+        {
+            break;
+        }
+    }
+    // The network is back (b is reachable at its real address), and the app says so the
+    // moment it saw that state: the nudge must be heard, however soon it comes.
+    trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
     let nudged = Instant::now();
     node_a.network_changed();
     eventually("connected after the nudge", || {

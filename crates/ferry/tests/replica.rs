@@ -285,3 +285,90 @@ async fn a_one_off_sync_from_an_offline_replica_reports_what_it_did() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Whether `doc` has `key`.
+fn has(doc: &ferry::Doc, key: &str) -> bool {
+    doc.read(|d| d.get(ROOT, key).unwrap().is_some()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_changes_and_removal_take_effect_on_the_live_connection() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, _) = a_knows_serving_b(&da, &db).await;
+    let a_addr = a.serve(loopback()).await.unwrap();
+    // Two shared documents; `marker` stays shared, to show what did get through meanwhile.
+    let (doc, marker) = (a.create_doc().await.unwrap(), a.create_doc().await.unwrap());
+    doc.change(|tx| tx.put(ROOT, "v", 1)).await.unwrap();
+    marker.change(|tx| tx.put(ROOT, "m", 0)).await.unwrap();
+    let on_b = b.doc_when_available(doc.id(), PATIENCE).await.unwrap();
+    let marker_b = b.doc_when_available(marker.id(), PATIENCE).await.unwrap();
+    let marker_on_a = |key: &'static str| {
+        let marker = marker.clone();
+        move || {
+            let marker = marker.clone();
+            async move { has(&marker, key) }
+        }
+    };
+
+    // Read: b's change to `doc` is refused and not stored; its later change to `marker`
+    // comes through the same session, so the refused one was handled before it.
+    a.set_access(b.peer_id(), doc.id(), Access::Read)
+        .await
+        .unwrap();
+    on_b.change(|tx| tx.put(ROOT, "from_b", 1)).await.unwrap();
+    marker_b.change(|tx| tx.put(ROOT, "m1", 1)).await.unwrap();
+    eventually("b's marker on a", marker_on_a("m1")).await;
+    assert!(
+        !has(&doc, "from_b"),
+        "a stored a change from a read-only peer"
+    );
+
+    // None: a's change to `doc` never goes out; a's later change to `marker` does.
+    a.set_access(b.peer_id(), doc.id(), Access::None)
+        .await
+        .unwrap();
+    doc.change(|tx| tx.put(ROOT, "secret", 1)).await.unwrap();
+    marker.change(|tx| tx.put(ROOT, "m2", 1)).await.unwrap();
+    eventually("a's marker on b", || {
+        let marker_b = marker_b.clone();
+        async move { has(&marker_b, "m2") }
+    })
+    .await;
+    assert!(
+        !has(&on_b, "secret"),
+        "a sent a document the peer may not read"
+    );
+
+    // Removed: the connection closes, b's redials are refused in the handshake, and no sync
+    // record for b reappears on a.
+    let mut b_events = b.subscribe();
+    b.add_peer(a.peer_id(), a_addr, Access::ReadWrite)
+        .await
+        .unwrap();
+    assert!(a.remove_peer(b.peer_id()).await.unwrap());
+    // b keeps dialing a; wait until a dial of b's has failed after the removal.
+    let refused = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Event::Connection {
+                peer,
+                state:
+                    ConnectionState::Disconnected {
+                        next_retry: Some(_),
+                    },
+            }) = b_events.next().await
+                && peer == a.peer_id()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "b never saw a dial to a fail");
+    let status = a.sync_status().await.unwrap();
+    assert!(status.peer(b.peer_id()).is_none(), "{status:?}");
+    for d in [doc.id(), marker.id()] {
+        assert!(a.store().sync_record(b.peer_id(), d).unwrap().is_none());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -97,6 +97,13 @@ pub enum NetError {
         /// The session's error, for people.
         reason: String,
     },
+    /// The peer refused this replica in the TLS handshake: it does not know or no longer
+    /// trusts this replica's peer id.
+    #[error("{peer} refused this replica (it does not trust this peer id)")]
+    Refused {
+        /// The peer.
+        peer: PeerId,
+    },
     /// Connected, but the session did not finish comparing documents in time.
     #[error("{peer} did not finish comparing documents within {waited:?}")]
     NotReconciled {

@@ -80,6 +80,9 @@ struct Slot {
     dialing: bool,
     /// One of its dials is in its handshake.
     handshaking: bool,
+    /// The peer refused this replica in the handshake of the last connection (it does not
+    /// know or no longer trusts it): the next dial waits a backoff delay.
+    refused: bool,
     /// The peer closed our connection as a duplicate: the one it kept is on its way, and
     /// nothing changes for the app unless it has not arrived by then.
     replacing_until: Option<Instant>,
@@ -96,6 +99,7 @@ impl Default for Slot {
             live: None,
             dialing: false,
             handshaking: false,
+            refused: false,
             replacing_until: None,
             wake: Arc::new(Notify::new()),
             handshake_done: Arc::new(Notify::new()),
@@ -409,6 +413,7 @@ impl Inner {
             .is_some_and(|live| live.conn.stable_id() == conn.stable_id())
         {
             slot.live = None;
+            slot.refused = refused_in_handshake(conn);
             slot.wake.notify_waiters();
             if closed_as_duplicate(conn) {
                 slot.replacing_until = Some(Instant::now() + REPLACEMENT_GRACE);
@@ -518,7 +523,9 @@ impl Inner {
                         () = &mut woken => {}
                         _ = shutdown.changed() => break,
                     }
-                    backoff.reset();
+                    if !refused_in_handshake(&conn) {
+                        backoff.reset();
+                    }
                     continue;
                 }
                 if closed_as_duplicate(&conn) {
@@ -551,10 +558,21 @@ impl Inner {
                 Ok(Some(info)) if !info.addresses.is_empty() => info.addresses,
                 _ => break, // forgotten, or nowhere to dial: the peer may still dial in
             };
-            self.set_state(peer, ConnectionState::Connecting);
-            self.set_handshaking(peer, true);
-            let dialed = self.dial_addresses(peer, &addresses).await;
-            self.set_handshaking(peer, false);
+            let refused = self
+                .peers()
+                .get_mut(&peer)
+                .is_some_and(|slot| std::mem::take(&mut slot.refused));
+            let dialed = if refused {
+                // A peer that refused this replica is not dialed again at once: a TLS 1.3
+                // client learns of the refusal only after its handshake seemed to succeed.
+                Err(NetError::Refused { peer })
+            } else {
+                self.set_state(peer, ConnectionState::Connecting);
+                self.set_handshaking(peer, true);
+                let dialed = self.dial_addresses(peer, &addresses).await;
+                self.set_handshaking(peer, false);
+                dialed
+            };
             match dialed {
                 Ok(conn) => {
                     backoff.reset();
@@ -650,6 +668,17 @@ async fn accept_loop(inner: Arc<Inner>) {
                 Err(_) => conn.close(CloseCode::Protocol.into(), b"no certificate"),
             }
         });
+    }
+}
+
+/// Whether the peer refused this replica in the TLS handshake (a certificate it does not
+/// accept): the connection closed with a TLS alert.
+fn refused_in_handshake(conn: &Connection) -> bool {
+    let is_alert = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ConnectionClosed(close)) => is_alert(close.error_code),
+        Some(quinn::ConnectionError::TransportError(e)) => is_alert(e.code),
+        _ => false,
     }
 }
 

@@ -9,6 +9,8 @@ use crate::{Access, DocId, PeerId, PeerInfo, StoreError};
 impl Store {
     /// Adds a peer or replaces what the store knows of it; durable when it returns.
     pub fn put_peer(&self, peer: &PeerInfo) -> Result<(), StoreError> {
+        let mut removed = self.removed_peers();
+        removed.remove(&peer.id);
         self.shared
             .db
             .insert(records::peer_key(peer.id), encode_record(peer))?;
@@ -35,6 +37,8 @@ impl Store {
 
     /// Forgets `peer` and its sync records. Returns whether it was known.
     pub fn remove_peer(&self, peer: PeerId) -> Result<bool, StoreError> {
+        let mut removed = self.removed_peers();
+        removed.insert(peer);
         let mut batch = sled::Batch::default();
         let known = self.shared.db.contains_key(records::peer_key(peer))?;
         batch.remove(&records::peer_key(peer));

@@ -1,5 +1,6 @@
 //! The store itself: opening it, the cache of loaded documents, and the commit path.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -84,6 +85,10 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) events: broadcast::Sender<StoreEvent>,
     pub(crate) group: GroupCommit,
+    /// Peers removed since the store opened (and not added again). A sync step that was
+    /// already running when its peer was removed must not write a record for it afterwards;
+    /// the lock also makes removing a peer and writing one of its records exclusive.
+    pub(crate) removed_peers: Mutex<HashSet<PeerId>>,
 }
 
 pub(crate) struct State {
@@ -166,6 +171,7 @@ impl Store {
                 config,
                 events,
                 group,
+                removed_peers: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -235,6 +241,14 @@ impl Store {
 
     pub(crate) fn read_meta(&self, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
         read_meta(&self.shared.db, doc)
+    }
+
+    /// The peers removed since the store opened; see [`Shared::removed_peers`].
+    pub(crate) fn removed_peers(&self) -> MutexGuard<'_, HashSet<PeerId>> {
+        self.shared
+            .removed_peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn entry<'a>(

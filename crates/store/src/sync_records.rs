@@ -54,13 +54,19 @@ impl Store {
     }
 
     /// Saves how far sync with `peer` has come on `doc`. Not flushed on its own: losing it in
-    /// a crash costs a longer next sync, never data.
+    /// a crash costs a longer next sync, never data. Nothing is written for a peer removed
+    /// since the store opened (a sync step still running when it was removed), unless it was
+    /// added again.
     pub fn put_sync_record(
         &self,
         peer: PeerId,
         doc: DocId,
         record: &SyncRecord,
     ) -> Result<(), StoreError> {
+        let removed = self.removed_peers();
+        if removed.contains(&peer) {
+            return Ok(());
+        }
         self.shared
             .db
             .insert(records::sync_key(peer, doc), encode_record(record))?;
@@ -205,6 +211,10 @@ impl Store {
     /// Records that a sync session with `peer` finished reconciling at `now_millis`: every
     /// document the peer may read was compared.
     pub fn set_reconciled(&self, peer: PeerId, now_millis: u64) -> Result<(), StoreError> {
+        let removed = self.removed_peers();
+        if removed.contains(&peer) {
+            return Ok(());
+        }
         self.shared
             .db
             .insert(records::reconciled_key(peer), &now_millis.to_le_bytes())?;

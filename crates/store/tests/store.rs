@@ -772,3 +772,41 @@ fn a_key_file_others_can_read_is_refused() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(Store::open(dir.path()).unwrap().peer_id(), id);
 }
+
+#[test]
+fn a_removed_peer_gets_no_sync_record_from_a_step_still_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let peer = PeerId::from_bytes([6; 16]);
+    let mut info = PeerInfo::new(peer, "laptop");
+    info.default_access = Access::ReadWrite;
+    store.put_peer(&info).unwrap();
+    let doc = store.create(DocKind::GCounter).unwrap();
+    let digest = store.increment(doc, 1).unwrap();
+    let seen = |at| SyncUpdate {
+        acked: Some(Version::Digest(digest)),
+        synced_at: Some(at),
+        ..SyncUpdate::default()
+    };
+    store.record_sync(peer, doc, seen(1)).unwrap();
+    assert!(store.sync_record(peer, doc).unwrap().is_some());
+
+    assert!(store.remove_peer(peer).unwrap());
+    // What a session step that was already running would write next.
+    store.record_sync(peer, doc, seen(2)).unwrap();
+    store.set_reconciled(peer, 2).unwrap();
+    assert!(store.sync_record(peer, doc).unwrap().is_none());
+    assert_eq!(store.reconciled(peer).unwrap(), None);
+
+    // Added again, it is a peer like any other.
+    store.put_peer(&info).unwrap();
+    store.record_sync(peer, doc, seen(3)).unwrap();
+    assert_eq!(
+        store
+            .sync_record(peer, doc)
+            .unwrap()
+            .unwrap()
+            .last_sync_millis,
+        Some(3)
+    );
+}

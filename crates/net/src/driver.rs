@@ -1,12 +1,12 @@
 //! Moves one session's frames over one QUIC stream, and the store's changes into the session.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{Role, Session, SessionConfig, SessionError};
 use ferry_store::{Origin, PeerId, RecvError, Store, StoreEvent, wall_millis};
 use quinn::{Connection, SendStream};
-use tokio::sync::broadcast;
-use tokio::time::Instant;
+use tokio::sync::{Notify, broadcast};
 
 use crate::{CloseCode, NetError, NetEvent};
 
@@ -24,13 +24,13 @@ const READ_CHUNK: usize = 256 * 1024;
 /// How long an error frame gets to reach the peer before the connection is closed.
 const ERROR_GRACE: Duration = Duration::from_millis(500);
 
-/// When a session ends on its own: never (a live session), or once reconciled and quiet.
-#[derive(Clone, Copy, Debug)]
+/// When a session ends on its own: never (a live session), or when told to.
+#[derive(Clone, Debug)]
 pub(crate) enum Until {
     /// Until the connection closes.
     Closed,
-    /// Until reconciliation has finished and no frame has arrived for this long.
-    Quiet(Duration),
+    /// Until this is notified; then the stream is finished gracefully.
+    Stopped(Arc<Notify>),
 }
 
 /// Runs a session with `peer` on `conn` until the connection ends, the session fails, or
@@ -57,12 +57,11 @@ pub(crate) async fn drive(
         .map_err(|source| NetError::Session { peer, source })?;
     flush(&ctx.events, peer, &mut session, &mut send).await?;
 
-    let mut last_frame = Instant::now();
+    let stop = match &until {
+        Until::Closed => None,
+        Until::Stopped(stop) => Some(stop.clone()),
+    };
     loop {
-        let quiet = match until {
-            Until::Quiet(quiet) if session.is_reconciled() => Some(last_frame + quiet),
-            _ => None,
-        };
         tokio::select! {
             chunk = recv.read_chunk(READ_CHUNK, true) => {
                 let chunk = match chunk {
@@ -73,7 +72,6 @@ pub(crate) async fn drive(
                     }
                     Err(e) => return Err(NetError::Stream { peer, what: e.to_string() }),
                 };
-                last_frame = Instant::now();
                 let result;
                 (session, result) = step(peer, session, move |s| s.handle_bytes(&chunk.bytes, wall_millis())).await?;
                 flush(&ctx.events, peer, &mut session, &mut send).await?;
@@ -98,7 +96,7 @@ pub(crate) async fn drive(
                 }
                 Err(RecvError::Closed) => return Ok(()),
             },
-            () = sleep_until(quiet) => {
+            () = stopped(stop.as_deref()) => {
                 let _ = send.finish();
                 let _ = tokio::time::timeout(ERROR_GRACE, send.stopped()).await;
                 return Ok(());
@@ -107,9 +105,9 @@ pub(crate) async fn drive(
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+async fn stopped(stop: Option<&Notify>) {
+    match stop {
+        Some(stop) => stop.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -2,12 +2,13 @@
 //! connections (serving) or exists only for this sync.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{Event, Role};
 use ferry_store::{Access, DocId, PeerId, Store};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::driver::{self, Until};
 use crate::{CloseCode, NetError, NetEvent, Node};
@@ -71,6 +72,7 @@ impl Node {
     async fn run_sync_once(&self, peer: PeerId, quiet: Duration) -> Result<(), NetError> {
         let inner = &self.inner;
         let mut events = self.subscribe();
+        let patience = inner.config.connect_timeout * 2 + Duration::from_secs(5);
         if inner.live(peer).is_none() {
             let addresses = inner
                 .store
@@ -80,9 +82,22 @@ impl Node {
                 .ok_or(NetError::NoAddress(peer))?;
             let conn = inner.dial_addresses(peer, &addresses).await?;
             if inner.one_off {
+                // The session runs here, and ends gracefully once settled.
+                let stop = Arc::new(Notify::new());
                 let ctx = inner.session_context();
-                let until = Until::Quiet(quiet);
-                let result = driver::drive(ctx, peer, conn.clone(), Role::Initiator, until).await;
+                let until = Until::Stopped(stop.clone());
+                let drive = driver::drive(ctx, peer, conn.clone(), Role::Initiator, until);
+                tokio::pin!(drive);
+                let result = tokio::select! {
+                    result = &mut drive => result,
+                    settled = self.settle(peer, quiet, &mut events, false, patience) => match settled {
+                        Ok(()) => {
+                            stop.notify_one();
+                            drive.await
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
                 conn.close(CloseCode::Shutdown.into(), b"done");
                 return result;
             }
@@ -93,7 +108,6 @@ impl Node {
                 .clone()
                 .run_connection(peer, conn, Role::Initiator, Some(ended_tx));
             inner.spawn(run);
-            let patience = inner.config.connect_timeout * 2 + Duration::from_secs(5);
             let caught_up = async {
                 tokio::select! {
                     result = reconciled(&mut events, peer) => result,
@@ -113,22 +127,74 @@ impl Node {
                     waited: patience,
                 })??;
         }
-        // Then wait until the session with the peer has been quiet for a moment.
+        self.settle(peer, quiet, &mut events, true, patience).await
+    }
+
+    /// Waits until the session with `peer` has settled: reconciliation has finished, nothing
+    /// has arrived for `quiet`, and the peer has acknowledged every change it lacked (or
+    /// refused it). Acknowledgements are waited for up to [`ACK_PATIENCE`] past the quiet;
+    /// what is still unacknowledged then is reported as pending, not as an error.
+    async fn settle(
+        &self,
+        peer: PeerId,
+        quiet: Duration,
+        events: &mut broadcast::Receiver<NetEvent>,
+        mut reconciled: bool,
+        patience: Duration,
+    ) -> Result<(), NetError> {
+        let started = tokio::time::Instant::now();
+        let mut refused = BTreeSet::new();
+        let mut acks_until = None;
+        // Quiet means nothing from this peer's session: other peers' traffic does not count.
+        let mut quiet_at = started + quiet;
         loop {
-            match tokio::time::timeout(quiet, events.recv()).await {
-                Err(_) => return Ok(()),
-                Ok(Err(RecvError::Closed)) => return Err(NetError::Shutdown),
+            match tokio::time::timeout_at(quiet_at, events.recv()).await {
+                Ok(Ok(NetEvent::Session { peer: p, event })) if p == peer => {
+                    quiet_at = tokio::time::Instant::now() + quiet;
+                    match event {
+                        Event::Reconciled => reconciled = true,
+                        Event::Refused { doc, .. } => {
+                            refused.insert(doc);
+                        }
+                        _ => {}
+                    }
+                }
                 Ok(Ok(NetEvent::SessionFailed { peer: p, error })) if p == peer => {
                     return Err(NetError::SessionFailed {
                         peer,
                         reason: error,
                     });
                 }
-                Ok(_) => {}
+                Ok(Ok(_) | Err(RecvError::Lagged(_))) => {}
+                Ok(Err(RecvError::Closed)) => return Err(NetError::Shutdown),
+                Err(_) if !reconciled => {
+                    quiet_at = tokio::time::Instant::now() + quiet;
+                    if started.elapsed() > patience {
+                        return Err(NetError::NotReconciled {
+                            peer,
+                            waited: patience,
+                        });
+                    }
+                }
+                Err(_) => {
+                    // Quiet: done once the peer holds what it lacked.
+                    let pending = pending_for(&self.inner.store, peer).await?;
+                    if pending.is_subset(&refused) {
+                        return Ok(());
+                    }
+                    let now = tokio::time::Instant::now();
+                    if now >= *acks_until.get_or_insert(now + ACK_PATIENCE) {
+                        return Ok(());
+                    }
+                    quiet_at = now + quiet;
+                }
             }
         }
     }
 }
+
+/// How long a one-off sync waits, once quiet, for the peer to acknowledge what it was sent.
+const ACK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Waits for the live session with `peer` to finish reconciling.
 async fn reconciled(

@@ -618,3 +618,38 @@ async fn a_relay_keeps_no_task_for_a_connection_that_ended() {
     node_a.shutdown().await;
     node_relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_sync_waits_for_an_acknowledgement_slower_than_its_quiet_window() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(da.path());
+    // b makes its writes durable in groups every 1.5 s: it acknowledges a change only then,
+    // long after the sync has gone quiet.
+    let b = Store::open_with(
+        db.path(),
+        ferry_store::StoreConfig {
+            durability: ferry_store::Durability::Batched {
+                interval: Duration::from_millis(1_500),
+            },
+            ..ferry_store::StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let node_b = start(&b).await;
+    trust(&b, &a, None, Access::ReadWrite);
+    trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
+    let doc = a.create(DocKind::GCounter).unwrap();
+    a.increment(doc, 1).unwrap();
+    let node_a = Node::start_without_dialing(a.clone(), config(loopback()))
+        .await
+        .unwrap();
+    let report = node_a
+        .sync_once(b.peer_id(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(report.sent.contains(&doc), "{report:?}");
+    assert!(report.pending.is_empty(), "{report:?}");
+    assert_eq!(a.sync_status(b.peer_id(), doc).unwrap().pending, 0);
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}

@@ -9,7 +9,7 @@ use automerge::{ActorId, Automerge, ROOT, ReadDoc};
 use ferry_crdt::GCounter;
 use ferry_proto::{ErrorCode, Event, Message, Role, Session, SessionConfig};
 use ferry_store::{Access, CrdtState, DocId, DocKind, Store};
-use support::{Faults, Replica, pump, pump_cut, sync, trust};
+use support::{Faults, Replica, pump, pump_cut, sync, synced, trust};
 
 fn friends() -> (Replica, Replica) {
     let (a, b) = (Replica::new(), Replica::new());
@@ -89,7 +89,7 @@ fn diverged_copies_exchange_what_each_lacks() {
     for i in 0..50 {
         a.store.change(doc, |tx| tx.put(ROOT, "base", i)).unwrap();
     }
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     a.store.change(doc, |tx| tx.put(ROOT, "a", 1)).unwrap();
     b.store.change(doc, |tx| tx.put(ROOT, "b", 2)).unwrap();
     let run = sync(&a, &b, Faults::default());
@@ -118,7 +118,7 @@ fn crdt_documents_merge_both_ways() {
     let (a, b) = friends();
     let doc = a.store.create(DocKind::GCounter).unwrap();
     a.store.increment(doc, 3).unwrap();
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     a.store.increment(doc, 1).unwrap();
     b.store.increment(doc, 10).unwrap();
     let run = sync(&a, &b, Faults::default());
@@ -138,7 +138,7 @@ fn a_read_only_peer_receives_but_its_changes_are_not_stored() {
     trust(&b, &a, Access::ReadWrite);
     let doc = a.store.create(DocKind::Automerge).unwrap();
     a.store.change(doc, |tx| tx.put(ROOT, "from_a", 1)).unwrap();
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     assert_eq!(get(&b.store, doc, "from_a"), Some(1));
 
     b.store.change(doc, |tx| tx.put(ROOT, "from_b", 2)).unwrap();
@@ -158,7 +158,7 @@ fn changes_forced_on_a_read_only_document_are_refused_and_not_stored() {
     trust(&b, &a, Access::ReadWrite);
     let doc = a.store.create(DocKind::Automerge).unwrap();
     a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     let before = a.store.info(doc).unwrap();
 
     // b's software ignores the read-only flag and sends a change anyway.
@@ -415,8 +415,8 @@ fn changes_relay_through_a_middle_replica() {
     let counter = b.store.create(DocKind::GCounter).unwrap();
     b.store.increment(counter, 5).unwrap();
     for _ in 0..2 {
-        sync(&a, &r, Faults::default());
-        sync(&r, &b, Faults::default());
+        synced(&a, &r);
+        synced(&r, &b);
     }
     assert_eq!(get(&b.store, doc, "a"), Some(1));
     let CrdtState::GCounter(c) = a.store.crdt(counter).unwrap() else {
@@ -454,7 +454,7 @@ fn after_a_sync_new_changes_travel_alone_and_are_acknowledged() {
     for i in 0..100 {
         a.store.change(doc, |tx| tx.put(ROOT, "base", i)).unwrap();
     }
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     assert_eq!(pending(&a, &b, doc), 0);
     assert_eq!(pending(&b, &a, doc), 0);
 
@@ -499,7 +499,7 @@ fn a_side_with_nothing_new_asks_for_what_it_lacks() {
         let (a, b) = friends();
         let doc = a.store.create(DocKind::Automerge).unwrap();
         a.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
-        sync(&a, &b, Faults::default());
+        synced(&a, &b);
         let changer = if initiator_changed { &a } else { &b };
         changer
             .store
@@ -568,8 +568,8 @@ fn documents_that_reached_a_peer_by_relay_are_confirmed_by_fingerprint() {
             doc
         })
         .collect();
-    sync(&a, &r, Faults::default());
-    sync(&r, &b, Faults::default());
+    synced(&a, &r);
+    synced(&r, &b);
     assert!(docs.iter().all(|d| pending(&a, &b, *d) == 1));
 
     let run = sync(&a, &b, Faults::default());
@@ -588,7 +588,7 @@ fn changes_that_do_not_fit_what_this_side_holds_fall_back_to_automerge_sync() {
     let (a, b) = friends();
     let doc = a.store.create(DocKind::Automerge).unwrap();
     a.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
 
     // Two changes on a fork of b's copy; a is sent only the second, whose dependency it lacks.
     let mut fork = b.store.read(doc, |d| d.fork()).unwrap();
@@ -623,7 +623,7 @@ fn changes_from_a_read_only_peer_are_refused_and_not_stored() {
     trust(&b, &a, Access::ReadWrite);
     let doc = a.store.create(DocKind::Automerge).unwrap();
     a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     let before = a.store.info(doc).unwrap();
 
     let mut fork = b.store.read(doc, |d| d.fork()).unwrap();
@@ -656,7 +656,7 @@ fn an_acknowledgement_lost_in_a_cut_session_is_made_good_by_the_next() {
     let (a, b) = friends();
     let doc = a.store.create(DocKind::Automerge).unwrap();
     a.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
 
     // b takes a's new change, and the session is cut before b's acknowledgement gets back.
@@ -724,7 +724,7 @@ fn sync_messages_with_damaged_changes_end_the_session_and_change_nothing() {
     let (a, b) = friends();
     let doc = a.store.create(DocKind::Automerge).unwrap();
     a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
-    sync(&a, &b, Faults::default());
+    synced(&a, &b);
     let before = a.store.info(doc).unwrap();
     let good = sync_message_with_changes(&a, &b, doc, "new", &[1, 2]);
     let chunk: Vec<u8> = good.changes.iter().flatten().copied().collect();
@@ -780,8 +780,8 @@ fn heads_a_peer_named_that_arrive_by_another_peer_still_get_a_last_sync_time() {
     }
     let doc = c.store.create(DocKind::Automerge).unwrap();
     c.store.change(doc, |tx| tx.put(ROOT, "k", 0)).unwrap();
-    sync(&c, &a, Faults::default());
-    sync(&c, &b, Faults::default());
+    synced(&c, &a);
+    synced(&c, &b);
     a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
 
     // a and b have never synced with each other. b hears a's heads (in a's first sync message)
@@ -812,8 +812,8 @@ fn heads_a_peer_named_that_arrive_by_another_peer_still_get_a_last_sync_time() {
     assert_eq!(get(&b.store, doc, "k"), Some(0));
 
     // a's change reaches b through c; then a and b sync.
-    sync(&a, &c, Faults::default());
-    sync(&c, &b, Faults::default());
+    synced(&a, &c);
+    synced(&c, &b);
     assert_eq!(heads(&a.store, doc), heads(&b.store, doc));
     let run = sync(&a, &b, Faults::default());
     assert!(run.error.is_none(), "{:?}", run.error);

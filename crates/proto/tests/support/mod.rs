@@ -76,6 +76,13 @@ pub fn sync(a: &Replica, b: &Replica, faults: Faults) -> Run {
     sync_with(a, b, faults, &config())
 }
 
+/// A setup sync that must succeed: it panics, naming the error, where it happens.
+pub fn synced(a: &Replica, b: &Replica) -> Run {
+    let run = sync(a, b, Faults::default());
+    assert!(run.error.is_none(), "setup sync failed: {:?}", run.error);
+    run
+}
+
 /// [`sync`] with both sessions configured by `config`.
 pub fn sync_with(a: &Replica, b: &Replica, faults: Faults, config: &SessionConfig) -> Run {
     let sa = Session::new(

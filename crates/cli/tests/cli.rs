@@ -59,14 +59,16 @@ fn free_port() -> SocketAddr {
 /// A `ferry serve` process, killed when dropped.
 struct Serving {
     child: Child,
+    /// Where it listens: a port the system picked, so no other test can take it first.
+    addr: SocketAddr,
 }
 
 impl Serving {
-    fn start(dir: &Path, listen: SocketAddr) -> Self {
+    fn start(dir: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("--dir")
             .arg(dir)
-            .args(["serve", "--listen", &listen.to_string()])
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -77,9 +79,13 @@ impl Serving {
         let mut lines = BufReader::new(stdout).lines();
         let id = lines.next().unwrap().unwrap();
         assert!(id.starts_with("peer id "), "{id}");
-        let addr = lines.next().unwrap().unwrap();
-        assert_eq!(addr, format!("listening on {listen}"));
-        Self { child }
+        let line = lines.next().unwrap().unwrap();
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{line}"))
+            .parse()
+            .unwrap();
+        Self { child, addr }
     }
 
     /// Stops it as Ctrl-C would, and waits for it to exit.
@@ -108,26 +114,30 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Two initialized replicas that trust each other, with the ports they will serve on.
-fn pair() -> (TempDir, TempDir, SocketAddr, SocketAddr) {
+/// Two initialized replicas that trust each other; their addresses come once they serve.
+fn pair() -> (TempDir, TempDir) {
     let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     let id_a = ok(a.path(), &["init"]);
     let id_b = ok(b.path(), &["init"]);
     assert_eq!(ok(a.path(), &["id"]), id_a);
-    let (port_a, port_b) = (free_port(), free_port());
-    ok(a.path(), &["peer", "add", &id_b, &port_b.to_string()]);
-    ok(
-        b.path(),
-        &["peer", "add", &id_a, &port_a.to_string(), "--name", "a"],
-    );
-    (a, b, port_a, port_b)
+    ok(a.path(), &["peer", "add", &id_b]);
+    ok(b.path(), &["peer", "add", &id_a, "--name", "a"]);
+    (a, b)
+}
+
+/// `dir` dials the replica in `peer_dir` at the address it serves on.
+fn dials(dir: &Path, peer_dir: &Path, serving: &Serving) {
+    let id = ok(peer_dir, &["id"]);
+    ok(dir, &["peer", "add", &id, &serving.addr.to_string()]);
 }
 
 #[test]
 fn two_serving_peers_see_each_others_writes() {
-    let (a, b, port_a, port_b) = pair();
-    let serving_a = Serving::start(a.path(), port_a);
-    let serving_b = Serving::start(b.path(), port_b);
+    let (a, b) = pair();
+    let serving_a = Serving::start(a.path());
+    let serving_b = Serving::start(b.path());
+    dials(a.path(), b.path(), &serving_b);
+    dials(b.path(), a.path(), &serving_a);
 
     // An Automerge document written through a, read back through b.
     let doc = ok(a.path(), &["doc", "new"]);
@@ -182,7 +192,7 @@ fn two_serving_peers_see_each_others_writes() {
 
 #[test]
 fn an_offline_replica_syncs_once_with_a_serving_one() {
-    let (a, b, _, port_b) = pair();
+    let (a, b) = pair();
     // Written while nothing serves: the command opens the replica itself.
     let doc = ok(a.path(), &["doc", "new", "--kind", "gcounter"]);
     ok(a.path(), &["counter", "inc", &doc, "2"]);
@@ -194,7 +204,8 @@ fn an_offline_replica_syncs_once_with_a_serving_one() {
     let pending = json(a.path(), &["status", "--json"]);
     assert_eq!(pending["peers"][0]["docs"][0]["pending"], 1);
 
-    let serving_b = Serving::start(b.path(), port_b);
+    let serving_b = Serving::start(b.path());
+    dials(a.path(), b.path(), &serving_b);
     let id_b = ok(b.path(), &["id"]);
     let out = ok(a.path(), &["sync", "--once", &id_b]);
     assert!(out.starts_with(&format!("synced with {id_b} in ")), "{out}");
@@ -270,9 +281,11 @@ fn bad_input_gets_one_line_and_changes_nothing() {
 
 #[test]
 fn watch_streams_changes_from_a_peer() {
-    let (a, b, port_a, port_b) = pair();
-    let _serving_a = Serving::start(a.path(), port_a);
-    let _serving_b = Serving::start(b.path(), port_b);
+    let (a, b) = pair();
+    let serving_a = Serving::start(a.path());
+    let serving_b = Serving::start(b.path());
+    dials(a.path(), b.path(), &serving_b);
+    dials(b.path(), a.path(), &serving_a);
     let mut watch = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--dir")
         .arg(b.path())
@@ -354,7 +367,7 @@ fn the_control_socket_is_private_and_outlives_bad_clients() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let id = ok(d, &["init"]);
-    let serving = Serving::start(d, free_port());
+    let serving = Serving::start(d);
     let socket = std::fs::metadata(d.join("ferry.sock")).unwrap();
     assert!(socket.file_type().is_socket());
     assert_eq!(socket.permissions().mode() & 0o777, 0o600);
@@ -399,7 +412,7 @@ fn the_control_socket_is_private_and_outlives_bad_clients() {
     // Killed, it leaves its socket file behind; the next `ferry serve` replaces it.
     drop(serving);
     assert!(d.join("ferry.sock").exists());
-    let serving = Serving::start(d, free_port());
+    let serving = Serving::start(d);
     assert_eq!(ok(d, &["id"]), id);
     serving.stop();
     assert!(!d.join("ferry.sock").exists());

@@ -15,7 +15,8 @@ pub enum Event {
         /// Who changed it.
         origin: Origin,
     },
-    /// A document was deleted on this replica.
+    /// A document is gone from this replica: deleted here or by a peer's tombstone, or
+    /// forgotten here.
     Deleted {
         /// The document.
         doc: DocId,

@@ -313,10 +313,19 @@ impl Replica {
         self.inner.store.info(doc).map_err(Error::from_store)
     }
 
-    /// Deletes `doc` on this replica (peers keep their copies).
+    /// Deletes `doc`: its content goes, and a tombstone that syncs to every peer that may
+    /// write it there, so they delete their copies too. A delete wins over concurrent edits,
+    /// and a deleted document never comes back. Durable when it returns.
     pub async fn delete(&self, doc: DocId) -> Result<(), Error> {
         let store = self.inner.store.clone();
         blocking(move || store.delete(doc).map_err(Error::from_store)).await
+    }
+
+    /// Forgets `doc` on this replica only: peers keep their copies, and this replica does not
+    /// fetch it again. Durable when it returns.
+    pub async fn forget(&self, doc: DocId) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        blocking(move || store.forget(doc).map_err(Error::from_store)).await
     }
 
     // ---- peers ------------------------------------------------------------------------------

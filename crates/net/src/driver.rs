@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{Role, Session, SessionConfig, SessionError};
-use ferry_store::{Origin, PeerId, RecvError, Store, StoreEvent, wall_millis};
+use ferry_store::{DocId, Origin, PeerId, RecvError, Store, StoreEvent, wall_millis};
 use quinn::{Connection, SendStream};
 use tokio::sync::{Notify, broadcast};
 
@@ -79,8 +79,9 @@ pub(crate) async fn drive(
                     return fail(peer, &conn, &mut send, error).await;
                 }
             }
-            change = changes.recv() => match change {
-                Ok(StoreEvent::Changed { doc, origin, .. }) if origin != Origin::Remote(peer) => {
+            change = changes.recv() => match change.map(|event| pushed(&event, peer)) {
+                // A change from elsewhere, or a deletion (whose tombstone the peer may need).
+                Ok(Some(doc)) => {
                     let result;
                     (session, result) = step(peer, session, move |s| s.doc_changed(doc)).await?;
                     flush(&ctx.events, peer, &mut session, &mut send).await?;
@@ -88,7 +89,7 @@ pub(crate) async fn drive(
                         return fail(peer, &conn, &mut send, error).await;
                     }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(RecvError::Lagged { .. }) => {
                     // Changes were missed: a new session reconciles everything again.
                     conn.close(CloseCode::Resync.into(), b"missed store events");
@@ -102,6 +103,16 @@ pub(crate) async fn drive(
                 return Ok(());
             }
         }
+    }
+}
+
+/// The document a store event asks the session to push to `peer`, if any: a change made
+/// anywhere but by that peer, or a deletion.
+fn pushed(event: &StoreEvent, peer: PeerId) -> Option<DocId> {
+    match event {
+        StoreEvent::Changed { doc, origin, .. } if *origin != Origin::Remote(peer) => Some(*doc),
+        StoreEvent::Changed { .. } => None,
+        StoreEvent::Deleted { doc } => Some(*doc),
     }
 }
 

@@ -214,6 +214,14 @@ messages! {
         /// The digest.
         digest: ShortDigest,
     },
+    /// The sender deleted this document: the receiver deletes its copy and keeps the
+    /// tombstone, so no peer brings it back.
+    12 => Deleted {
+        /// The document.
+        doc: DocId,
+        /// Its kind.
+        kind: DocKind,
+    },
 }
 
 /// A list of byte strings, each encoded as bytes (a length, then the bytes) rather than as a

@@ -224,7 +224,14 @@ pub(crate) enum Finding {
     /// Only this side lists the document.
     OnlyMine(DocId),
     /// Only the peer lists the document.
-    OnlyTheirs(DocId),
+    OnlyTheirs {
+        /// The document.
+        doc: DocId,
+        /// Its kind, as the peer lists it.
+        kind: DocKind,
+        /// The peer's digest ([`TOMBSTONE`] for a document it deleted).
+        digest: ShortDigest,
+    },
 }
 
 /// What a turn of reconciliation asks of the session.
@@ -474,7 +481,11 @@ impl Reconciler {
                     m.next();
                 }
                 (_, Some(b)) => {
-                    findings.push(Finding::OnlyTheirs(b.doc));
+                    findings.push(Finding::OnlyTheirs {
+                        doc: b.doc,
+                        kind: b.kind,
+                        digest: b.digest,
+                    });
                     t.next();
                 }
                 (Some(_), None) => unreachable!("handled by the arm above"),
@@ -482,6 +493,10 @@ impl Reconciler {
         }
     }
 }
+
+/// The digest under which a deleted document is listed: its tombstone. (A version's digest
+/// equals it with probability 2^-64.)
+pub(crate) const TOMBSTONE: ShortDigest = *b"\xffdeleted";
 
 /// The fingerprint of no documents, which marks an empty child in a split.
 const EMPTY: ShortDigest = [0; 8];
@@ -579,7 +594,7 @@ mod tests {
             .iter()
             .filter_map(|f| match f {
                 Finding::Differs { mine, .. } => Some(mine.doc),
-                Finding::OnlyMine(doc) | Finding::OnlyTheirs(doc) => Some(*doc),
+                Finding::OnlyMine(doc) | Finding::OnlyTheirs { doc, .. } => Some(*doc),
                 Finding::Matched(_) | Finding::Same { .. } => None,
             })
             .collect()

@@ -13,6 +13,7 @@
 //! - `automerge_sync`: Automerge documents (changes since a version, or automerge's sync);
 //! - `crdt_sync`: documents of the ferry-crdt kinds (whole states, merged on arrival);
 //! - `snapshot`: whole documents for a peer that lacks them;
+//! - `deletes`: tombstones of deleted documents, both ways;
 //! - `chunks`: parsing Automerge chunks from the peer;
 //! - `peer_doc`: what the session knows of the peer's copy of one document.
 
@@ -21,6 +22,7 @@ mod acks;
 mod automerge_sync;
 mod chunks;
 mod crdt_sync;
+mod deletes;
 mod peer_doc;
 mod snapshot;
 
@@ -32,7 +34,7 @@ use self::peer_doc::PeerDoc;
 use crate::message::{
     DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, Message, PROTOCOL_VERSION,
 };
-use crate::reconcile::{Finding, ReconcileError, Reconciler};
+use crate::reconcile::{Finding, ReconcileError, Reconciler, TOMBSTONE};
 
 /// Which side of the connection this session is.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -329,6 +331,9 @@ impl Session {
         if self.phase != Phase::Open || refused || !self.may_read(doc)? {
             return Ok(());
         }
+        if self.send_tombstone(doc)? {
+            return Ok(());
+        }
         let info = match self.store.info(doc) {
             Ok(info) => info,
             Err(StoreError::NoSuchDocument(_)) => return Ok(()),
@@ -408,6 +413,7 @@ impl Session {
                 changes,
             } => self.on_changes(doc, &heads, &changes),
             Message::Ack { doc, digest } => self.on_ack(doc, digest),
+            Message::Deleted { doc, kind } => self.on_deleted(doc, kind),
             Message::Refused { doc, code } => {
                 self.peer_doc(doc).refused = true;
                 self.events.push_back(Event::Refused { doc, code });
@@ -446,6 +452,12 @@ impl Session {
                         });
                     }
                 }
+                Finding::Differs { mine, .. } if mine.digest == TOMBSTONE => {
+                    self.send_tombstone(mine.doc)?;
+                }
+                Finding::Differs { mine, theirs } if theirs == TOMBSTONE => {
+                    self.on_deleted(mine.doc, mine.kind)?;
+                }
                 Finding::Differs { mine, theirs } => {
                     if mine.kind == DocKind::Automerge {
                         self.start_automerge_sync(&mine, theirs)?;
@@ -453,8 +465,15 @@ impl Session {
                         self.send_state(mine.doc)?;
                     }
                 }
-                Finding::OnlyMine(doc) => self.send_snapshot(doc)?,
-                Finding::OnlyTheirs(doc) => self.offered(doc)?,
+                Finding::OnlyMine(doc) => {
+                    if !self.send_tombstone(doc)? {
+                        self.send_snapshot(doc)?;
+                    }
+                }
+                Finding::OnlyTheirs { doc, kind, digest } if digest == TOMBSTONE => {
+                    self.on_deleted(doc, kind)?;
+                }
+                Finding::OnlyTheirs { doc, .. } => self.offered(doc)?,
             }
         }
         if let Some((round, ranges)) = turn.reply {

@@ -907,3 +907,85 @@ fn a_register_stamped_too_far_ahead_is_refused_and_one_within_the_skew_is_taken(
         Some(&b"a minute early"[..])
     );
 }
+
+fn gone(store: &Store, doc: DocId) -> bool {
+    matches!(
+        store.info(doc),
+        Err(ferry_store::StoreError::NoSuchDocument(_))
+    )
+}
+
+#[test]
+fn a_deleted_document_stays_deleted_everywhere_and_wins_over_concurrent_edits() {
+    let (a, b) = friends();
+    let c = Replica::new();
+    for (x, y) in [(&a, &c), (&c, &a), (&b, &c), (&c, &b)] {
+        trust(x, y, Access::ReadWrite);
+    }
+    let note = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(note, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    let count = a.store.create(DocKind::GCounter).unwrap();
+    a.store.increment(count, 1).unwrap();
+    synced(&a, &b);
+    synced(&a, &c);
+    assert!(!gone(&b.store, note) && !gone(&c.store, count));
+
+    // Deleted on a while b edits both.
+    a.store.delete(note).unwrap();
+    a.store.delete(count).unwrap();
+    b.store.change(note, |tx| tx.put(ROOT, "k", 2)).unwrap();
+    b.store.increment(count, 5).unwrap();
+    synced(&b, &a);
+    for doc in [note, count] {
+        assert!(gone(&a.store, doc), "b's edit brought {doc} back on a");
+        assert!(gone(&b.store, doc), "b kept {doc}");
+        assert!(b.store.gone(doc).unwrap().unwrap().is_deleted());
+    }
+    // c, which still has copies, learns of the deletes from b (not from a), and nothing comes
+    // back in either direction.
+    synced(&c, &b);
+    synced(&a, &b);
+    synced(&b, &c);
+    for store in [&a.store, &b.store, &c.store] {
+        assert!(gone(store, note) && gone(store, count));
+        assert!(store.gone(note).unwrap().unwrap().is_deleted());
+    }
+}
+
+#[test]
+fn a_forgotten_document_is_not_fetched_again_and_stays_with_peers() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    synced(&a, &b);
+    b.store.forget(doc).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 2)).unwrap();
+    synced(&a, &b);
+    synced(&b, &a);
+    assert!(gone(&b.store, doc));
+    assert_eq!(get(&a.store, doc, "k"), Some(2), "a lost its copy");
+}
+
+#[test]
+fn a_read_only_peer_cannot_delete() {
+    let (a, b) = (Replica::new(), Replica::new());
+    trust(&a, &b, Access::Read); // b may read a's documents, not change them
+    trust(&b, &a, Access::ReadWrite);
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    synced(&a, &b);
+    b.store.delete(doc).unwrap();
+    let run = sync(&b, &a, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(
+        get(&a.store, doc, "k"),
+        Some(1),
+        "a read-only peer deleted a's copy"
+    );
+    assert!(gone(&b.store, doc));
+    assert!(
+        run.events[1]
+            .iter()
+            .all(|e| !matches!(e, Event::DocUpdated { doc: d } if *d == doc))
+    );
+}

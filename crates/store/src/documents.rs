@@ -7,7 +7,7 @@ use ferry_crdt::Digest;
 use crate::loading::{compaction, version_of};
 use crate::records::{self, DocMeta};
 use crate::store::{Commit, Entry, Loaded, Store, Writes, encode_record, wrong_kind};
-use crate::{CrdtState, DocId, DocInfo, DocKind, Origin, StoreError, StoreEvent, heads_digest};
+use crate::{CrdtState, DocId, DocInfo, DocKind, Origin, StoreError, heads_digest};
 
 impl Store {
     // ---- documents -------------------------------------------------------------------------
@@ -107,6 +107,9 @@ impl Store {
         content: Loaded,
     ) -> Result<Option<Loaded>, StoreError> {
         let mut state = self.lock();
+        if self.gone(doc)?.is_some() {
+            return Err(StoreError::Gone(doc));
+        }
         if let Some(meta) = self.read_meta(doc)? {
             return if meta.kind == kind {
                 Ok(Some(content))
@@ -191,36 +194,5 @@ impl Store {
             changes: meta.changes,
             stored_bytes: meta.snapshot_bytes + meta.incremental_bytes,
         })
-    }
-
-    /// Deletes `doc` on this replica, with its sync records. Peers keep their copies.
-    pub fn delete(&self, doc: DocId) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        if self.read_meta(doc)?.is_none() {
-            return Err(StoreError::NoSuchDocument(doc));
-        }
-        let mut batch = sled::Batch::default();
-        batch.remove(&records::meta_key(doc));
-        batch.remove(&records::snapshot_key(doc));
-        for key in self
-            .shared
-            .db
-            .scan_prefix(records::incremental_prefix(doc))
-            .keys()
-        {
-            batch.remove(key?);
-        }
-        for key in self.shared.db.scan_prefix(records::SYNC_PREFIX).keys() {
-            let key = key?;
-            if key.ends_with(doc.as_bytes()) {
-                batch.remove(key);
-            }
-        }
-        state.cache.pop(&doc);
-        let commit = Commit {
-            writes: Writes::Batch(batch),
-            events: vec![StoreEvent::Deleted { doc }],
-        };
-        self.commit(state, doc, commit)
     }
 }

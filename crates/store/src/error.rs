@@ -30,6 +30,9 @@ pub enum StoreError {
     /// No document has this id.
     #[error("no document {0}")]
     NoSuchDocument(DocId),
+    /// The document was deleted or forgotten here, and cannot be made again.
+    #[error("document {0} was deleted or forgotten here")]
+    Gone(DocId),
     /// The document exists, but is of another kind than the operation needs.
     #[error(
         "document {doc} is a {found} document, not {}",

@@ -33,6 +33,7 @@
 
 mod automerge_docs;
 mod crdt_docs;
+mod deletes;
 mod documents;
 mod durability;
 mod error;
@@ -54,7 +55,7 @@ pub use error::StoreError;
 pub use events::{Origin, RecvError, StoreEvent, Subscription};
 pub use identity::{Identity, IdentityError};
 pub use ids::{DocId, PeerId};
-pub use records::SyncRecord;
+pub use records::{Gone, GoneHow, SyncRecord};
 pub use store::{Store, StoreConfig};
 pub use sync_records::SyncUpdate;
 pub use time::{millis_of, time_of, wall_millis};

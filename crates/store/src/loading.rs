@@ -142,8 +142,8 @@ pub(crate) fn check_format(db: &sled::Db) -> Result<(), StoreError> {
                 .map_err(|_| StoreError::DamagedRecord {
                     what: "format marker",
                 })?;
-            if found == 2 {
-                return crate::migrate::from_v2(db);
+            if found == 2 || found == 3 {
+                return crate::migrate::upgrade(db, found);
             }
             if found != FORMAT {
                 return Err(StoreError::UnknownFormat {

@@ -18,12 +18,25 @@ struct SyncRecordV2 {
     last_sync_millis: Option<u64>,
 }
 
-/// Rewrites a format 2 store as format 3: each sync record's acknowledged hashes become a
-/// [`Version`] of its document's kind. A record that does not decode, or whose document is
-/// gone, is dropped: sync records are soft state, and losing one costs a longer next sync.
-/// Everything, the new format marker included, is written in one batch and flushed.
-pub(crate) fn from_v2(db: &sled::Db) -> Result<(), StoreError> {
+/// Brings a store of format `found` (2 or 3) up to this build's, in one batch, flushed.
+///
+/// - 2 to 3: each sync record's acknowledged hashes become a [`Version`] of its document's
+///   kind. A record that does not decode, or whose document is gone, is dropped: sync records
+///   are soft state, and losing one costs a longer next sync.
+/// - 3 to 4: tombstones (`x` records) were added; a format 3 store has none, so only the
+///   marker changes.
+pub(crate) fn upgrade(db: &sled::Db, found: u32) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
+    if found == 2 {
+        sync_records_from_v2(db, &mut batch)?;
+    }
+    batch.insert(records::FORMAT_KEY, &FORMAT.to_le_bytes());
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
+}
+
+fn sync_records_from_v2(db: &sled::Db, batch: &mut sled::Batch) -> Result<(), StoreError> {
     for item in db.scan_prefix(records::SYNC_PREFIX) {
         let (key, value) = item?;
         let migrated = key
@@ -43,9 +56,6 @@ pub(crate) fn from_v2(db: &sled::Db) -> Result<(), StoreError> {
             None => batch.remove(key),
         }
     }
-    batch.insert(records::FORMAT_KEY, &FORMAT.to_le_bytes());
-    db.apply_batch(batch)?;
-    db.flush()?;
     Ok(())
 }
 

@@ -15,13 +15,14 @@
 //! | `y` peer doc | [`SyncRecord`] |
 //! | `p` peer | [`PeerInfo`](crate::PeerInfo) |
 //! | `r` peer | when a sync session with the peer last finished reconciling: `u64` millis, little endian |
+//! | `x` doc | [`Gone`]: the document was deleted (a tombstone, synced) or forgotten here |
 
 use serde::{Deserialize, Serialize};
 
 use crate::{DocId, DocKind, PeerId, Version};
 
 /// The format this build writes; bump it with any change to the layout or a record.
-pub(crate) const FORMAT: u32 = 3;
+pub(crate) const FORMAT: u32 = 4;
 
 /// Records are small; anything larger than this in a record slot is damage.
 pub(crate) const RECORD_LIMIT: usize = 16 << 20;
@@ -67,6 +68,12 @@ pub(crate) fn reconciled_key(peer: PeerId) -> [u8; 17] {
     prefixed(b'r', peer.as_bytes())
 }
 pub(crate) const META_PREFIX: &[u8] = b"d";
+
+pub(crate) fn gone_key(doc: DocId) -> [u8; 17] {
+    prefixed(b'x', doc.as_bytes())
+}
+
+pub(crate) const GONE_PREFIX: &[u8] = b"x";
 
 fn prefixed(tag: u8, id: &[u8; 16]) -> [u8; 17] {
     let mut key = [0u8; 17];
@@ -124,4 +131,41 @@ pub struct SyncRecord {
     /// When the peer was last seen to hold this replica's whole document, in milliseconds
     /// since the Unix epoch.
     pub last_sync_millis: Option<u64>,
+}
+
+/// A document that is no longer here, and why; kept so that sync never brings it back.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_store::{DocKind, Gone, GoneHow};
+///
+/// let gone = Gone { kind: DocKind::Automerge, how: GoneHow::Deleted, at_millis: 5 };
+/// assert!(gone.is_deleted());
+/// ```
+#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct Gone {
+    /// The kind the document was.
+    pub kind: DocKind,
+    /// Deleted everywhere, or forgotten here only.
+    pub how: GoneHow,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_millis: u64,
+}
+
+impl Gone {
+    /// Whether the document was deleted (a tombstone that syncs), not only forgotten here.
+    pub fn is_deleted(&self) -> bool {
+        self.how == GoneHow::Deleted
+    }
+}
+
+/// How a document went.
+#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub enum GoneHow {
+    /// Deleted: a tombstone that peers keep too. A delete wins over concurrent edits.
+    Deleted,
+    /// Forgotten on this replica only: peers keep their copies, and this replica does not
+    /// fetch it again.
+    Forgotten,
 }

@@ -5,7 +5,7 @@ use ferry_store::{Access, DocId, DocKind, PeerId, Store, StoreError};
 
 use super::{Session, SessionError};
 use crate::message::Message;
-use crate::reconcile::{Entry, short};
+use crate::reconcile::{Entry, TOMBSTONE, short};
 
 impl Session {
     fn access(&self, doc: DocId) -> Result<Access, SessionError> {
@@ -41,7 +41,8 @@ impl Session {
     /// The peer has a document this side does not list: ask for it whole if the peer may
     /// write it here; say nothing of one held but hidden.
     pub(super) fn offered(&mut self, doc: DocId) -> Result<(), SessionError> {
-        if self.holds(doc)?.is_some() {
+        // Deleted or forgotten here: not fetched again (a tombstone also goes to the peer).
+        if self.holds(doc)?.is_some() || self.send_tombstone(doc)? {
             return Ok(());
         }
         if self.may_write(doc)? {
@@ -84,6 +85,17 @@ pub(super) fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, Ses
             // A damaged document is left out, not fatal to the session.
             Err(StoreError::Damaged { .. }) => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+    // Tombstones are listed too, so peers delete their copies; nothing needs acknowledging.
+    for (doc, gone) in store.gone_docs()? {
+        if gone.is_deleted() && info.access(doc) >= Access::Read {
+            listed.push(Entry {
+                doc,
+                kind: gone.kind,
+                digest: TOMBSTONE,
+                acked: true,
+            });
         }
     }
     Ok(listed)

@@ -25,6 +25,11 @@ impl Session {
     }
 
     pub(super) fn on_want(&mut self, doc: DocId) -> Result<(), SessionError> {
+        // Deleted since the peer learned of it: it gets the tombstone.
+        if self.holds(doc)?.is_none() && self.store.gone(doc)?.is_some() && self.may_read(doc)? {
+            self.send_tombstone(doc)?;
+            return Ok(());
+        }
         if self.holds(doc)?.is_none() || !self.may_read(doc)? {
             return Err(SessionError::NoAccess(doc));
         }
@@ -49,6 +54,10 @@ impl Session {
             && held != kind
         {
             return Err(SessionError::Protocol("a snapshot of another kind"));
+        }
+        // Deleted or forgotten here: not taken in again.
+        if self.send_tombstone(doc)? {
+            return Ok(());
         }
         let origin = Origin::Remote(self.peer);
         match kind {

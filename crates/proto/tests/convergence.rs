@@ -39,6 +39,16 @@ enum Op {
         cut: Option<usize>,
         duplicate: Option<usize>,
     },
+    /// Delete a document where it is held: every replica must end with its tombstone.
+    Delete {
+        at: usize,
+        doc: usize,
+    },
+    /// Write the one key that every replica writes, on an Automerge document.
+    EditShared {
+        at: usize,
+        doc: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -50,12 +60,25 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// [`op`], with deletes and concurrent writes to one Automerge key: a strategy of its own, so
+/// the saved cases of the first property still replay as they were found.
+fn op_with_deletes() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => op(),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(at, doc)| Op::Delete { at, doc }),
+        2 => (any::<usize>(), any::<usize>()).prop_map(|(at, doc)| Op::EditShared { at, doc }),
+    ]
+}
+
 /// What every replica must end up with, per document.
 #[derive(Default)]
 struct Expected {
     keys: BTreeMap<String, i64>,
     added: i128,
     registers: Vec<Vec<u8>>,
+    /// The values written to the shared key: the one that stays is one of them.
+    shared: Vec<i64>,
+    deleted: bool,
 }
 
 fn cases() -> u32 {
@@ -77,134 +100,265 @@ proptest! {
     ) {
         // A case that never creates a document checks nothing: it does not count.
         prop_assume!(ops.iter().any(|op| matches!(op, Op::Create { .. })));
-        let config = SessionConfig { leaf, ..support::config() };
-        let sync = |a: &Replica, b: &Replica, faults| sync_with(a, b, faults, &config);
-        let replicas: Vec<Replica> = (0..n).map(|_| Replica::new()).collect();
-        for a in &replicas {
-            for b in &replicas {
-                if a.store.peer_id() != b.store.peer_id() {
-                    trust(a, b, Access::ReadWrite);
-                }
+        converge(n, leaf, ops)?;
+    }
+
+    #[test]
+    fn deletes_win_and_concurrent_writes_to_one_key_converge(
+        n in 2..=4usize,
+        leaf in prop_oneof![Just(1usize), Just(16)],
+        ops in proptest::collection::vec(op_with_deletes(), 1..40),
+    ) {
+        prop_assume!(ops.iter().any(|op| matches!(op, Op::Create { .. })));
+        converge(n, leaf, ops)?;
+    }
+}
+
+/// Runs `ops` on `n` replicas, then a final round of complete sessions, and checks that they
+/// converged on what the operations made.
+fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let config = SessionConfig {
+        leaf,
+        ..support::config()
+    };
+    let sync = |a: &Replica, b: &Replica, faults| sync_with(a, b, faults, &config);
+    let replicas: Vec<Replica> = (0..n).map(|_| Replica::new()).collect();
+    for a in &replicas {
+        for b in &replicas {
+            if a.store.peer_id() != b.store.peer_id() {
+                trust(a, b, Access::ReadWrite);
             }
         }
-        let mut docs: Vec<(DocId, DocKind)> = Vec::new();
-        let mut expected: BTreeMap<DocId, Expected> = BTreeMap::new();
-        let mut counter = 0i64;
-        let tracing = std::env::var_os("FERRY_TRACE").is_some();
-        for op in ops {
-            if tracing { eprintln!("TRACE op {op:?}"); }
-            match op {
-                Op::Create { at, kind } => {
-                    let kind = DocKind::ALL[kind];
-                    let doc = replicas[at % n].store.create(kind).unwrap();
-                    if tracing { eprintln!("TRACE created {doc} {kind:?} at {}", at % n); }
-                    docs.push((doc, kind));
-                    expected.insert(doc, Expected::default());
-                }
-                Op::Edit { at, doc, n: amount } => {
-                    if docs.is_empty() { continue; }
-                    let (doc, kind) = docs[doc % docs.len()];
-                    let store = &replicas[at % n].store;
-                    if store.info(doc).is_err() { continue; } // not here yet
-                    counter += 1;
-                    if tracing { eprintln!("TRACE edit {doc} at {}", at % n); }
-                    let e = expected.get_mut(&doc).unwrap();
-                    match kind {
-                        DocKind::Automerge => {
-                            let key = format!("e{counter}");
-                            store.change(doc, |tx| tx.put(ROOT, &key, counter)).unwrap();
-                            e.keys.insert(key, counter);
-                        }
-                        DocKind::GCounter => {
-                            store.increment(doc, u64::from(amount)).unwrap();
-                            e.added += i128::from(amount);
-                        }
-                        DocKind::PNCounter => {
-                            if amount % 2 == 0 {
-                                store.increment(doc, u64::from(amount)).unwrap();
-                                e.added += i128::from(amount);
-                            } else {
-                                store.decrement(doc, u64::from(amount)).unwrap();
-                                e.added -= i128::from(amount);
-                            }
-                        }
-                        DocKind::LwwRegister | DocKind::MvRegister => {
-                            let value = counter.to_le_bytes().to_vec();
-                            store.set_register(doc, value.clone()).unwrap();
-                            e.registers.push(value);
-                        }
-                    }
-                }
-                Op::Sync { a, b, cut, duplicate } => {
-                    let (a, b) = (a % n, b % n);
-                    if a == b { continue; }
-                    if tracing { eprintln!("TRACE sync {a} -> {b}"); }
-                    let run = sync(&replicas[a], &replicas[b], Faults { cut_after: cut, duplicate_every: duplicate });
-                    prop_assert!(run.error.is_none(), "session error: {:?}", run.error);
-                }
-            }
+    }
+    let mut docs: Vec<(DocId, DocKind)> = Vec::new();
+    let mut expected: BTreeMap<DocId, Expected> = BTreeMap::new();
+    let mut counter = 0i64;
+    let tracing = std::env::var_os("FERRY_TRACE").is_some();
+    for op in ops {
+        if tracing {
+            eprintln!("TRACE op {op:?}");
         }
-        // A final round of complete sessions, twice over every pair.
-        for _ in 0..2 {
-            for a in 0..n {
-                for b in a + 1..n {
-                    if tracing { eprintln!("TRACE final sync {a} -> {b}"); }
-                    let run = sync(&replicas[a], &replicas[b], Faults::default());
-                    prop_assert!(run.error.is_none(), "final session error: {:?}", run.error);
+        match op {
+            Op::Create { at, kind } => {
+                let kind = DocKind::ALL[kind];
+                let doc = replicas[at % n].store.create(kind).unwrap();
+                if tracing {
+                    eprintln!("TRACE created {doc} {kind:?} at {}", at % n);
                 }
+                docs.push((doc, kind));
+                expected.insert(doc, Expected::default());
             }
-        }
-        // And every replica knows it: nothing is pending for any peer.
-        for (i, a) in replicas.iter().enumerate() {
-            for (j, b) in replicas.iter().enumerate() {
-                if i == j { continue; }
-                for (doc, kind) in &docs {
-                    let status = a.store.sync_status(b.store.peer_id(), *doc).unwrap();
-                    prop_assert_eq!(status.pending, 0, "{:?} {} pending at {} for {} after the final round", kind, doc, i, j);
-                    prop_assert!(status.last_sync_millis.is_some(), "{:?} {} never synced at {} for {}", kind, doc, i, j);
+            Op::Edit { at, doc, n: amount } => {
+                if docs.is_empty() {
+                    continue;
                 }
-            }
-        }
-        for (doc, kind) in &docs {
-            let first = replicas[0].store.info(*doc).unwrap();
-            for r in &replicas[1..] {
-                let info = r.store.info(*doc).unwrap();
-                prop_assert_eq!(&info.version, &first.version);
-                prop_assert_eq!(info.digest, first.digest);
-            }
-            let e = &expected[doc];
-            for r in &replicas {
+                let (doc, kind) = docs[doc % docs.len()];
+                let store = &replicas[at % n].store;
+                if store.info(doc).is_err() {
+                    continue;
+                } // not here yet
+                counter += 1;
+                if tracing {
+                    eprintln!("TRACE edit {doc} at {}", at % n);
+                }
+                let e = expected.get_mut(&doc).unwrap();
                 match kind {
                     DocKind::Automerge => {
-                        let keys: BTreeMap<String, i64> = r.store.read(*doc, |d| {
+                        let key = format!("e{counter}");
+                        store.change(doc, |tx| tx.put(ROOT, &key, counter)).unwrap();
+                        e.keys.insert(key, counter);
+                    }
+                    DocKind::GCounter => {
+                        store.increment(doc, u64::from(amount)).unwrap();
+                        e.added += i128::from(amount);
+                    }
+                    DocKind::PNCounter => {
+                        if amount % 2 == 0 {
+                            store.increment(doc, u64::from(amount)).unwrap();
+                            e.added += i128::from(amount);
+                        } else {
+                            store.decrement(doc, u64::from(amount)).unwrap();
+                            e.added -= i128::from(amount);
+                        }
+                    }
+                    DocKind::LwwRegister | DocKind::MvRegister => {
+                        let value = counter.to_le_bytes().to_vec();
+                        store.set_register(doc, value.clone()).unwrap();
+                        e.registers.push(value);
+                    }
+                }
+            }
+            Op::Delete { at, doc } => {
+                if docs.is_empty() {
+                    continue;
+                }
+                let (doc, _) = docs[doc % docs.len()];
+                let store = &replicas[at % n].store;
+                if store.info(doc).is_err() {
+                    continue;
+                } // not here, or gone already
+                if tracing {
+                    eprintln!("TRACE delete {doc} at {}", at % n);
+                }
+                store.delete(doc).unwrap();
+                expected.get_mut(&doc).unwrap().deleted = true;
+            }
+            Op::EditShared { at, doc } => {
+                if docs.is_empty() {
+                    continue;
+                }
+                let (doc, kind) = docs[doc % docs.len()];
+                let store = &replicas[at % n].store;
+                if kind != DocKind::Automerge || store.info(doc).is_err() {
+                    continue;
+                }
+                counter += 1;
+                if tracing {
+                    eprintln!("TRACE shared edit {doc} at {}", at % n);
+                }
+                store
+                    .change(doc, |tx| tx.put(ROOT, "shared", counter))
+                    .unwrap();
+                expected.get_mut(&doc).unwrap().shared.push(counter);
+            }
+            Op::Sync {
+                a,
+                b,
+                cut,
+                duplicate,
+            } => {
+                let (a, b) = (a % n, b % n);
+                if a == b {
+                    continue;
+                }
+                if tracing {
+                    eprintln!("TRACE sync {a} -> {b}");
+                }
+                let run = sync(
+                    &replicas[a],
+                    &replicas[b],
+                    Faults {
+                        cut_after: cut,
+                        duplicate_every: duplicate,
+                    },
+                );
+                prop_assert!(run.error.is_none(), "session error: {:?}", run.error);
+            }
+        }
+    }
+    // A final round of complete sessions, twice over every pair.
+    for _ in 0..2 {
+        for a in 0..n {
+            for b in a + 1..n {
+                if tracing {
+                    eprintln!("TRACE final sync {a} -> {b}");
+                }
+                let run = sync(&replicas[a], &replicas[b], Faults::default());
+                prop_assert!(run.error.is_none(), "final session error: {:?}", run.error);
+            }
+        }
+    }
+    // And every replica knows it: nothing is pending for any peer.
+    for (i, a) in replicas.iter().enumerate() {
+        for (j, b) in replicas.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            for (doc, kind) in &docs {
+                if expected[doc].deleted {
+                    continue;
+                }
+                let status = a.store.sync_status(b.store.peer_id(), *doc).unwrap();
+                prop_assert_eq!(
+                    status.pending,
+                    0,
+                    "{:?} {} pending at {} for {} after the final round",
+                    kind,
+                    doc,
+                    i,
+                    j
+                );
+                prop_assert!(
+                    status.last_sync_millis.is_some(),
+                    "{:?} {} never synced at {} for {}",
+                    kind,
+                    doc,
+                    i,
+                    j
+                );
+            }
+        }
+    }
+    for (doc, kind) in &docs {
+        if expected[doc].deleted {
+            // Deleted somewhere: deleted everywhere, whatever was edited meanwhile.
+            for (i, r) in replicas.iter().enumerate() {
+                prop_assert!(r.store.info(*doc).is_err(), "{} came back at {}", doc, i);
+                let gone = r.store.gone(*doc).unwrap();
+                prop_assert!(
+                    gone.is_some_and(|g| g.is_deleted()),
+                    "{} has no tombstone at {}",
+                    doc,
+                    i
+                );
+            }
+            continue;
+        }
+        let first = replicas[0].store.info(*doc).unwrap();
+        for r in &replicas[1..] {
+            let info = r.store.info(*doc).unwrap();
+            prop_assert_eq!(&info.version, &first.version);
+            prop_assert_eq!(info.digest, first.digest);
+        }
+        let e = &expected[doc];
+        for r in &replicas {
+            match kind {
+                DocKind::Automerge => {
+                    let shared = r
+                        .store
+                        .read(*doc, |d| {
+                            d.get(ROOT, "shared").unwrap().and_then(|(v, _)| v.as_i64())
+                        })
+                        .unwrap();
+                    // Concurrent writes to one key: one of them stays, the same everywhere (the
+                    // heads are equal, checked above).
+                    prop_assert_eq!(shared.is_some(), !e.shared.is_empty());
+                    if let Some(v) = shared {
+                        prop_assert!(e.shared.contains(&v), "{} was never written", v);
+                    }
+                    let keys: BTreeMap<String, i64> = r
+                        .store
+                        .read(*doc, |d| {
                             d.keys(ROOT)
+                                .filter(|k| k != "shared")
                                 .map(|k| {
                                     let v = d.get(ROOT, &k).unwrap().unwrap().0.as_i64().unwrap();
                                     (k, v)
                                 })
                                 .collect()
-                        }).unwrap();
-                        prop_assert_eq!(&keys, &e.keys);
-                    }
-                    _ => match r.store.crdt(*doc).unwrap() {
-                        CrdtState::GCounter(c) => prop_assert_eq!(c.value() as i128, e.added),
-                        CrdtState::PNCounter(c) => prop_assert_eq!(c.value(), e.added),
-                        CrdtState::LwwRegister(reg) => {
-                            // The winner is one of the writes (which one, the stamps decide).
-                            prop_assert_eq!(reg.get().is_some(), !e.registers.is_empty());
-                            if let Some(v) = reg.get() {
-                                prop_assert!(e.registers.contains(v));
-                            }
-                        }
-                        CrdtState::MvRegister(reg) => {
-                            prop_assert_eq!(reg.values().is_empty(), e.registers.is_empty());
-                            for v in reg.values() {
-                                prop_assert!(e.registers.contains(v));
-                            }
-                        }
-                    },
+                        })
+                        .unwrap();
+                    prop_assert_eq!(&keys, &e.keys);
                 }
+                _ => match r.store.crdt(*doc).unwrap() {
+                    CrdtState::GCounter(c) => prop_assert_eq!(c.value() as i128, e.added),
+                    CrdtState::PNCounter(c) => prop_assert_eq!(c.value(), e.added),
+                    CrdtState::LwwRegister(reg) => {
+                        // The winner is one of the writes (which one, the stamps decide).
+                        prop_assert_eq!(reg.get().is_some(), !e.registers.is_empty());
+                        if let Some(v) = reg.get() {
+                            prop_assert!(e.registers.contains(v));
+                        }
+                    }
+                    CrdtState::MvRegister(reg) => {
+                        prop_assert_eq!(reg.values().is_empty(), e.registers.is_empty());
+                        for v in reg.values() {
+                            prop_assert!(e.registers.contains(v));
+                        }
+                    }
+                },
             }
         }
     }
+    Ok(())
 }

@@ -477,8 +477,9 @@ impl Replica {
         }
     }
 
-    /// Syncs with `peer` now and returns when both sides are quiet: nothing has arrived for
-    /// a moment after the two sides compared everything they share. Offline, it dials the
+    /// Syncs with `peer` now and returns once the two sides have compared everything they
+    /// share, nothing has arrived for a moment, and the peer has acknowledged the changes it
+    /// lacked (waiting up to 10 s for slow acknowledgements). Offline, it dials the
     /// peer once, syncs, and disconnects. Serving, it uses the live connection (dialing now
     /// if there is none) and leaves it open. The report says which documents the peer now
     /// holds, which it updated here, and which it still lacks. Fails clearly if the peer is

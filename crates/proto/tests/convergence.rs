@@ -6,8 +6,9 @@
 //!
 //! `FERRY_PROTO_CASES` sets the number of cases (default 128, which CI runs). `FERRY_TRACE=1`
 //! prints every operation and every frame to stderr; with `PROPTEST_MAX_SHRINK_ITERS=0` the
-//! trace ends with the failing case as it was first found. Actor and peer ids are random, so a
-//! saved case may need a few runs to fail again.
+//! trace ends with the failing case as it was first found. Replicas have fixed identities
+//! (`tests/keys/`) and documents take their ids from the case, so a saved case replays with the
+//! same actor, peer and document ids (register stamps still come from the wall clock).
 
 #![allow(clippy::unwrap_used)]
 
@@ -122,7 +123,7 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         ..support::config()
     };
     let sync = |a: &Replica, b: &Replica, faults| sync_with(a, b, faults, &config);
-    let replicas: Vec<Replica> = (0..n).map(|_| Replica::new()).collect();
+    let replicas: Vec<Replica> = (0..n).map(Replica::seeded).collect();
     for a in &replicas {
         for b in &replicas {
             if a.store.peer_id() != b.store.peer_id() {
@@ -141,7 +142,17 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Create { at, kind } => {
                 let kind = DocKind::ALL[kind];
-                let doc = replicas[at % n].store.create(kind).unwrap();
+                // Ids from the case itself, so a saved case replays with the same ones.
+                let doc = DocId::from_bytes(
+                    *blake3::hash(&(docs.len() as u64).to_le_bytes())
+                        .as_bytes()
+                        .first_chunk()
+                        .unwrap(),
+                );
+                replicas[at % n]
+                    .store
+                    .create_with_id(doc, kind, ferry_store::Origin::Local)
+                    .unwrap();
                 if tracing {
                     eprintln!("TRACE created {doc} {kind:?} at {}", at % n);
                 }

@@ -18,6 +18,23 @@ impl Replica {
             _dir: dir,
         }
     }
+
+    /// A replica with the fixed identity `tests/keys/replica-{i}.key` (`i` below 5), so its
+    /// peer id and actor id are the same in every run.
+    pub fn seeded(i: usize) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("identity.key");
+        let fixed = format!("{}/tests/keys/replica-{i}.key", env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(fixed, &key).unwrap();
+        // A checkout does not keep the file private; the store insists on it.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self {
+            store: Store::open(dir.path()).unwrap(),
+            _dir: dir,
+        }
+    }
 }
 
 /// `a` lets `b` have `access` to every document.

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
-use ferry_proto::SessionConfig;
+use ferry_proto::{Role, Session, SessionConfig};
 use ferry_store::{Access, CrdtState, DocId, DocKind};
 use proptest::prelude::*;
-use support::{Faults, Replica, sync_with, trust};
+use support::{Faults, Replica, pump, sync_with, trust};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -50,6 +50,13 @@ enum Op {
         at: usize,
         doc: usize,
     },
+    /// Edit on `a` while a session with `b` is open: the edit goes out through `doc_changed`.
+    Live {
+        a: usize,
+        b: usize,
+        doc: usize,
+        n: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -68,6 +75,8 @@ fn op_with_deletes() -> impl Strategy<Value = Op> {
         6 => op(),
         1 => (any::<usize>(), any::<usize>()).prop_map(|(at, doc)| Op::Delete { at, doc }),
         2 => (any::<usize>(), any::<usize>()).prop_map(|(at, doc)| Op::EditShared { at, doc }),
+        2 => (any::<usize>(), any::<usize>(), any::<usize>(), 1..20u8)
+            .prop_map(|(a, b, doc, n)| Op::Live { a, b, doc, n }),
     ]
 }
 
@@ -172,32 +181,59 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if tracing {
                     eprintln!("TRACE edit {doc} at {}", at % n);
                 }
-                let e = expected.get_mut(&doc).unwrap();
-                match kind {
-                    DocKind::Automerge => {
-                        let key = format!("e{counter}");
-                        store.change(doc, |tx| tx.put(ROOT, &key, counter)).unwrap();
-                        e.keys.insert(key, counter);
-                    }
-                    DocKind::GCounter => {
-                        store.increment(doc, u64::from(amount)).unwrap();
-                        e.added += i128::from(amount);
-                    }
-                    DocKind::PNCounter => {
-                        if amount % 2 == 0 {
-                            store.increment(doc, u64::from(amount)).unwrap();
-                            e.added += i128::from(amount);
-                        } else {
-                            store.decrement(doc, u64::from(amount)).unwrap();
-                            e.added -= i128::from(amount);
-                        }
-                    }
-                    DocKind::LwwRegister | DocKind::MvRegister => {
-                        let value = counter.to_le_bytes().to_vec();
-                        store.set_register(doc, value.clone()).unwrap();
-                        e.registers.push(value);
-                    }
+                edit(
+                    store,
+                    doc,
+                    kind,
+                    amount,
+                    counter,
+                    expected.get_mut(&doc).unwrap(),
+                );
+            }
+            Op::Live {
+                a,
+                b,
+                doc,
+                n: amount,
+            } => {
+                let (a, b) = (a % n, b % n);
+                if a == b || docs.is_empty() {
+                    continue;
                 }
+                let (doc, kind) = docs[doc % docs.len()];
+                let store = &replicas[a].store;
+                if store.info(doc).is_err() {
+                    continue;
+                }
+                if tracing {
+                    eprintln!("TRACE live edit {doc} at {a} with {b} connected");
+                }
+                // Caught up first, then the edit goes out through the open session.
+                let open = |store: &ferry_store::Store, peer, role| {
+                    Session::new(store.clone(), peer, role, config.clone()).unwrap()
+                };
+                let sessions = [
+                    open(store, replicas[b].store.peer_id(), Role::Initiator),
+                    open(&replicas[b].store, store.peer_id(), Role::Responder),
+                ];
+                let (run, mut sessions) = pump(sessions, Faults::default());
+                prop_assert!(run.error.is_none(), "session error: {:?}", run.error);
+                if store.info(doc).is_err() {
+                    continue; // the catch-up brought the peer's tombstone
+                }
+                counter += 1;
+                edit(
+                    store,
+                    doc,
+                    kind,
+                    amount,
+                    counter,
+                    expected.get_mut(&doc).unwrap(),
+                );
+                let pushed = sessions[0].doc_changed(doc);
+                prop_assert!(pushed.is_ok(), "doc_changed: {:?}", pushed);
+                let (run, _) = pump(sessions, Faults::default());
+                prop_assert!(run.error.is_none(), "live session error: {:?}", run.error);
             }
             Op::Delete { at, doc } => {
                 if docs.is_empty() {
@@ -372,4 +408,40 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// Makes one edit on `store` to `doc` and records what it must lead to in `e`.
+fn edit(
+    store: &ferry_store::Store,
+    doc: DocId,
+    kind: DocKind,
+    amount: u8,
+    counter: i64,
+    e: &mut Expected,
+) {
+    match kind {
+        DocKind::Automerge => {
+            let key = format!("e{counter}");
+            store.change(doc, |tx| tx.put(ROOT, &key, counter)).unwrap();
+            e.keys.insert(key, counter);
+        }
+        DocKind::GCounter => {
+            store.increment(doc, u64::from(amount)).unwrap();
+            e.added += i128::from(amount);
+        }
+        DocKind::PNCounter => {
+            if amount % 2 == 0 {
+                store.increment(doc, u64::from(amount)).unwrap();
+                e.added += i128::from(amount);
+            } else {
+                store.decrement(doc, u64::from(amount)).unwrap();
+                e.added -= i128::from(amount);
+            }
+        }
+        DocKind::LwwRegister | DocKind::MvRegister => {
+            let value = counter.to_le_bytes().to_vec();
+            store.set_register(doc, value.clone()).unwrap();
+            e.registers.push(value);
+        }
+    }
 }

@@ -430,7 +430,7 @@ fn edit(
             e.added += i128::from(amount);
         }
         DocKind::PNCounter => {
-            if amount % 2 == 0 {
+            if amount.is_multiple_of(2) {
                 store.increment(doc, u64::from(amount)).unwrap();
                 e.added += i128::from(amount);
             } else {

@@ -86,6 +86,10 @@ struct Expected {
     keys: BTreeMap<String, i64>,
     added: i128,
     registers: Vec<Vec<u8>>,
+    /// Each last-writer-wins write with its stamp: the greatest stamp wins.
+    stamped: Vec<(ferry_crdt::Timestamp, Vec<u8>)>,
+    /// Multi-value writes that a later write replaced: one made where they were visible.
+    replaced: std::collections::BTreeSet<Vec<u8>>,
     /// The values written to the shared key: the one that stays is one of them.
     shared: Vec<i64>,
     deleted: bool,
@@ -391,17 +395,28 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     CrdtState::GCounter(c) => prop_assert_eq!(c.value() as i128, e.added),
                     CrdtState::PNCounter(c) => prop_assert_eq!(c.value(), e.added),
                     CrdtState::LwwRegister(reg) => {
-                        // The winner is one of the writes (which one, the stamps decide).
+                        // The winner is one of the writes: the one with the greatest stamp.
                         prop_assert_eq!(reg.get().is_some(), !e.registers.is_empty());
                         if let Some(v) = reg.get() {
                             prop_assert!(e.registers.contains(v));
                         }
+                        let winner = e.stamped.iter().max_by_key(|(stamp, _)| *stamp);
+                        prop_assert_eq!(reg.get(), winner.map(|(_, value)| value));
                     }
                     CrdtState::MvRegister(reg) => {
                         prop_assert_eq!(reg.values().is_empty(), e.registers.is_empty());
                         for v in reg.values() {
                             prop_assert!(e.registers.contains(v));
                         }
+                        // Exactly the writes no later write replaced.
+                        let kept: std::collections::BTreeSet<&Vec<u8>> =
+                            reg.values().into_iter().collect();
+                        let model: std::collections::BTreeSet<&Vec<u8>> = e
+                            .registers
+                            .iter()
+                            .filter(|v| !e.replaced.contains(*v))
+                            .collect();
+                        prop_assert_eq!(kept, model);
                     }
                 },
             }
@@ -438,7 +453,22 @@ fn edit(
                 e.added -= i128::from(amount);
             }
         }
-        DocKind::LwwRegister | DocKind::MvRegister => {
+        DocKind::LwwRegister => {
+            let value = counter.to_le_bytes().to_vec();
+            store.set_register(doc, value.clone()).unwrap();
+            let CrdtState::LwwRegister(reg) = store.crdt(doc).unwrap() else {
+                unreachable!("an lww document")
+            };
+            e.stamped.push((reg.stamp().unwrap(), value.clone()));
+            e.registers.push(value);
+        }
+        DocKind::MvRegister => {
+            // The values visible here now are what this write replaces (and they, in turn,
+            // replaced everything else this replica has seen).
+            let CrdtState::MvRegister(before) = store.crdt(doc).unwrap() else {
+                unreachable!("an mv document")
+            };
+            e.replaced.extend(before.values().into_iter().cloned());
             let value = counter.to_le_bytes().to_vec();
             store.set_register(doc, value.clone()).unwrap();
             e.registers.push(value);

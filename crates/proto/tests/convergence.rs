@@ -50,6 +50,10 @@ enum Op {
         at: usize,
         doc: usize,
     },
+    /// Close replica `at`'s store and open it again.
+    Reopen {
+        at: usize,
+    },
     /// Edit on `a` while a session with `b` is open: the edit goes out through `doc_changed`.
     Live {
         a: usize,
@@ -77,6 +81,7 @@ fn op_with_deletes() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<usize>()).prop_map(|(at, doc)| Op::EditShared { at, doc }),
         2 => (any::<usize>(), any::<usize>(), any::<usize>(), 1..20u8)
             .prop_map(|(a, b, doc, n)| Op::Live { a, b, doc, n }),
+        1 => any::<usize>().prop_map(|at| Op::Reopen { at }),
     ]
 }
 
@@ -114,29 +119,41 @@ proptest! {
     ) {
         // A case that never creates a document checks nothing: it does not count.
         prop_assume!(ops.iter().any(|op| matches!(op, Op::Create { .. })));
-        converge(n, leaf, ops)?;
+        converge(n, leaf, ops, false)?;
     }
 
     #[test]
-    fn deletes_win_and_concurrent_writes_to_one_key_converge(
+    fn deletes_live_edits_reopens_and_concurrent_writes_to_one_key_converge(
         n in 2..=4usize,
         leaf in prop_oneof![Just(1usize), Just(16)],
         ops in proptest::collection::vec(op_with_deletes(), 1..40),
     ) {
         prop_assume!(ops.iter().any(|op| matches!(op, Op::Create { .. })));
-        converge(n, leaf, ops)?;
+        converge(n, leaf, ops, true)?;
     }
 }
 
 /// Runs `ops` on `n` replicas, then a final round of complete sessions, and checks that they
 /// converged on what the operations made.
-fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+///
+/// With `batched`, replica 1 commits in groups (`Durability::Batched`), as an app may choose.
+fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), TestCaseError> {
     let config = SessionConfig {
         leaf,
         ..support::config()
     };
     let sync = |a: &Replica, b: &Replica, faults| sync_with(a, b, faults, &config);
-    let replicas: Vec<Replica> = (0..n).map(Replica::seeded).collect();
+    let mut replicas: Vec<Replica> = (0..n)
+        .map(|i| {
+            let mut store = ferry_store::StoreConfig::default();
+            if batched && i == 1 {
+                store.durability = ferry_store::Durability::Batched {
+                    interval: std::time::Duration::from_millis(1),
+                };
+            }
+            Replica::seeded_with(i, store)
+        })
+        .collect();
     for a in &replicas {
         for b in &replicas {
             if a.store.peer_id() != b.store.peer_id() {
@@ -193,6 +210,12 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     counter,
                     expected.get_mut(&doc).unwrap(),
                 );
+            }
+            Op::Reopen { at } => {
+                if tracing {
+                    eprintln!("TRACE reopen {}", at % n);
+                }
+                replicas[at % n].reopen();
             }
             Op::Live {
                 a,

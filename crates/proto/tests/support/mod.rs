@@ -7,6 +7,7 @@ use ferry_store::{Access, PeerInfo, Store};
 
 pub struct Replica {
     pub store: Store,
+    config: ferry_store::StoreConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -15,6 +16,7 @@ impl Replica {
         let dir = tempfile::tempdir().unwrap();
         Self {
             store: Store::open(dir.path()).unwrap(),
+            config: ferry_store::StoreConfig::default(),
             _dir: dir,
         }
     }
@@ -22,6 +24,11 @@ impl Replica {
     /// A replica with the fixed identity `tests/keys/replica-{i}.key` (`i` below 5), so its
     /// peer id and actor id are the same in every run.
     pub fn seeded(i: usize) -> Self {
+        Self::seeded_with(i, ferry_store::StoreConfig::default())
+    }
+
+    /// [`Replica::seeded`], its store opened with `config`.
+    pub fn seeded_with(i: usize, config: ferry_store::StoreConfig) -> Self {
         use std::os::unix::fs::PermissionsExt;
 
         let dir = tempfile::tempdir().unwrap();
@@ -31,9 +38,19 @@ impl Replica {
         // A checkout does not keep the file private; the store insists on it.
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         Self {
-            store: Store::open(dir.path()).unwrap(),
+            store: Store::open_with(dir.path(), config.clone()).unwrap(),
+            config,
             _dir: dir,
         }
+    }
+
+    /// Closes the store and opens it again, as after a restart. Nothing else may hold it.
+    pub fn reopen(&mut self) {
+        // The store closes when its last handle goes; a scratch store stands in meanwhile.
+        let scratch = tempfile::tempdir().unwrap();
+        let old = std::mem::replace(&mut self.store, Store::open(scratch.path()).unwrap());
+        drop(old);
+        self.store = Store::open_with(self._dir.path(), self.config.clone()).unwrap();
     }
 }
 

@@ -2,7 +2,13 @@
 //! and run random pairwise sessions, some cut after a random number of frames and some with
 //! duplicated frames. After a final round of complete sessions every replica holds the same
 //! documents (heads and digests), every operation made anywhere is in them, and every replica's
-//! sync status shows nothing pending for any peer.
+//! sync status shows nothing pending for any peer. Registers match a model: the
+//! last-writer-wins value is the write with the greatest stamp, the multi-value set exactly the
+//! writes no later write replaced.
+//!
+//! A second property adds deletes (every replica must end with the tombstone, whatever was
+//! edited meanwhile), concurrent writes to one Automerge key, edits pushed through an open
+//! session (`doc_changed`), stores reopened mid-run, and a replica that commits in batches.
 //!
 //! `FERRY_PROTO_CASES` sets the number of cases (default 128, which CI runs). `FERRY_TRACE=1`
 //! prints every operation and every frame to stderr; with `PROPTEST_MAX_SHRINK_ITERS=0` the

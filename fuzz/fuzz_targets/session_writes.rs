@@ -5,6 +5,9 @@
 //! Nothing may panic, and whatever the input stored must load: every document still reads
 //! whole, and the store reopens with the same documents.
 //!
+//! Crashers it found are kept in `crates/proto/tests/fuzz-crashers/` and replayed by
+//! `cargo test`.
+//!
 //! `cargo +nightly fuzz run session_writes fuzz/corpus/session_writes fuzz/seeds/session_writes`
 //! from the repository root (see `fuzz/README.md`): the committed seeds are whole messages of
 //! every kind to start from; new inputs go to the (ignored) first directory.
@@ -36,6 +39,11 @@ fn fresh(dir: &std::path::Path) -> Store {
 }
 
 fuzz_target!(|input: &[u8]| {
+    // ferry catches panics inside automerge (it may panic on changes that parse but do not fit
+    // together) and refuses the input; libFuzzer's hook would abort on those too. A panic that
+    // escapes is still caught by libFuzzer and reported.
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = fresh(dir.path());
     let config = SessionConfig {

@@ -91,10 +91,18 @@ impl Store {
             return Err(wrong_kind(doc, DocKind::Automerge.alone(), entry.meta.kind));
         };
         let old_heads: Vec<ChangeHash> = entry.meta.heads.iter().map(|h| ChangeHash(*h)).collect();
-        let result = match f(am) {
+        // automerge can panic on changes that parse but do not fit together; that must not take
+        // the process down. The document may be half-changed then: it is dropped from the cache
+        // and reloaded from its records, as they were.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(am)))
+            .unwrap_or(Err(StoreError::AutomergePanicked { doc }));
+        let result = match applied {
             Ok(result) => result,
             Err(e) => {
-                if matches!(e, StoreError::Automerge { .. }) {
+                if matches!(
+                    e,
+                    StoreError::Automerge { .. } | StoreError::AutomergePanicked { .. }
+                ) {
                     state.cache.pop(&doc);
                 }
                 return Err(e);

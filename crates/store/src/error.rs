@@ -69,6 +69,13 @@ pub enum StoreError {
         #[source]
         source: Box<automerge::AutomergeError>,
     },
+    /// automerge panicked on a change to the document (changes that parse but do not fit
+    /// together); the document is as it was, reloaded from its records.
+    #[error("automerge failed on a change to document {doc}; nothing of it was stored")]
+    AutomergePanicked {
+        /// The document.
+        doc: DocId,
+    },
     /// Changes from a peer depend on changes neither the document nor the same batch holds;
     /// nothing was applied. Ask the peer for the missing ones (automerge's sync does).
     #[error("changes to document {doc} depend on {} change(s) it does not have", missing.len())]

@@ -52,7 +52,9 @@ pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entr
     let loaded = match meta.kind {
         DocKind::Automerge => {
             let mut am = match &snapshot {
-                Some(bytes) => Automerge::load(bytes).map_err(|_| damaged("snapshot"))?,
+                Some(bytes) => {
+                    guarded(|| Automerge::load(bytes).ok()).ok_or(damaged("snapshot"))?
+                }
                 None => Automerge::new(),
             };
             let base = read_base_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
@@ -63,8 +65,8 @@ pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entr
                     return Err(damaged("incremental records are not contiguous"));
                 }
                 let record = decode_incremental(doc, &value)?;
-                am.load_incremental(&record.changes)
-                    .map_err(|_| damaged("incremental change record"))?;
+                guarded(|| am.load_incremental(&record.changes).ok())
+                    .ok_or(damaged("incremental change record"))?;
             }
             let heads: Vec<[u8; 32]> = am.get_heads().iter().map(|h| h.0).collect();
             if heads != meta.heads {
@@ -164,4 +166,12 @@ pub(crate) fn check_format(db: &sled::Db) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Runs automerge on stored bytes; a panic in it on damaged bytes is damage like any other,
+/// not the end of the process.
+fn guarded<T>(load: impl FnOnce() -> Option<T>) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+        .ok()
+        .flatten()
 }

@@ -6,7 +6,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use ferry_store::{DocId, DocKind, Origin, StoreError, Version, heads_digest};
 
-use super::chunks::{frontier, parse_changes, validate_changes};
+use super::chunks::{frontier, guarded, parse_changes, validate_changes};
 use super::{Event, Session, SessionError};
 use crate::message::{ErrorCode, Message};
 use crate::reconcile::{Entry, ShortDigest, short};
@@ -155,7 +155,7 @@ impl Session {
                 Ok(_) => {}
                 // The peer misjudged what this side holds: automerge's sync works it out.
                 Err(StoreError::MissingDependencies { .. }) => return self.fallback(doc),
-                Err(StoreError::Automerge { .. }) => {
+                Err(StoreError::Automerge { .. } | StoreError::AutomergePanicked { .. }) => {
                     return Err(SessionError::Protocol("changes automerge refuses"));
                 }
                 Err(e) => return Err(e.into()),
@@ -313,8 +313,9 @@ impl Session {
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("a sync message for a crdt document")),
         }
-        let message = sync::Message::decode(bytes)
-            .map_err(|_| SessionError::Protocol("a sync message that does not decode"))?;
+        let message = guarded(|| sync::Message::decode(bytes).ok()).ok_or(
+            SessionError::Protocol("a sync message that does not decode"),
+        )?;
         if !message.changes.is_empty() {
             if !self.may_write(doc)? {
                 self.send(&Message::Refused {
@@ -340,6 +341,9 @@ impl Session {
             Err(e) => {
                 // Reloaded from the sync record on next use.
                 self.peer_doc(doc).sync = None;
+                if matches!(e, StoreError::AutomergePanicked { .. }) {
+                    return Err(SessionError::Protocol("a sync message automerge fails on"));
+                }
                 return Err(e.into());
             }
         };

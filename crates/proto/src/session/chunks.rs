@@ -13,6 +13,14 @@ const COMPRESSED_CHANGE_CHUNK: u8 = 2;
 /// Bytes before a chunk's data length: magic, checksum and type.
 const CHUNK_HEADER: usize = 9;
 
+/// Runs automerge on bytes from a peer; a panic in it (on input it did not expect) is an
+/// answer like any refusal, not the end of the process.
+pub(super) fn guarded<T>(parse: impl FnOnce() -> Option<T>) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+        .ok()
+        .flatten()
+}
+
 /// Changes in a sync message must parse whole: automerge's own loading would quietly keep a
 /// good prefix of damaged bytes. An entry is a run of chunks (version 2 messages put every
 /// change in one entry). Change chunks are parsed one by one, so dependencies outside the
@@ -33,14 +41,17 @@ pub(super) fn validate_changes(mut bytes: &[u8]) -> Result<(), SessionError> {
         let (chunk, next) = bytes.split_at(end);
         match chunk[CHUNK_HEADER - 1] {
             CHANGE_CHUNK | COMPRESSED_CHANGE_CHUNK => {
-                Change::try_from(chunk).map_err(|_| bad())?;
+                guarded(|| Change::try_from(chunk).ok()).ok_or_else(bad)?;
             }
             DOCUMENT_CHUNK => {
-                Automerge::load_with_options(
-                    chunk,
-                    LoadOptions::new().on_partial_load(OnPartialLoad::Error),
-                )
-                .map_err(|_| bad())?;
+                guarded(|| {
+                    Automerge::load_with_options(
+                        chunk,
+                        LoadOptions::new().on_partial_load(OnPartialLoad::Error),
+                    )
+                    .ok()
+                })
+                .ok_or_else(bad)?;
             }
             _ => return Err(bad()),
         }
@@ -59,8 +70,8 @@ pub(super) fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, SessionError
                     "a change that is not a change chunk",
                 ));
             }
-            Change::try_from(bytes.as_slice())
-                .map_err(|_| SessionError::Protocol("a change that does not parse"))
+            guarded(|| Change::try_from(bytes.as_slice()).ok())
+                .ok_or(SessionError::Protocol("a change that does not parse"))
         })
         .collect()
 }

@@ -3,6 +3,7 @@
 use automerge::Automerge;
 use ferry_store::{DocId, DocKind, Origin};
 
+use super::chunks::guarded;
 use super::crdt_sync::validate_state;
 use super::{Event, Session, SessionError};
 use crate::message::{ErrorCode, Message};
@@ -63,8 +64,8 @@ impl Session {
         match kind {
             DocKind::Automerge => {
                 // Strict: a damaged or truncated document is refused whole.
-                let theirs = Automerge::load(bytes)
-                    .map_err(|_| SessionError::Protocol("a snapshot that does not load"))?;
+                let theirs = guarded(|| Automerge::load(bytes).ok())
+                    .ok_or(SessionError::Protocol("a snapshot that does not load"))?;
                 let their_heads = theirs.get_heads();
                 // Created with its content in one write, or merged into the copy here.
                 if self.store.adopt(doc, origin, theirs)? {

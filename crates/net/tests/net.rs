@@ -243,12 +243,26 @@ async fn a_read_only_peers_changes_are_not_stored() {
     })
     .await;
 
+    let mut events_b = node_b.subscribe();
     b.change(doc, |tx| tx.put(ROOT, "from_b", 2)).unwrap();
     b.increment(count, 9).unwrap();
     a.change(doc, |tx| tx.put(ROOT, "again", 3)).unwrap();
     eventually("b gets a's new change", || get(&b, doc, "again") == Some(3)).await;
-    // Give b's pushes time to arrive and be refused.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // a has answered both of b's pushes: refused.
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < 2 {
+        let event = tokio::time::timeout(PATIENCE, events_b.recv())
+            .await
+            .unwrap();
+        if let Ok(NetEvent::Session {
+            event: ferry_proto::Event::Refused { doc, .. },
+            ..
+        }) = event
+        {
+            refused.insert(doc);
+        }
+    }
+    assert_eq!(refused, [doc, count].into_iter().collect());
     assert_eq!(get(&a, doc, "from_b"), None);
     assert_eq!(counter(&a, count), 0);
     node_a.shutdown().await;
@@ -429,7 +443,12 @@ async fn when_both_dial_at_once_one_connection_stays() {
             connected(&node_a, b.peer_id()) && connected(&node_b, a.peer_id())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The duplicate has gone on both sides once each runs its accept loop, its dial loop
+        // and one connection (it may take the 1 s replacement grace).
+        eventually("one connection left on each side", || {
+            node_a.running_tasks() == 3 && node_b.running_tasks() == 3
+        })
+        .await;
         let doc = a.create(DocKind::GCounter).unwrap();
         a.increment(doc, 1).unwrap();
         eventually("the change arrives", || same(&a, &b, doc)).await;

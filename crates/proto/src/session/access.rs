@@ -29,13 +29,14 @@ impl Session {
         }
     }
 
-    /// A document the peer names must be one it may read, if this replica holds it: naming a
-    /// hidden one is refused without telling it whether the document exists.
-    pub(super) fn check_visible(&self, doc: DocId) -> Result<(), SessionError> {
-        if self.holds(doc)?.is_some() && !self.may_read(doc)? {
-            return Err(SessionError::NoAccess(doc));
+    /// The kind of `doc` as the peer may know it: `None` if this replica does not hold it, or
+    /// holds it hidden from the peer. A document the peer may not see is answered exactly as
+    /// one this replica does not hold, so nothing the peer sends tells it which it is.
+    pub(super) fn visible_kind(&self, doc: DocId) -> Result<Option<DocKind>, SessionError> {
+        match self.holds(doc)? {
+            Some(kind) if self.may_read(doc)? => Ok(Some(kind)),
+            _ => Ok(None),
         }
-        Ok(())
     }
 
     /// The peer has a document this side does not list: ask for it whole if the peer may

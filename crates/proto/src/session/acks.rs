@@ -105,7 +105,9 @@ impl Session {
 
     /// The peer says it holds the version with `digest`.
     pub(super) fn on_ack(&mut self, doc: DocId, digest: ShortDigest) -> Result<(), SessionError> {
-        self.check_visible(doc)?;
+        if self.visible_kind(doc)?.is_none() {
+            return Ok(()); // as for a document this side does not hold
+        }
         let info = match self.store.info(doc) {
             Ok(info) => info,
             Err(StoreError::NoSuchDocument(_)) => return Ok(()),

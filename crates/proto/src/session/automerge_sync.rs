@@ -126,8 +126,7 @@ impl Session {
         if heads.len() > MAX_HEADS {
             return Err(SessionError::Protocol("too many heads"));
         }
-        self.check_visible(doc)?;
-        match self.holds(doc)? {
+        match self.visible_kind(doc)? {
             None => return self.offered(doc),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("changes for a crdt document")),
@@ -252,8 +251,7 @@ impl Session {
         if heads.len() > MAX_HEADS || ancestors.len() > ANCESTOR_DEPTHS as usize {
             return Err(SessionError::Protocol("too many heads"));
         }
-        self.check_visible(doc)?;
-        match self.holds(doc)? {
+        match self.visible_kind(doc)? {
             None => return self.offered(doc),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("heads for a crdt document")),
@@ -307,8 +305,7 @@ impl Session {
     }
 
     pub(super) fn on_sync(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
-        self.check_visible(doc)?;
-        match self.holds(doc)? {
+        match self.visible_kind(doc)? {
             None => return self.offered(doc),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("a sync message for a crdt document")),

@@ -15,8 +15,7 @@ impl Session {
     }
 
     pub(super) fn on_state(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
-        self.check_visible(doc)?;
-        let Some(kind) = self.holds(doc)? else {
+        let Some(kind) = self.visible_kind(doc)? else {
             // Not here yet: ask for it whole, if the peer may write it.
             return self.offered(doc);
         };

@@ -26,7 +26,7 @@ impl Session {
     /// The peer deleted `doc`, a document of `kind`: delete it here too and keep the
     /// tombstone, if the peer may write it.
     pub(super) fn on_deleted(&mut self, doc: DocId, kind: DocKind) -> Result<(), SessionError> {
-        self.check_visible(doc)?;
+        // (A hidden document is one the peer may not write either: refused, as if not held.)
         if !self.may_write(doc)? {
             self.send(&Message::Refused {
                 doc,

@@ -43,7 +43,7 @@ impl Session {
         kind: DocKind,
         bytes: &[u8],
     ) -> Result<(), SessionError> {
-        self.check_visible(doc)?;
+        // (A hidden document is one the peer may not write either: refused, as if not held.)
         if !self.may_write(doc)? {
             self.send(&Message::Refused {
                 doc,

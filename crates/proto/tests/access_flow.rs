@@ -182,11 +182,11 @@ proptest! {
             row[a] = true;
         }
         for _ in 0..n {
-            for a in 0..n {
+            for row in reaches.iter_mut() {
                 for b in 0..n {
                     for c in 0..n {
-                        if reaches[a][b] && b != c && flows(b, c) {
-                            reaches[a][c] = true;
+                        if row[b] && b != c && flows(b, c) {
+                            row[c] = true;
                         }
                     }
                 }

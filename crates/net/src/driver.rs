@@ -1,6 +1,7 @@
 //! Moves one session's frames over one QUIC stream, and the store's changes into the session.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_proto::{Role, Session, SessionConfig, SessionError};
@@ -42,6 +43,7 @@ pub(crate) async fn drive(
     conn: Connection,
     role: Role,
     until: Until,
+    reconciled: &AtomicBool,
 ) -> Result<(), NetError> {
     let stream = match role {
         Role::Initiator => conn.open_bi().await,
@@ -55,7 +57,7 @@ pub(crate) async fn drive(
         .await
         .map_err(|_| NetError::Panicked { peer })?
         .map_err(|source| NetError::Session { peer, source })?;
-    flush(&ctx.events, peer, &mut session, &mut send).await?;
+    flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
 
     let stop = match &until {
         Until::Closed => None,
@@ -74,7 +76,7 @@ pub(crate) async fn drive(
                 };
                 let result;
                 (session, result) = step(peer, session, move |s| s.handle_bytes(&chunk.bytes, wall_millis())).await?;
-                flush(&ctx.events, peer, &mut session, &mut send).await?;
+                flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
                 if let Err(error) = result {
                     return fail(peer, &conn, &mut send, error).await;
                 }
@@ -84,7 +86,7 @@ pub(crate) async fn drive(
                 Ok(Some(doc)) => {
                     let result;
                     (session, result) = step(peer, session, move |s| s.doc_changed(doc)).await?;
-                    flush(&ctx.events, peer, &mut session, &mut send).await?;
+                    flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
                     if let Err(error) = result {
                         return fail(peer, &conn, &mut send, error).await;
                     }
@@ -164,6 +166,7 @@ async fn step<R: Send + 'static>(
 /// Sends every frame the session has queued, in one write, and reports its events.
 async fn flush(
     events: &broadcast::Sender<NetEvent>,
+    reconciled: &AtomicBool,
     peer: PeerId,
     session: &mut Session,
     send: &mut SendStream,
@@ -171,6 +174,9 @@ async fn flush(
     let mut out = Vec::new();
     while let Some(frame) = session.poll_transmit() {
         out.extend_from_slice(&frame);
+    }
+    if session.is_reconciled() {
+        reconciled.store(true, Ordering::SeqCst);
     }
     while let Some(event) = session.poll_event() {
         let _ = events.send(NetEvent::Session { peer, event }); // no subscriber is fine

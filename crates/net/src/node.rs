@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -113,6 +114,8 @@ struct Live {
     /// This side dialed it.
     ours: bool,
     established: Instant,
+    /// Its session has finished reconciling.
+    reconciled: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -359,6 +362,15 @@ impl Inner {
         }
     }
 
+    /// The open connection to `peer`, if any, and whether its session has reconciled.
+    pub(crate) fn live_session(&self, peer: PeerId) -> Option<(Connection, bool)> {
+        self.peers()
+            .get(&peer)
+            .and_then(|slot| slot.live.as_ref())
+            .filter(|live| live.conn.close_reason().is_none())
+            .map(|live| (live.conn.clone(), live.reconciled.load(Ordering::SeqCst)))
+    }
+
     /// The open connection to `peer`, if any.
     pub(crate) fn live(&self, peer: PeerId) -> Option<Connection> {
         self.peers()
@@ -372,7 +384,13 @@ impl Inner {
     /// whether it was kept. Both sides apply the same rule, so they keep the same connection:
     /// of two dialed at once in opposite directions, the one the smaller peer id dialed;
     /// otherwise the newer, since the peer dialed again because it lost the older one.
-    fn register(&self, peer: PeerId, conn: &Connection, ours: bool) -> bool {
+    fn register(
+        &self,
+        peer: PeerId,
+        conn: &Connection,
+        ours: bool,
+        reconciled: &Arc<AtomicBool>,
+    ) -> bool {
         let me = self.store.peer_id();
         let mut peers = self.peers();
         let slot = peers.entry(peer).or_default();
@@ -395,6 +413,7 @@ impl Inner {
             conn: conn.clone(),
             ours,
             established: now,
+            reconciled: reconciled.clone(),
         });
         slot.replacing_until = None;
         slot.wake.notify_waiters();
@@ -437,7 +456,8 @@ impl Inner {
         if role == Role::Responder {
             self.await_own_dial(peer, &conn).await;
         }
-        if !self.register(peer, &conn, role == Role::Initiator) {
+        let reconciled = Arc::new(AtomicBool::new(false));
+        if !self.register(peer, &conn, role == Role::Initiator, &reconciled) {
             if let Some(ended) = ended {
                 let _ = ended.send(Ok(()));
             }
@@ -451,7 +471,7 @@ impl Inner {
         );
         tracing::debug!(%peer, ?role, addr = %conn.remote_address(), "connected");
         let ctx = self.session_context();
-        let result = driver::drive(ctx, peer, conn.clone(), role, Until::Closed).await;
+        let result = driver::drive(ctx, peer, conn.clone(), role, Until::Closed, &reconciled).await;
         match &result {
             Ok(()) => tracing::debug!(%peer, "session ended"),
             Err(_) if closed_as_duplicate(&conn) => {

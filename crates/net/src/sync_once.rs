@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferry_proto::{Event, Role};
@@ -73,7 +74,33 @@ impl Node {
         let inner = &self.inner;
         let mut events = self.subscribe();
         let patience = inner.config.connect_timeout * 2 + Duration::from_secs(5);
-        if inner.live(peer).is_none() {
+        // (Subscribed before looking: a session that reconciles meanwhile is heard.)
+        let live = match inner.live_session(peer) {
+            Some((_, true)) => true,
+            // Connected, but its session has not finished catching up (or the peer is about to
+            // refuse it: a TLS 1.3 client learns that only after its handshake): wait for the
+            // one or the other.
+            Some((conn, false)) => {
+                let caught_up = async {
+                    tokio::select! {
+                        result = reconciled(&mut events, peer) => Some(result),
+                        _ = conn.closed() => None,
+                    }
+                };
+                match tokio::time::timeout(patience, caught_up).await {
+                    Ok(Some(result)) => result.map(|()| true)?,
+                    Ok(None) => false, // it ended: dial afresh below
+                    Err(_) => {
+                        return Err(NetError::NotReconciled {
+                            peer,
+                            waited: patience,
+                        });
+                    }
+                }
+            }
+            None => false,
+        };
+        if !live {
             let addresses = inner
                 .store
                 .peer(peer)?
@@ -86,7 +113,9 @@ impl Node {
                 let stop = Arc::new(Notify::new());
                 let ctx = inner.session_context();
                 let until = Until::Stopped(stop.clone());
-                let drive = driver::drive(ctx, peer, conn.clone(), Role::Initiator, until);
+                let reconciled = AtomicBool::new(false);
+                let drive =
+                    driver::drive(ctx, peer, conn.clone(), Role::Initiator, until, &reconciled);
                 tokio::pin!(drive);
                 let result = tokio::select! {
                     result = &mut drive => result,

@@ -989,3 +989,24 @@ fn a_read_only_peer_cannot_delete() {
             .all(|e| !matches!(e, Event::DocUpdated { doc: d } if *d == doc))
     );
 }
+
+#[test]
+fn replicas_read_only_to_each_other_do_not_trade_states_forever() {
+    let (a, b) = (Replica::new(), Replica::new());
+    trust(&a, &b, Access::Read);
+    trust(&b, &a, Access::Read);
+    // One counter, held by both with different counts (as from a third replica each trusts).
+    let doc = DocId::random();
+    for (r, n) in [(&a, 1), (&b, 2)] {
+        r.store
+            .create_with_id(doc, DocKind::GCounter, ferry_store::Origin::Local)
+            .unwrap();
+        r.store.increment(doc, n).unwrap();
+    }
+    let before = [&a, &b].map(|r| r.store.info(doc).unwrap().digest);
+    let run = sync(&a, &b, Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(run.turns < 10, "{} turns", run.turns);
+    // Each refused the other's state.
+    assert_eq!([&a, &b].map(|r| r.store.info(doc).unwrap().digest), before);
+}

@@ -10,6 +10,7 @@ use crate::reconcile::short;
 impl Session {
     pub(super) fn send_state(&mut self, doc: DocId) -> Result<(), SessionError> {
         let bytes = self.store.crdt(doc)?.encode();
+        self.peer_doc(doc).state_sent = Some(Digest::of_bytes(&bytes));
         self.send(&Message::State { doc, bytes });
         Ok(())
     }
@@ -31,8 +32,11 @@ impl Session {
                 doc,
                 code: ErrorCode::ReadOnly,
             });
-            // The peer may still read: it gets this side's state, once.
-            if self.store.info(doc)?.digest != Digest::of_bytes(bytes) {
+            // The peer may still read: it gets this side's state, once. (Two replicas read-only
+            // to each other would otherwise answer each other's states forever.)
+            let mine = self.store.info(doc)?.digest;
+            let known = self.peer_doc(doc);
+            if mine != Digest::of_bytes(bytes) && known.state_sent != Some(mine) && !known.refused {
                 self.send_state(doc)?;
             }
             return Ok(());

@@ -21,6 +21,8 @@ pub(super) struct PeerDoc {
     pub(super) sent_heads: Option<Vec<ChangeHash>>,
     /// The CRDT state digest the peer said it holds.
     pub(super) peer_state: Option<Digest>,
+    /// The digest of the CRDT state this side last sent.
+    pub(super) state_sent: Option<Digest>,
 }
 
 impl PeerDoc {

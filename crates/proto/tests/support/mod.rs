@@ -136,6 +136,10 @@ pub fn sync_with(a: &Replica, b: &Replica, faults: Faults, config: &SessionConfi
     pump([sa, sb], faults).0
 }
 
+/// More turns than any session needs: reconciliation takes a few per level of the trie, and
+/// each document a few more.
+const MAX_TURNS: usize = 1_000;
+
 /// Moves frames between two sessions until quiet; returns the run and the sessions.
 pub fn pump(mut sessions: [Session; 2], faults: Faults) -> (Run, [Session; 2]) {
     let mut run = Run::default();
@@ -177,6 +181,12 @@ pub fn pump(mut sessions: [Session; 2], faults: Faults) -> (Run, [Session; 2]) {
             break;
         }
         run.turns += 1;
+        // Two sessions that never go quiet are a livelock: a failure, not a hang.
+        if run.turns > MAX_TURNS {
+            run.error
+                .get_or_insert(format!("still exchanging frames after {MAX_TURNS} turns"));
+            break;
+        }
         if sessions.iter().all(Session::is_closed) {
             break;
         }

@@ -55,6 +55,7 @@
 
 mod backoff;
 mod config;
+mod connection;
 mod driver;
 mod error;
 mod events;

@@ -1,0 +1,64 @@
+//! What a QUIC connection says about itself: how it closed, the peer it proved, and the
+//! transport settings ferry gives it.
+
+use ferry_store::PeerId;
+use quinn::Connection;
+
+use crate::{CloseCode, NetConfig, NetError, tls};
+
+/// Whether the peer refused this replica in the TLS handshake (a certificate it does not
+/// accept): the connection closed with a TLS alert.
+pub(crate) fn refused_in_handshake(conn: &Connection) -> bool {
+    let is_alert = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ConnectionClosed(close)) => is_alert(close.error_code),
+        Some(quinn::ConnectionError::TransportError(e)) => is_alert(e.code),
+        _ => false,
+    }
+}
+
+/// Whether the peer closed `conn` because it kept another connection.
+pub(crate) fn closed_as_duplicate(conn: &Connection) -> bool {
+    closed_with(conn, CloseCode::Duplicate)
+}
+
+/// Whether the peer closed `conn` with `code`.
+pub(crate) fn closed_with(conn: &Connection, code: CloseCode) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if CloseCode::of(close.error_code) == Some(code)
+    )
+}
+
+/// The peer id a connection's handshake proved.
+pub(crate) fn peer_of(conn: &Connection) -> Result<PeerId, NetError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or(NetError::BadCertificate)?;
+    tls::peer_id_of(certs.first().ok_or(NetError::BadCertificate)?)
+}
+
+pub(crate) fn transport(config: &NetConfig) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(config.keep_alive));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
+    transport
+}
+
+/// An error and its sources, for people.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -4,6 +4,7 @@
 
 use ferry_crdt::decode;
 
+use crate::loading::read_doc_record;
 use crate::records::{self, Gone, GoneHow, RECORD_LIMIT};
 use crate::store::{Commit, Store, Writes, encode_record};
 use crate::{DocId, DocKind, Origin, StoreError, StoreEvent, wall_millis};
@@ -40,17 +41,7 @@ impl Store {
 
     /// Whether `doc` was deleted or forgotten here, and how.
     pub fn gone(&self, doc: DocId) -> Result<Option<Gone>, StoreError> {
-        match self.shared.db.get(records::gone_key(doc))? {
-            None => Ok(None),
-            Some(bytes) => {
-                decode(&bytes, RECORD_LIMIT)
-                    .map(Some)
-                    .map_err(|_| StoreError::Damaged {
-                        doc,
-                        what: "tombstone",
-                    })
-            }
-        }
+        read_doc_record(&self.shared.db, &records::gone_key(doc), doc, "tombstone")
     }
 
     /// Every document deleted or forgotten here, in id order.

@@ -111,14 +111,22 @@ pub(crate) fn read_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, St
 
 /// A document's metadata as of its creation, last compaction or CRDT update.
 pub(crate) fn read_base_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, StoreError> {
-    match db.get(records::meta_key(doc))? {
+    read_doc_record(db, &records::meta_key(doc), doc, "metadata")
+}
+
+/// Reads and decodes one of `doc`'s records under `key`; a record that does not decode is
+/// damage, named `what`.
+pub(crate) fn read_doc_record<T: serde::de::DeserializeOwned>(
+    db: &sled::Db,
+    key: &[u8],
+    doc: DocId,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    match db.get(key)? {
         None => Ok(None),
         Some(bytes) => decode(&bytes, RECORD_LIMIT)
             .map(Some)
-            .map_err(|_| StoreError::Damaged {
-                doc,
-                what: "metadata",
-            }),
+            .map_err(|_| StoreError::Damaged { doc, what }),
     }
 }
 

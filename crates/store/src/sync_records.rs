@@ -1,9 +1,9 @@
 //! What sync has learned per (peer, document): acknowledged versions, sync times, status.
 
+use crate::loading::read_doc_record;
 use automerge::{Automerge, ChangeHash, ReadDoc};
-use ferry_crdt::decode;
 
-use crate::records::{self, RECORD_LIMIT};
+use crate::records;
 use crate::store::{Store, encode_record};
 use crate::{DocId, DocSyncStatus, PeerId, StoreError, SyncRecord, Version};
 
@@ -40,17 +40,12 @@ fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
 impl Store {
     /// How far sync with `peer` has come on `doc`, if it ever started.
     pub fn sync_record(&self, peer: PeerId, doc: DocId) -> Result<Option<SyncRecord>, StoreError> {
-        match self.shared.db.get(records::sync_key(peer, doc))? {
-            None => Ok(None),
-            Some(bytes) => {
-                decode(&bytes, RECORD_LIMIT)
-                    .map(Some)
-                    .map_err(|_| StoreError::Damaged {
-                        doc,
-                        what: "sync record",
-                    })
-            }
-        }
+        read_doc_record(
+            &self.shared.db,
+            &records::sync_key(peer, doc),
+            doc,
+            "sync record",
+        )
     }
 
     /// Saves how far sync with `peer` has come on `doc`. Not flushed on its own: losing it in

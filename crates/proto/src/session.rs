@@ -331,12 +331,10 @@ impl Session {
         if self.phase != Phase::Open || refused || !self.may_read(doc)? {
             return Ok(());
         }
-        if self.send_tombstone(doc)? {
-            return Ok(());
-        }
         let info = match self.store.info(doc) {
             Ok(info) => info,
-            Err(StoreError::NoSuchDocument(_)) => return Ok(()),
+            // Gone: its tombstone, if it was deleted (looked up only then, off the usual path).
+            Err(StoreError::NoSuchDocument(_)) => return self.send_tombstone(doc).map(drop),
             Err(e) => return Err(e.into()),
         };
         match info.kind {

@@ -196,14 +196,10 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                 expected.insert(doc, Expected::default());
             }
             Op::Edit { at, doc, n: amount } => {
-                if docs.is_empty() {
-                    continue;
-                }
-                let (doc, kind) = docs[doc % docs.len()];
                 let store = &replicas[at % n].store;
-                if store.info(doc).is_err() {
-                    continue;
-                } // not here yet
+                let Some((doc, kind)) = held(&docs, doc, store) else {
+                    continue; // not here yet
+                };
                 counter += 1;
                 if tracing {
                     eprintln!("TRACE edit {doc} at {}", at % n);
@@ -230,14 +226,10 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                 n: amount,
             } => {
                 let (a, b) = (a % n, b % n);
-                if a == b || docs.is_empty() {
-                    continue;
-                }
-                let (doc, kind) = docs[doc % docs.len()];
                 let store = &replicas[a].store;
-                if store.info(doc).is_err() {
+                let Some((doc, kind)) = held(&docs, doc, store).filter(|_| a != b) else {
                     continue;
-                }
+                };
                 if tracing {
                     eprintln!("TRACE live edit {doc} at {a} with {b} connected");
                 }
@@ -269,14 +261,10 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                 prop_assert!(run.error.is_none(), "live session error: {:?}", run.error);
             }
             Op::Delete { at, doc } => {
-                if docs.is_empty() {
-                    continue;
-                }
-                let (doc, _) = docs[doc % docs.len()];
                 let store = &replicas[at % n].store;
-                if store.info(doc).is_err() {
-                    continue;
-                } // not here, or gone already
+                let Some((doc, _)) = held(&docs, doc, store) else {
+                    continue; // not here, or gone already
+                };
                 if tracing {
                     eprintln!("TRACE delete {doc} at {}", at % n);
                 }
@@ -284,12 +272,11 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                 expected.get_mut(&doc).unwrap().deleted = true;
             }
             Op::EditShared { at, doc } => {
-                if docs.is_empty() {
-                    continue;
-                }
-                let (doc, kind) = docs[doc % docs.len()];
                 let store = &replicas[at % n].store;
-                if kind != DocKind::Automerge || store.info(doc).is_err() {
+                let Some((doc, kind)) = held(&docs, doc, store) else {
+                    continue;
+                };
+                if kind != DocKind::Automerge {
                     continue;
                 }
                 counter += 1;
@@ -452,6 +439,16 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
         }
     }
     Ok(())
+}
+
+/// The document an op's `pick` names among `docs`, if `store` holds it.
+fn held(
+    docs: &[(DocId, DocKind)],
+    pick: usize,
+    store: &ferry_store::Store,
+) -> Option<(DocId, DocKind)> {
+    let (doc, kind) = *docs.get(pick % docs.len().max(1))?;
+    store.info(doc).is_ok().then_some((doc, kind))
 }
 
 /// Makes one edit on `store` to `doc` and records what it must lead to in `e`.

@@ -34,9 +34,11 @@ fn fixture() -> &'static Fixture {
         let hidden = store.create(DocKind::GCounter).expect("a document");
         store.increment(hidden, 3).expect("an increment");
         let mut info = PeerInfo::new(peer, "fuzzer");
-        info.default_access = Access::Read;
         info.docs.insert(hidden, Access::None);
         store.put_peer(&info).expect("a peer");
+        store
+            .grant(peer, ferry_store::SpaceId::DEFAULT, Access::Read)
+            .expect("a grant");
         let docs = [readable, hidden].map(|d| (d, store.info(d).expect("info")));
         Fixture {
             store,
@@ -64,7 +66,7 @@ fuzz_target!(|input: &[u8]| {
     let (hello, rest) = input.split_first().map_or((false, input), |(b, r)| (b % 4 != 0, r));
     if hello {
         let frame = Message::Hello {
-            version: 1,
+            version: ferry_proto::PROTOCOL_VERSION,
             capabilities: 0,
         }
         .to_frame();

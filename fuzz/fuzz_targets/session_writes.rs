@@ -27,14 +27,22 @@ const PEER: PeerId = PeerId::from_bytes([7; 16]);
 fn fresh(dir: &std::path::Path) -> Store {
     let store = Store::open(dir).expect("a store");
     store
-        .create_with_id(SHARED, DocKind::Automerge, ferry_store::Origin::Local)
+        .create_with_id(
+            SHARED,
+            ferry_store::SpaceId::DEFAULT,
+            DocKind::Automerge,
+            ferry_store::Origin::Local,
+        )
         .expect("a document");
     store
         .change(SHARED, |tx| tx.put(ROOT, "k", 1))
         .expect("a change");
-    let mut info = PeerInfo::new(PEER, "fuzzer");
-    info.default_access = Access::ReadWrite;
-    store.put_peer(&info).expect("a peer");
+    store
+        .put_peer(&PeerInfo::new(PEER, "fuzzer"))
+        .expect("a peer");
+    store
+        .grant(PEER, ferry_store::SpaceId::DEFAULT, Access::ReadWrite)
+        .expect("a grant");
     store
 }
 
@@ -57,7 +65,7 @@ fuzz_target!(|input: &[u8]| {
     let (hello, rest) = input.split_first().map_or((false, input), |(b, r)| (b % 4 != 0, r));
     if hello {
         let frame = Message::Hello {
-            version: 1,
+            version: ferry_proto::PROTOCOL_VERSION,
             capabilities: 0,
         }
         .to_frame();

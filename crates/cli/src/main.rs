@@ -51,6 +51,9 @@ enum Command {
     /// Manage the peers this replica trusts.
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Create and list spaces, and grant peers access to them.
+    #[command(subcommand)]
+    Space(SpaceCommand),
     /// Create, list, read and change documents.
     #[command(subcommand)]
     Doc(DocCommand),
@@ -91,7 +94,8 @@ enum PeerCommand {
         id: String,
         /// Where the peer listens, as IP:PORT.
         addr: Option<String>,
-        /// What the peer may do with this replica's documents.
+        /// What the peer may do with the documents of the default space (other spaces:
+        /// `ferry space grant`).
         #[arg(long, value_parser = access_parser(), default_value = "write")]
         access: Access,
         /// A name for people.
@@ -112,12 +116,47 @@ enum PeerCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SpaceCommand {
+    /// Create a space and print its id.
+    New {
+        /// A name for people.
+        name: String,
+    },
+    /// List the spaces this replica knows, with their documents and grants.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a peer access to a space's documents.
+    Grant {
+        /// The space's id, or `default`.
+        space: String,
+        /// The peer's id (it must be added first: `ferry peer add`).
+        peer: String,
+        /// What the peer may do with the space's documents.
+        #[arg(long, value_parser = access_parser(), default_value = "write")]
+        access: Access,
+    },
+    /// Take a peer's access to a space away, at once (in open sessions too).
+    Revoke {
+        /// The space's id, or `default`.
+        space: String,
+        /// The peer's id.
+        peer: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DocCommand {
     /// Create a document and print its id.
     New {
         /// What kind of document.
         #[arg(long, value_parser = kind_parser(), default_value = "automerge")]
         kind: DocKind,
+        /// The space it belongs to: an id, or `default`.
+        #[arg(long, default_value = "default", value_name = "SPACE")]
+        space: String,
     },
     /// List the documents.
     List {
@@ -240,7 +279,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             false,
         ),
-        Command::Doc(DocCommand::New { kind }) => (Run::DocNew { kind }, false),
+        Command::Space(SpaceCommand::New { name }) => (Run::SpaceNew { name }, false),
+        Command::Space(SpaceCommand::List { json }) => (Run::SpaceList, json),
+        Command::Space(SpaceCommand::Grant {
+            space,
+            peer,
+            access,
+        }) => (
+            Run::SpaceGrant {
+                space: ops::parse_space(&space)?,
+                peer: ops::parse_peer(&peer)?,
+                access,
+            },
+            false,
+        ),
+        Command::Space(SpaceCommand::Revoke { space, peer }) => (
+            Run::SpaceGrant {
+                space: ops::parse_space(&space)?,
+                peer: ops::parse_peer(&peer)?,
+                access: Access::None,
+            },
+            false,
+        ),
+        Command::Doc(DocCommand::New { kind, space }) => (
+            Run::DocNew {
+                kind,
+                space: ops::parse_space(&space)?,
+            },
+            false,
+        ),
         Command::Doc(DocCommand::List { json }) => (Run::DocList, json),
         Command::Doc(DocCommand::Get { doc, json }) => (
             Run::DocGet {
@@ -289,6 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The access a peer can be given, by the names the store defines.
 fn access_parser() -> impl TypedValueParser<Value = Access> {
     PossibleValuesParser::new([
+        PossibleValue::new(Access::None.name()).help("Nothing: the documents stay hidden"),
         PossibleValue::new(Access::Read.name()).help("Receive documents; its changes are refused"),
         PossibleValue::new(Access::ReadWrite.name()).help("Receive documents and change them"),
     ])

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use anyhow::{Context, bail};
 use ferry::automerge::transaction::{Transactable, Transaction};
 use ferry::automerge::{AutoSerde, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use ferry::{Access, DocId, DocKind, PeerId, Replica};
+use ferry::{DocId, DocKind, PeerId, Replica, SpaceId};
 use serde_json::{Value as Json, json};
 
 use crate::protocol::{
-    Command, DocCreated, DocEntry, DocStatus, DocValue, PeerAdded, PeerEntry, PeerRef, PeerStatus,
-    Progress, Reply, Status, Synced,
+    Command, DocCreated, DocEntry, DocStatus, DocValue, Grant, PeerAdded, PeerEntry, PeerGrant,
+    PeerRef, PeerStatus, Progress, Reply, SpaceEntry, SpaceGrant, SpaceRef, Status, Synced,
 };
 
 /// Syncs with `peer` once, telling `progress` whenever a document is sent or received. Replies
@@ -113,6 +113,12 @@ pub(crate) fn parse_doc(text: &str) -> anyhow::Result<DocId> {
         .with_context(|| format!("malformed document id {text:?}"))
 }
 
+pub(crate) fn parse_space(text: &str) -> anyhow::Result<SpaceId> {
+    text.trim()
+        .parse()
+        .with_context(|| format!("malformed space id {text:?} (an id, or `default`)"))
+}
+
 pub(crate) fn parse_addr(text: &str) -> anyhow::Result<SocketAddr> {
     text.trim()
         .parse()
@@ -148,9 +154,6 @@ pub(crate) async fn execute(replica: &Replica, command: &Command) -> anyhow::Res
             if *peer == replica.peer_id() {
                 bail!("{peer} is this replica's own id");
             }
-            if *access == Access::None {
-                bail!("a peer is added with read or write access");
-            }
             match addr {
                 Some(addr) => replica.add_peer(*peer, *addr, *access).await?,
                 None => replica.allow_peer(*peer, *access).await?,
@@ -166,17 +169,20 @@ pub(crate) async fn execute(replica: &Replica, command: &Command) -> anyhow::Res
         }
         Command::PeerList => {
             let status = replica.sync_status().await?;
-            let peers = replica
-                .peers()?
-                .into_iter()
-                .map(|p| PeerEntry {
+            let mut peers = Vec::new();
+            for p in replica.peers()? {
+                let spaces = replica.store().grants(p.id)?;
+                peers.push(PeerEntry {
                     connection: status.peer(p.id).map(|s| (&s.connection).into()),
                     peer: p.id,
                     name: p.name,
                     addresses: p.addresses,
-                    access: p.default_access,
-                })
-                .collect();
+                    spaces: spaces
+                        .into_iter()
+                        .map(|(space, access)| SpaceGrant { space, access })
+                        .collect(),
+                });
+            }
             Reply::Peers(peers)
         }
         Command::PeerRemove { peer } => {
@@ -185,15 +191,56 @@ pub(crate) async fn execute(replica: &Replica, command: &Command) -> anyhow::Res
             }
             Reply::PeerRemoved(PeerRef { peer: *peer })
         }
-        Command::DocNew { kind } => {
+        Command::SpaceNew { name } => {
+            let space = replica.create_space(name.clone()).await?;
+            Reply::SpaceCreated(SpaceRef {
+                space: space.id(),
+                name: Some(name.clone()),
+            })
+        }
+        Command::SpaceList => Reply::Spaces(
+            replica
+                .spaces()
+                .await?
+                .into_iter()
+                .map(|s| SpaceEntry {
+                    space: s.id,
+                    name: s.name,
+                    docs: s.docs,
+                    grants: s
+                        .grants
+                        .into_iter()
+                        .map(|(peer, access)| PeerGrant { peer, access })
+                        .collect(),
+                })
+                .collect(),
+        ),
+        Command::SpaceGrant {
+            space,
+            peer,
+            access,
+        } => {
+            replica.space(*space).grant(*peer, *access).await?;
+            Reply::Granted(Grant {
+                space: *space,
+                peer: *peer,
+                access: *access,
+            })
+        }
+        Command::DocNew { kind, space } => {
+            let in_space = replica.space(*space);
             let doc = match kind {
-                DocKind::Automerge => replica.create_doc().await?.id(),
-                DocKind::GCounter => replica.create_counter().await?.id(),
-                DocKind::PNCounter => replica.create_pn_counter().await?.id(),
-                DocKind::LwwRegister => replica.create_register().await?.id(),
-                DocKind::MvRegister => replica.create_multi_register().await?.id(),
+                DocKind::Automerge => in_space.create_doc().await?.id(),
+                DocKind::GCounter => in_space.create_counter().await?.id(),
+                DocKind::PNCounter => in_space.create_pn_counter().await?.id(),
+                DocKind::LwwRegister => in_space.create_register().await?.id(),
+                DocKind::MvRegister => in_space.create_multi_register().await?.id(),
             };
-            Reply::DocCreated(DocCreated { doc, kind: *kind })
+            Reply::DocCreated(DocCreated {
+                doc,
+                kind: *kind,
+                space: *space,
+            })
         }
         Command::DocList => Reply::Docs(
             replica
@@ -202,6 +249,7 @@ pub(crate) async fn execute(replica: &Replica, command: &Command) -> anyhow::Res
                 .map(|d| DocEntry {
                     doc: d.id,
                     kind: d.kind,
+                    space: d.space,
                     changes: d.changes,
                 })
                 .collect(),

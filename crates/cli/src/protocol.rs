@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use ferry::{Access, ConnectionState, DocId, DocKind, Event, Origin, PeerId, millis_of};
+use ferry::{Access, ConnectionState, DocId, DocKind, Event, Origin, PeerId, SpaceId, millis_of};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -23,8 +23,18 @@ pub(crate) enum Command {
     PeerRemove {
         peer: PeerId,
     },
+    SpaceNew {
+        name: String,
+    },
+    SpaceList,
+    SpaceGrant {
+        space: SpaceId,
+        peer: PeerId,
+        access: Access,
+    },
     DocNew {
         kind: DocKind,
+        space: SpaceId,
     },
     DocList,
     DocGet {
@@ -90,6 +100,9 @@ pub(crate) enum Reply {
     PeerAdded(PeerAdded),
     Peers(Vec<PeerEntry>),
     PeerRemoved(PeerRef),
+    SpaceCreated(SpaceRef),
+    Spaces(Vec<SpaceEntry>),
+    Granted(Grant),
     DocCreated(DocCreated),
     Docs(Vec<DocEntry>),
     Doc(DocValue),
@@ -104,6 +117,9 @@ impl Reply {
             Reply::Id(r) | Reply::PeerRemoved(r) => serde_json::to_value(r),
             Reply::PeerAdded(r) => serde_json::to_value(r),
             Reply::Peers(r) => serde_json::to_value(r),
+            Reply::SpaceCreated(r) => serde_json::to_value(r),
+            Reply::Spaces(r) => serde_json::to_value(r),
+            Reply::Granted(r) => serde_json::to_value(r),
             Reply::DocCreated(r) => serde_json::to_value(r),
             Reply::Docs(r) => serde_json::to_value(r),
             Reply::Doc(r) => serde_json::to_value(r),
@@ -135,9 +151,53 @@ pub(crate) struct PeerEntry {
     pub(crate) peer: PeerId,
     pub(crate) name: String,
     pub(crate) addresses: Vec<SocketAddr>,
+    /// Its grants, by space.
+    pub(crate) spaces: Vec<SpaceGrant>,
+    pub(crate) connection: Option<Connection>,
+}
+
+/// One grant of a peer's, as a peer listing shows it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct SpaceGrant {
+    #[serde(with = "text")]
+    pub(crate) space: SpaceId,
     #[serde(with = "text")]
     pub(crate) access: Access,
-    pub(crate) connection: Option<Connection>,
+}
+
+/// One grant of a space's, as a space listing shows it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct PeerGrant {
+    #[serde(with = "text")]
+    pub(crate) peer: PeerId,
+    #[serde(with = "text")]
+    pub(crate) access: Access,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct SpaceRef {
+    #[serde(with = "text")]
+    pub(crate) space: SpaceId,
+    pub(crate) name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct SpaceEntry {
+    #[serde(with = "text")]
+    pub(crate) space: SpaceId,
+    pub(crate) name: Option<String>,
+    pub(crate) docs: u64,
+    pub(crate) grants: Vec<PeerGrant>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct Grant {
+    #[serde(with = "text")]
+    pub(crate) space: SpaceId,
+    #[serde(with = "text")]
+    pub(crate) peer: PeerId,
+    #[serde(with = "text")]
+    pub(crate) access: Access,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -146,6 +206,8 @@ pub(crate) struct DocCreated {
     pub(crate) doc: DocId,
     #[serde(with = "text")]
     pub(crate) kind: DocKind,
+    #[serde(with = "text")]
+    pub(crate) space: SpaceId,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -154,6 +216,8 @@ pub(crate) struct DocEntry {
     pub(crate) doc: DocId,
     #[serde(with = "text")]
     pub(crate) kind: DocKind,
+    #[serde(with = "text")]
+    pub(crate) space: SpaceId,
     pub(crate) changes: u64,
 }
 

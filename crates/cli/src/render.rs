@@ -20,6 +20,35 @@ pub(crate) fn render(reply: &Reply, json: bool) -> String {
             None => format!("trusting {} ({} access); it dials in\n", r.peer, r.access),
         },
         Reply::PeerRemoved(r) => format!("forgot {}\n", r.peer),
+        Reply::SpaceCreated(r) => format!("{}\n", r.space),
+        Reply::Spaces(spaces) => {
+            let mut out = String::new();
+            for s in spaces {
+                let grants: Vec<String> = s
+                    .grants
+                    .iter()
+                    .map(|g| format!("{}:{}", g.peer, g.access))
+                    .collect();
+                let name = match (&s.name, s.space.is_default()) {
+                    (Some(name), _) => name.as_str(),
+                    (None, true) => "(default)",
+                    (None, false) => "",
+                };
+                let _ = writeln!(
+                    out,
+                    "{}  {:<12} {:>6} docs  {}",
+                    s.space,
+                    or_dash(name),
+                    s.docs,
+                    or_dash(&grants.join(",")),
+                );
+            }
+            out
+        }
+        Reply::Granted(r) => match r.access {
+            ferry::Access::None => format!("{} may no longer see space {}\n", r.peer, r.space),
+            access => format!("{} has {access} access to space {}\n", r.peer, r.space),
+        },
         Reply::Peers(peers) => {
             let mut out = String::new();
             for p in peers {
@@ -30,12 +59,20 @@ pub(crate) fn render(reply: &Reply, json: bool) -> String {
                     .connection
                     .as_ref()
                     .map_or("-".to_owned(), connection_text);
+                let spaces: Vec<String> = p
+                    .spaces
+                    .iter()
+                    .map(|g| match g.space.is_default() {
+                        true => format!("default:{}", g.access),
+                        false => format!("{}:{}", g.space, g.access),
+                    })
+                    .collect();
                 let _ = writeln!(
                     out,
-                    "{peer}  {:<12} {:<6} {:<24} {connection}",
+                    "{peer}  {:<12} {:<24} {connection}  spaces {}",
                     or_dash(name),
-                    p.access,
                     or_dash(&addresses.join(",")),
+                    or_dash(&spaces.join(",")),
                 );
             }
             if out.is_empty() {

@@ -181,7 +181,10 @@ fn two_serving_peers_see_each_others_writes() {
     assert!(out.ends_with(": 0 documents sent, 0 received"), "{out}");
     let peers = json(b.path(), &["peer", "list", "--json"]);
     assert_eq!(peers[0]["name"], "a");
-    assert_eq!(peers[0]["access"], "write");
+    assert_eq!(
+        peers[0]["spaces"],
+        serde_json::json!([{"space": DEFAULT_SPACE, "access": "write"}])
+    );
 
     serving_a.stop();
     serving_b.stop();
@@ -275,8 +278,71 @@ fn bad_input_gets_one_line_and_changes_nothing() {
         .iter()
         .find(|p| p["peer"] == phone.as_str())
         .unwrap();
-    assert_eq!(listed["access"], "read");
+    assert_eq!(
+        listed["spaces"],
+        serde_json::json!([{"space": DEFAULT_SPACE, "access": "read"}])
+    );
     assert_eq!(listed["addresses"], serde_json::json!([]));
+}
+
+/// The default space's id in text.
+const DEFAULT_SPACE: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+#[test]
+fn spaces_are_created_granted_listed_and_revoked() {
+    let relay = TempDir::new().unwrap();
+    let d = relay.path();
+    ok(d, &["init"]);
+    let phone_dir = TempDir::new().unwrap();
+    let phone = ok(phone_dir.path(), &["init"]);
+
+    let alice = ok(d, &["space", "new", "alice"]);
+    assert_eq!(alice.len(), 26, "{alice}");
+    // A peer is known before it is granted anything; `none` makes it known with no access.
+    assert!(fails(d, &["space", "grant", &alice, &phone]).contains("no peer"));
+    ok(d, &["peer", "add", &phone, "--access", "none"]);
+    assert!(ok(d, &["space", "grant", &alice, &phone, "--access", "read"]).contains("read access"));
+    let doc = ok(d, &["doc", "new", "--space", &alice, "--kind", "gcounter"]);
+    ok(d, &["doc", "new"]); // the default space
+
+    let spaces = json(d, &["space", "list", "--json"]);
+    let by_id = |id: &str| {
+        spaces
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["space"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_id(&alice)["name"], "alice");
+    assert_eq!(by_id(&alice)["docs"], 1);
+    assert_eq!(
+        by_id(&alice)["grants"],
+        serde_json::json!([{"peer": phone, "access": "read"}])
+    );
+    assert_eq!(by_id(DEFAULT_SPACE)["docs"], 1);
+    let docs = json(d, &["doc", "list", "--json"]);
+    let listed = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["doc"] == doc.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["space"], alice.as_str());
+
+    assert!(ok(d, &["space", "revoke", &alice, &phone]).contains("no longer"));
+    let spaces = json(d, &["space", "list", "--json"]);
+    let alice_now = spaces
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["space"] == alice.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(alice_now["grants"], serde_json::json!([]));
+    assert!(fails(d, &["space", "grant", "not-a-space", &phone]).contains("malformed space id"));
 }
 
 #[test]

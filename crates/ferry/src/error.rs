@@ -42,6 +42,7 @@ impl Error {
     pub(crate) fn from_store(e: StoreError) -> Self {
         match e {
             StoreError::NoSuchDocument(doc) => Error::NoSuchDocument(doc),
+            StoreError::NoSuchPeer(peer) => Error::NoSuchPeer(peer),
             e => Error::Store(e),
         }
     }

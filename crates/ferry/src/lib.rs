@@ -12,6 +12,10 @@
 //! - [`Register`]: a last-writer-wins value; [`MultiRegister`]: a value that keeps every
 //!   concurrent write for the user to settle.
 //!
+//! Every document belongs to a [`Space`], chosen when it is created (the replica's
+//! [default space](Replica::default_space) unless the app says otherwise), and peers are granted
+//! access per space: a relay gives each user's devices their spaces.
+//!
 //! A UI reads the replica and re-reads when [`Replica::subscribe`] says something changed;
 //! [`Replica::sync_status`] tells it, per peer and document, what is still pending.
 //!
@@ -59,12 +63,14 @@ mod doc;
 mod error;
 mod events;
 mod replica;
+mod space;
 mod status;
 
 pub use doc::{Counter, Doc, MultiRegister, Register};
 pub use error::Error;
 pub use events::{Event, Events};
 pub use replica::{Replica, ReplicaBuilder};
+pub use space::Space;
 pub use status::{DocStatus, PeerStatus, SyncStatus};
 
 pub use automerge;
@@ -96,6 +102,6 @@ pub struct BenchmarksDoctests;
 pub use ferry_crdt::ReplicaId;
 pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig, SyncReport};
 pub use ferry_store::{
-    Access, DocId, DocInfo, DocKind, Durability, Origin, PeerId, StoreConfig, millis_of, time_of,
-    wall_millis,
+    Access, DocId, DocInfo, DocKind, Durability, Origin, PeerId, SpaceId, SpaceInfo, StoreConfig,
+    millis_of, time_of, wall_millis,
 };

@@ -9,14 +9,15 @@ use std::time::Duration;
 use ferry_crdt::ReplicaId;
 use ferry_net::{BackoffConfig, ConnectionState, NetConfig, NetEvent, Node, SyncReport};
 use ferry_store::{
-    Access, DocId, DocInfo, DocKind, Durability, PeerId, PeerInfo, Store, StoreConfig, StoreEvent,
+    Access, DocId, DocInfo, DocKind, Durability, PeerId, PeerInfo, SpaceId, SpaceInfo, Store,
+    StoreConfig, StoreEvent,
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::doc::{Counter, Doc, MultiRegister, Register, blocking, kind_of};
 use crate::status::{DocStatus, PeerStatus, SyncStatus};
-use crate::{Error, Event, Events};
+use crate::{Error, Event, Events, Space};
 use ferry_store::time_of;
 
 /// How [`ReplicaBuilder::open`] sets a replica up.
@@ -206,39 +207,57 @@ impl Replica {
 
     // ---- documents -------------------------------------------------------------------------
 
-    async fn create(&self, kind: DocKind) -> Result<DocId, Error> {
-        let store = self.inner.store.clone();
-        blocking(move || store.create(kind).map_err(Error::from_store)).await
-    }
-
-    /// Creates an Automerge document.
+    /// Creates an Automerge document in the default space.
     pub async fn create_doc(&self) -> Result<Doc, Error> {
-        let id = self.create(DocKind::Automerge).await?;
-        Ok(Doc::new(self.inner.store.clone(), id))
+        self.default_space().create_doc().await
     }
 
-    /// Creates a grow-only counter.
+    /// Creates a grow-only counter in the default space.
     pub async fn create_counter(&self) -> Result<Counter, Error> {
-        let id = self.create(DocKind::GCounter).await?;
-        Ok(Counter::new(self.inner.store.clone(), id))
+        self.default_space().create_counter().await
     }
 
-    /// Creates a counter that also goes down.
+    /// Creates a counter that also goes down, in the default space.
     pub async fn create_pn_counter(&self) -> Result<Counter, Error> {
-        let id = self.create(DocKind::PNCounter).await?;
-        Ok(Counter::new(self.inner.store.clone(), id))
+        self.default_space().create_pn_counter().await
     }
 
-    /// Creates a last-writer-wins register.
+    /// Creates a last-writer-wins register in the default space.
     pub async fn create_register(&self) -> Result<Register, Error> {
-        let id = self.create(DocKind::LwwRegister).await?;
-        Ok(Register::new(self.inner.store.clone(), id))
+        self.default_space().create_register().await
     }
 
-    /// Creates a multi-value register.
+    /// Creates a multi-value register in the default space.
     pub async fn create_multi_register(&self) -> Result<MultiRegister, Error> {
-        let id = self.create(DocKind::MvRegister).await?;
-        Ok(MultiRegister::new(self.inner.store.clone(), id))
+        self.default_space().create_multi_register().await
+    }
+
+    // ---- spaces ------------------------------------------------------------------------------
+
+    /// The default space ([`SpaceId::DEFAULT`], the same on every replica): where documents
+    /// go when the app names no space, and what [`Replica::add_peer`] and
+    /// [`Replica::allow_peer`] grant.
+    pub fn default_space(&self) -> Space {
+        self.space(SpaceId::DEFAULT)
+    }
+
+    /// The space `id`: one created here, or elsewhere (a peer's), or the default one.
+    pub fn space(&self, id: SpaceId) -> Space {
+        Space::new(self.inner.store.clone(), id)
+    }
+
+    /// Creates a space named `name`, for people (names need not be unique), with a fresh id.
+    pub async fn create_space(&self, name: impl Into<String>) -> Result<Space, Error> {
+        let (store, name) = (self.inner.store.clone(), name.into());
+        let id = blocking(move || Ok(store.create_space(&name)?)).await?;
+        Ok(self.space(id))
+    }
+
+    /// Every space this replica knows: the default one, those created or named here, those a
+    /// peer has a grant on, and those holding documents here; with their grants.
+    pub async fn spaces(&self) -> Result<Vec<SpaceInfo>, Error> {
+        let store = self.inner.store.clone();
+        blocking(move || Ok(store.spaces()?)).await
     }
 
     fn expect(&self, doc: DocId, expected: &'static str, ok: &[DocKind]) -> Result<(), Error> {
@@ -356,30 +375,30 @@ impl Replica {
         Ok(())
     }
 
-    /// Trusts `peer` with `access` to every document (unless set per document) and dials it
-    /// at `addr` whenever this replica serves. Replaces what was known of the peer's access
-    /// and addresses.
+    /// Trusts `peer` with `access` to the default space (unless set per document) and dials
+    /// it at `addr` whenever this replica serves. Replaces what was known of the peer's
+    /// addresses and its grant on the default space; its grants on other spaces stay. Give it
+    /// other spaces with [`Space::grant`].
     pub async fn add_peer(
         &self,
         peer: PeerId,
         addr: SocketAddr,
         access: Access,
     ) -> Result<(), Error> {
-        self.update_peer(peer, move |info| {
-            info.addresses = vec![addr];
-            info.default_access = access;
-        })
-        .await
+        self.update_peer(peer, move |info| info.addresses = vec![addr])
+            .await?;
+        self.default_space().grant(peer, access).await
     }
 
-    /// Trusts `peer` with `access` without dialing it: it connects to this replica (a phone
-    /// connecting to an always-on relay, say).
+    /// Trusts `peer` with `access` to the default space without dialing it: it connects to
+    /// this replica (a phone connecting to an always-on relay, say). [`Access::None`] makes
+    /// the peer known with no access to anything yet, ready for [`Space::grant`].
     pub async fn allow_peer(&self, peer: PeerId, access: Access) -> Result<(), Error> {
-        self.update_peer(peer, move |info| info.default_access = access)
-            .await
+        self.update_peer(peer, |_| {}).await?;
+        self.default_space().grant(peer, access).await
     }
 
-    /// Gives `peer` `access` to one document, overriding its default.
+    /// Gives `peer` `access` to one document, overriding its grant on the document's space.
     pub async fn set_access(&self, peer: PeerId, doc: DocId, access: Access) -> Result<(), Error> {
         self.update_peer(peer, move |info| {
             info.docs.insert(doc, access);
@@ -531,18 +550,18 @@ fn status(
     store: &Store,
     states: &std::collections::HashMap<PeerId, ConnectionState>,
 ) -> Result<SyncStatus, Error> {
-    let docs = store.list()?;
     let mut peers = Vec::new();
     for info in store.peers()? {
         let mut statuses = Vec::new();
-        for &doc in &docs {
-            if info.access(doc) < Access::Read {
-                continue;
-            }
+        for doc in store.docs_readable_by(info.id)? {
             let status = match store.sync_status(info.id, doc) {
                 Ok(status) => status,
-                // A damaged document has no status to show; the others still do.
-                Err(ferry_store::StoreError::Damaged { .. }) => continue,
+                // A damaged document has no status to show; the others still do. Nor has one
+                // deleted or forgotten here.
+                Err(
+                    ferry_store::StoreError::Damaged { .. }
+                    | ferry_store::StoreError::NoSuchDocument(_),
+                ) => continue,
                 Err(e) => return Err(Error::from_store(e)),
             };
             statuses.push(DocStatus {
@@ -569,7 +588,7 @@ async fn forward_store(mut store: ferry_store::Subscription, events: broadcast::
     loop {
         let event = match store.recv().await {
             Ok(StoreEvent::Changed { doc, origin, .. }) => Event::Changed { doc, origin },
-            Ok(StoreEvent::Deleted { doc }) => Event::Deleted { doc },
+            Ok(StoreEvent::Deleted { doc, .. }) => Event::Deleted { doc },
             Err(ferry_store::RecvError::Lagged { missed }) => Event::Lagged { missed },
             Err(ferry_store::RecvError::Closed) => return,
         };

@@ -24,7 +24,7 @@ use automerge::sync::State;
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use ferry_net::{ConnectionState, NetConfig, Node};
-use ferry_store::{Access, DocKind, Origin, PeerInfo, Store, StoreEvent, Version};
+use ferry_store::{Access, DocKind, Origin, PeerInfo, SpaceId, Store, StoreEvent, Version};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -32,9 +32,10 @@ fn loopback() -> SocketAddr {
 
 fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>) {
     let mut info = PeerInfo::new(b.peer_id(), "peer");
-    info.default_access = Access::ReadWrite;
     info.addresses = addr.into_iter().collect();
     a.put_peer(&info).unwrap();
+    a.grant(b.peer_id(), SpaceId::DEFAULT, Access::ReadWrite)
+        .unwrap();
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

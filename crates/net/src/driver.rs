@@ -1,11 +1,12 @@
 //! Moves one session's frames over one QUIC stream, and the store's changes into the session.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_proto::{Role, Session, SessionConfig, SessionError};
-use ferry_store::{DocId, Origin, PeerId, RecvError, Store, StoreEvent, wall_millis};
+use ferry_store::{DocId, PeerId, Store, wall_millis};
 use quinn::{Connection, SendStream};
 use tokio::sync::{Notify, broadcast};
 
@@ -21,6 +22,10 @@ pub(crate) struct SessionContext {
 
 /// Largest chunk read from the stream at once.
 const READ_CHUNK: usize = 256 * 1024;
+
+/// Changed documents pushed per session step, so that one step's frames stay bounded in memory
+/// and the peer's frames are read in between.
+const PUSH_BATCH: usize = 256;
 
 /// How long an error frame gets to reach the peer before the connection is closed.
 const ERROR_GRACE: Duration = Duration::from_millis(500);
@@ -50,8 +55,11 @@ pub(crate) async fn drive(
         Role::Responder => conn.accept_bi().await,
     };
     let (mut send, mut recv) = stream.map_err(|source| NetError::Connection { peer, source })?;
-    // Subscribed before the session lists documents, so no change falls between the two.
-    let mut changes = ctx.store.subscribe();
+    // Watched before the session lists documents, so no change falls between the two. The
+    // feed is a set of changed documents: however far behind this session falls, nothing is
+    // dropped and nothing needs to start over.
+    let feed = ctx.store.watch(peer);
+    let mut changed: BTreeSet<DocId> = BTreeSet::new();
     let (store, config) = (ctx.store.clone(), ctx.config.clone());
     let mut session = tokio::task::spawn_blocking(move || Session::new(store, peer, role, config))
         .await
@@ -81,40 +89,31 @@ pub(crate) async fn drive(
                     return fail(peer, &conn, &mut send, error).await;
                 }
             }
-            change = changes.recv() => match change.map(|event| pushed(&event, peer)) {
-                // A change from elsewhere, or a deletion (whose tombstone the peer may need).
-                Ok(Some(doc)) => {
-                    let result;
-                    (session, result) = step(peer, session, move |s| s.doc_changed(doc)).await?;
-                    flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
-                    if let Err(error) = result {
-                        return fail(peer, &conn, &mut send, error).await;
-                    }
-                }
-                Ok(None) => {}
-                Err(RecvError::Lagged { .. }) => {
-                    // Changes were missed: a new session reconciles everything again.
-                    conn.close(CloseCode::Resync.into(), b"missed store events");
+            news = feed.next() => {
+                if news.access_widened {
+                    // The peer may read more than the session listed: list again.
+                    conn.close(CloseCode::Resync.into(), b"access widened");
                     return Ok(());
                 }
-                Err(RecvError::Closed) => return Ok(()),
-            },
+                changed.extend(news.docs);
+            }
+            () = std::future::ready(()), if !changed.is_empty() => {
+                let batch: Vec<DocId> = std::iter::from_fn(|| changed.pop_first())
+                    .take(PUSH_BATCH)
+                    .collect();
+                let result;
+                (session, result) = step(peer, session, move |s| s.docs_changed(batch)).await?;
+                flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
+                if let Err(error) = result {
+                    return fail(peer, &conn, &mut send, error).await;
+                }
+            }
             () = stopped(stop.as_deref()) => {
                 let _ = send.finish();
                 let _ = tokio::time::timeout(ERROR_GRACE, send.stopped()).await;
                 return Ok(());
             }
         }
-    }
-}
-
-/// The document a store event asks the session to push to `peer`, if any: a change made
-/// anywhere but by that peer, or a deletion.
-fn pushed(event: &StoreEvent, peer: PeerId) -> Option<DocId> {
-    match event {
-        StoreEvent::Changed { doc, origin, .. } if *origin != Origin::Remote(peer) => Some(*doc),
-        StoreEvent::Changed { .. } => None,
-        StoreEvent::Deleted { doc } => Some(*doc),
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Identity: each replica presents a self-signed certificate for its ed25519 key; the peer id
 //! is derived from the key, so pinning ids in the peer table pins keys. An unknown peer is
-//! refused in the handshake. ALPN is [`ALPN`] (`ferry/1`). Connections closed by ferry carry a
+//! refused in the handshake. ALPN is [`ALPN`] (`ferry/2`). Connections closed by ferry carry a
 //! [`CloseCode`].
 //!
 //! # Examples
@@ -21,7 +21,7 @@
 //! ```
 //! use std::time::Duration;
 //! use ferry_net::{NetConfig, Node};
-//! use ferry_store::{Access, DocKind, PeerInfo, Store};
+//! use ferry_store::{Access, DocKind, PeerInfo, SpaceId, Store};
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,11 +32,10 @@
 //!
 //! let mut b_on_a = PeerInfo::new(b.peer_id(), "b");
 //! b_on_a.addresses.push(node_b.local_addr());
-//! b_on_a.default_access = Access::ReadWrite;
 //! a.put_peer(&b_on_a)?;
-//! let mut a_on_b = PeerInfo::new(a.peer_id(), "a");
-//! a_on_b.default_access = Access::ReadWrite;
-//! b.put_peer(&a_on_b)?;
+//! a.grant(b.peer_id(), SpaceId::DEFAULT, Access::ReadWrite)?;
+//! b.put_peer(&PeerInfo::new(a.peer_id(), "a"))?;
+//! b.grant(a.peer_id(), SpaceId::DEFAULT, Access::ReadWrite)?;
 //!
 //! let counter = a.create(DocKind::GCounter)?;
 //! a.increment(counter, 5)?;

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferry_proto::{Event, Role};
-use ferry_store::{Access, DocId, PeerId, Store};
+use ferry_store::{DocId, PeerId, Store};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, broadcast, oneshot};
 
@@ -264,21 +264,19 @@ fn note(received: &mut BTreeSet<DocId>, peer: PeerId, event: Result<NetEvent, Re
 async fn pending_for(store: &Store, peer: PeerId) -> Result<BTreeSet<DocId>, NetError> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        let Some(info) = store.peer(peer)? else {
-            return Ok(BTreeSet::new());
-        };
         let mut pending = BTreeSet::new();
-        for doc in store.list()? {
-            if info.access(doc) < Access::Read {
-                continue;
-            }
+        for doc in store.docs_readable_by(peer)? {
             match store.sync_status(peer, doc) {
                 Ok(status) if status.pending > 0 => {
                     pending.insert(doc);
                 }
                 Ok(_) => {}
-                // A damaged document is not synced; it is not this report's to count.
-                Err(ferry_store::StoreError::Damaged { .. }) => {}
+                // A damaged document is not synced; it is not this report's to count. Nor is
+                // one deleted or forgotten here.
+                Err(
+                    ferry_store::StoreError::Damaged { .. }
+                    | ferry_store::StoreError::NoSuchDocument(_),
+                ) => {}
                 Err(e) => return Err(e.into()),
             }
         }

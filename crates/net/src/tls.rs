@@ -15,7 +15,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use crate::NetError;
 
 /// The ALPN protocol id: the sync protocol and its version.
-pub const ALPN: &[u8] = b"ferry/1";
+pub const ALPN: &[u8] = b"ferry/2";
 
 /// The name a dialer puts in its TLS hello. Certificates are not checked against names: the
 /// peer id pins them.

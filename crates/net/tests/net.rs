@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 use ferry_net::{BackoffConfig, CloseCode, ConnectionState, NetConfig, NetEvent, Node, tls};
-use ferry_store::{Access, CrdtState, DocId, DocInfo, DocKind, PeerId, PeerInfo, Store};
+use ferry_store::{Access, CrdtState, DocId, DocInfo, DocKind, PeerId, PeerInfo, SpaceId, Store};
 
 /// The longest any wait in these tests may take.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -49,9 +49,9 @@ fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>, access: Access) {
         .peer(b.peer_id())
         .unwrap()
         .unwrap_or_else(|| PeerInfo::new(b.peer_id(), "peer"));
-    info.default_access = access;
     info.addresses = addr.into_iter().collect();
     a.put_peer(&info).unwrap();
+    a.grant(b.peer_id(), SpaceId::DEFAULT, access).unwrap();
 }
 
 /// Waits until `done` holds, polling; panics after [`PATIENCE`].

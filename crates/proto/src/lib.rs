@@ -17,15 +17,14 @@
 //! ```
 //! use automerge::{ROOT, ReadDoc, transaction::Transactable};
 //! use ferry_proto::{Role, Session, SessionConfig};
-//! use ferry_store::{Access, DocKind, PeerInfo, Store};
+//! use ferry_store::{Access, DocKind, PeerInfo, SpaceId, Store};
 //!
 //! let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
 //! let (a, b) = (Store::open(a_dir.path())?, Store::open(b_dir.path())?);
 //! // Each trusts the other with everything.
 //! for (store, other) in [(&a, &b), (&b, &a)] {
-//!     let mut peer = PeerInfo::new(other.peer_id(), "friend");
-//!     peer.default_access = Access::ReadWrite;
-//!     store.put_peer(&peer)?;
+//!     store.put_peer(&PeerInfo::new(other.peer_id(), "friend"))?;
+//!     store.grant(other.peer_id(), SpaceId::DEFAULT, Access::ReadWrite)?;
 //! }
 //! let doc = a.create(DocKind::Automerge)?;
 //! a.change(doc, |tx| tx.put(ROOT, "hello", "world"))?;

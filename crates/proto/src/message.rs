@@ -6,13 +6,13 @@
 
 use bytes::{Bytes, BytesMut};
 use ferry_crdt::{DecodeError, decode, encode};
-use ferry_store::{DocId, DocKind};
+use ferry_store::{DocId, DocKind, SpaceId};
 
 use crate::reconcile::{Range, ShortDigest};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame a session accepts unless configured otherwise: 16 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
@@ -157,6 +157,8 @@ messages! {
         doc: DocId,
         /// Its kind.
         kind: DocKind,
+        /// Its space.
+        space: SpaceId,
         /// The bytes.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
@@ -221,6 +223,8 @@ messages! {
         doc: DocId,
         /// Its kind.
         kind: DocKind,
+        /// Its space.
+        space: SpaceId,
     },
 }
 

@@ -9,7 +9,7 @@
 //! This module is pure: a [`Reconciler`] takes the peer's turns and returns what it found
 //! ([`Finding`]s) and the reply to send. It reads no store; the session acts on the findings.
 
-use ferry_store::{DocId, DocKind};
+use ferry_store::{DocId, DocKind, SpaceId};
 use serde::{Deserialize, Serialize};
 
 /// Digests and fingerprints as the protocol carries them: the first 8 bytes of a blake3
@@ -135,6 +135,8 @@ pub struct Item {
     pub doc: DocId,
     /// Its kind, so a replica that lacks it knows what to ask for.
     pub kind: DocKind,
+    /// Its space, so a replica that lacks it knows whether the sender may write it there.
+    pub space: SpaceId,
     /// Its digest (shortened): heads digest or state digest.
     pub digest: ShortDigest,
     /// Whether the sender has recorded that the receiver holds this very version; if not, and
@@ -185,6 +187,7 @@ impl Range {
 pub(crate) struct Entry {
     pub(crate) doc: DocId,
     pub(crate) kind: DocKind,
+    pub(crate) space: SpaceId,
     pub(crate) digest: ShortDigest,
     /// The store records that the peer holds this version.
     pub(crate) acked: bool,
@@ -195,6 +198,7 @@ impl Entry {
         Item {
             doc: self.doc,
             kind: self.kind,
+            space: self.space,
             digest: self.digest,
             acked: self.acked,
         }
@@ -229,6 +233,8 @@ pub(crate) enum Finding {
         doc: DocId,
         /// Its kind, as the peer lists it.
         kind: DocKind,
+        /// Its space, as the peer lists it.
+        space: SpaceId,
         /// The peer's digest ([`TOMBSTONE`] for a document it deleted).
         digest: ShortDigest,
     },
@@ -484,6 +490,7 @@ impl Reconciler {
                     findings.push(Finding::OnlyTheirs {
                         doc: b.doc,
                         kind: b.kind,
+                        space: b.space,
                         digest: b.digest,
                     });
                     t.next();
@@ -543,6 +550,7 @@ mod tests {
         Entry {
             doc: id(i),
             kind: DocKind::Automerge,
+            space: SpaceId::DEFAULT,
             digest: [version; 8],
             acked: false,
         }

@@ -322,6 +322,16 @@ impl Session {
         self.release(pushed)
     }
 
+    /// [`Session::doc_changed`] for several documents at once: what they need is queued, and
+    /// released once (after one wait for durability).
+    pub fn docs_changed(
+        &mut self,
+        docs: impl IntoIterator<Item = DocId>,
+    ) -> Result<(), SessionError> {
+        let pushed = docs.into_iter().try_for_each(|doc| self.push(doc));
+        self.release(pushed)
+    }
+
     fn push(&mut self, doc: DocId) -> Result<(), SessionError> {
         if self.phase == Phase::AwaitHello {
             self.changed_early.insert(doc);
@@ -397,7 +407,12 @@ impl Session {
             Message::Error { .. } => Ok(()), // handled before
             Message::Reconcile { round, ranges } => self.on_reconcile(round, ranges),
             Message::Want { doc } => self.on_want(doc),
-            Message::Snapshot { doc, kind, bytes } => self.on_snapshot(doc, kind, &bytes),
+            Message::Snapshot {
+                doc,
+                kind,
+                space,
+                bytes,
+            } => self.on_snapshot((doc, space), kind, &bytes),
             Message::Heads {
                 doc,
                 heads,
@@ -411,7 +426,7 @@ impl Session {
                 changes,
             } => self.on_changes(doc, &heads, &changes),
             Message::Ack { doc, digest } => self.on_ack(doc, digest),
-            Message::Deleted { doc, kind } => self.on_deleted(doc, kind),
+            Message::Deleted { doc, kind, space } => self.on_deleted((doc, space), kind),
             Message::Refused { doc, code } => {
                 self.peer_doc(doc).refused = true;
                 self.events.push_back(Event::Refused { doc, code });
@@ -454,7 +469,7 @@ impl Session {
                     self.send_tombstone(mine.doc)?;
                 }
                 Finding::Differs { mine, theirs } if theirs == TOMBSTONE => {
-                    self.on_deleted(mine.doc, mine.kind)?;
+                    self.on_deleted((mine.doc, mine.space), mine.kind)?;
                 }
                 Finding::Differs { mine, theirs } => {
                     if mine.kind == DocKind::Automerge {
@@ -468,10 +483,15 @@ impl Session {
                         self.send_snapshot(doc)?;
                     }
                 }
-                Finding::OnlyTheirs { doc, kind, digest } if digest == TOMBSTONE => {
-                    self.on_deleted(doc, kind)?;
+                Finding::OnlyTheirs {
+                    doc,
+                    kind,
+                    space,
+                    digest,
+                } if digest == TOMBSTONE => {
+                    self.on_deleted((doc, space), kind)?;
                 }
-                Finding::OnlyTheirs { doc, .. } => self.offered(doc)?,
+                Finding::OnlyTheirs { doc, space, .. } => self.offered(doc, Some(space))?,
             }
         }
         if let Some((round, ranges)) = turn.reply {

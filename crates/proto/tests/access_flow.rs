@@ -1,9 +1,15 @@
 //! Access limits what flows: 2 to 4 replicas, each granting each other replica read-write,
-//! read-only or no access to everything, make documents, edit them and sync at random (sessions
-//! cut and duplicated too). After enough complete rounds, each replica holds exactly what a
-//! model says: everything written by a replica that reaches it along hops a → b where b lets a
-//! write and a lets b read. Nothing a replica may not see reaches it, and nothing a read-only
-//! peer wrote is stored, not even relayed.
+//! read-only or no access to each of two spaces, make documents in either space, edit them and
+//! sync at random (sessions cut and duplicated too). Some runs also change grants between
+//! sessions.
+//!
+//! - In every session, a replica takes in a document it lacked only if the other side lets it
+//!   read that document's space at that moment.
+//! - After enough complete rounds, each replica holds at least what the final grants let reach
+//!   it: everything written in a space by a replica that reaches it along hops a → b where b
+//!   lets a write that space and a lets b read it.
+//! - With grants that never changed, it holds exactly that: nothing a replica may not see
+//!   reaches it, and nothing a read-only peer wrote is stored, not even relayed.
 //!
 //! `FERRY_PROTO_CASES` sets the number of cases (default 64, which CI runs).
 
@@ -16,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 use ferry_crdt::Timestamp;
-use ferry_store::{Access, CrdtState, DocId, DocKind, Origin};
+use ferry_store::{Access, CrdtState, DocId, DocKind, Origin, SpaceId};
 use proptest::prelude::*;
 use support::{Faults, Replica, sync_with, trust};
 
@@ -25,6 +31,7 @@ enum Op {
     Create {
         at: usize,
         kind: usize,
+        space: usize,
     },
     Edit {
         at: usize,
@@ -37,15 +44,31 @@ enum Op {
         cut: Option<usize>,
         duplicate: Option<usize>,
     },
+    /// Replica `x` changes what it lets `y` do with space `space`.
+    Regrant {
+        x: usize,
+        y: usize,
+        space: usize,
+        access: Access,
+    },
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// The two spaces documents are made in.
+const SPACES: [SpaceId; 2] = [SpaceId::DEFAULT, SpaceId::from_bytes([1; 16])];
+
+fn op(regrants: bool) -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (any::<usize>(), 0..5usize).prop_map(|(at, kind)| Op::Create { at, kind }),
+        2 => (any::<usize>(), 0..5usize, 0..2usize).prop_map(|(at, kind, space)| Op::Create { at, kind, space }),
         5 => (any::<usize>(), any::<usize>(), 1..20u8).prop_map(|(at, doc, n)| Op::Edit { at, doc, n }),
         3 => (any::<usize>(), any::<usize>(), proptest::option::of(0..12usize), proptest::option::of(1..4usize))
             .prop_map(|(a, b, cut, duplicate)| Op::Sync { a, b, cut, duplicate }),
+        u32::from(regrants) => (any::<usize>(), any::<usize>(), 0..2usize, access())
+            .prop_map(|(x, y, space, access)| Op::Regrant { x, y, space, access }),
     ]
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    any::<bool>().prop_flat_map(|regrants| proptest::collection::vec(op(regrants), 1..40))
 }
 
 fn access() -> impl Strategy<Value = Access> {
@@ -87,37 +110,43 @@ proptest! {
     #[test]
     fn each_replica_holds_what_access_lets_reach_it(
         n in 2..=4usize,
-        grants in proptest::collection::vec(access(), 16),
-        ops in proptest::collection::vec(op(), 1..40),
+        grants in proptest::collection::vec(access(), 32),
+        ops in ops(),
     ) {
         prop_assume!(ops.iter().any(|op| matches!(op, Op::Create { .. })));
-        // grant(x, y): what replica x lets replica y do with its documents.
-        let grant = |x: usize, y: usize| grants[x * 4 + y];
+        // grants[(x * 4 + y) * 2 + s]: what replica x lets replica y do with space s.
+        let mut grants = grants;
+        let at = |x: usize, y: usize, s: usize| (x * 4 + y) * 2 + s;
         let config = support::config();
         let sync = |a: &Replica, b: &Replica, faults| sync_with(a, b, faults, &config);
         let replicas: Vec<Replica> = (0..n).map(Replica::seeded).collect();
         for x in 0..n {
             for y in 0..n {
                 if x != y {
-                    trust(&replicas[x], &replicas[y], grant(x, y));
+                    trust(&replicas[x], &replicas[y], Access::None);
+                    for (s, space) in SPACES.iter().enumerate() {
+                        let peer = replicas[y].store.peer_id();
+                        replicas[x].store.grant(peer, *space, grants[at(x, y, s)]).unwrap();
+                    }
                 }
             }
         }
-        let mut docs: Vec<(DocId, DocKind)> = Vec::new();
+        let mut regranted = false;
+        let mut docs: Vec<(DocId, DocKind, usize)> = Vec::new();
         let mut writes: Vec<Write> = Vec::new();
         let mut counter = 0i64;
         for op in ops {
             match op {
-                Op::Create { at, kind } => {
+                Op::Create { at, kind, space } => {
                     let kind = DocKind::ALL[kind];
                     let doc = DocId::from_bytes(*blake3::hash(&(docs.len() as u64).to_le_bytes()).as_bytes().first_chunk().unwrap());
-                    replicas[at % n].store.create_with_id(doc, kind, Origin::Local).unwrap();
-                    docs.push((doc, kind));
+                    replicas[at % n].store.create_with_id(doc, SPACES[space], kind, Origin::Local).unwrap();
+                    docs.push((doc, kind, space));
                     writes.push(Write { author: at % n, doc, effect: Effect::Created });
                 }
                 Op::Edit { at, doc, n: amount } => {
                     if docs.is_empty() { continue; }
-                    let (doc, kind) = docs[doc % docs.len()];
+                    let (doc, kind, _) = docs[doc % docs.len()];
                     let store = &replicas[at % n].store;
                     if store.info(doc).is_err() { continue; }
                     counter += 1;
@@ -158,8 +187,32 @@ proptest! {
                 Op::Sync { a, b, cut, duplicate } => {
                     let (a, b) = (a % n, b % n);
                     if a == b { continue; }
+                    let held = |r: usize| -> BTreeSet<DocId> {
+                        docs.iter().map(|d| d.0).filter(|d| replicas[r].store.info(*d).is_ok()).collect()
+                    };
+                    let before = [held(a), held(b)];
                     let run = sync(&replicas[a], &replicas[b], Faults { cut_after: cut, duplicate_every: duplicate });
                     prop_assert!(run.error.is_none(), "session error: {:?}", run.error);
+                    // A document new on one side came from the other, which let it read the
+                    // document's space just now.
+                    for (side, (me, other)) in [(a, b), (b, a)].into_iter().enumerate() {
+                        for doc in held(me).difference(&before[side]) {
+                            let space = docs.iter().find(|d| d.0 == *doc).unwrap().2;
+                            prop_assert!(
+                                grants[at(other, me, space)] >= Access::Read,
+                                "replica {} got {} of space {} from {}, which does not let it read that space",
+                                me, doc, space, other
+                            );
+                        }
+                    }
+                }
+                Op::Regrant { x, y, space, access } => {
+                    let (x, y) = (x % n, y % n);
+                    if x == y { continue; }
+                    let peer = replicas[y].store.peer_id();
+                    replicas[x].store.grant(peer, SPACES[space], access).unwrap();
+                    grants[at(x, y, space)] = access;
+                    regranted = true;
                 }
             }
         }
@@ -175,30 +228,44 @@ proptest! {
             }
         }
 
-        // The model: a's writes flow to b when b lets a write and a lets b read.
-        let flows = |a: usize, b: usize| grant(b, a) == Access::ReadWrite && grant(a, b) >= Access::Read;
-        let mut reaches = vec![vec![false; n]; n];
-        for (a, row) in reaches.iter_mut().enumerate() {
-            row[a] = true;
-        }
-        for _ in 0..n {
-            for row in reaches.iter_mut() {
-                for b in 0..n {
-                    for c in 0..n {
-                        if row[b] && b != c && flows(b, c) {
-                            row[c] = true;
+        // The model, per space: a's writes flow to b when b lets a write the space and a lets
+        // b read it (under the final grants).
+        let flows = |a: usize, b: usize, s: usize| {
+            grants[at(b, a, s)] == Access::ReadWrite && grants[at(a, b, s)] >= Access::Read
+        };
+        let mut reaches = vec![vec![vec![false; n]; n]; 2];
+        for (s, space) in reaches.iter_mut().enumerate() {
+            for (a, row) in space.iter_mut().enumerate() {
+                row[a] = true;
+            }
+            for _ in 0..n {
+                for row in space.iter_mut() {
+                    for b in 0..n {
+                        for c in 0..n {
+                            if row[b] && b != c && flows(b, c, s) {
+                                row[c] = true;
+                            }
                         }
                     }
                 }
             }
         }
         for (x, r) in replicas.iter().enumerate() {
-            for (doc, kind) in &docs {
+            for (doc, kind, space) in &docs {
+                let reaches = &reaches[*space];
                 let held: Vec<&Write> = writes
                     .iter()
                     .filter(|w| w.doc == *doc && reaches[w.author][x])
                     .collect();
                 let created = held.iter().any(|w| matches!(w.effect, Effect::Created));
+                if regranted {
+                    // Earlier grants may have let more through; the final ones bring at least
+                    // what they allow.
+                    if created {
+                        prop_assert!(r.store.info(*doc).is_ok(), "{} missing at replica {}", doc, x);
+                    }
+                    continue;
+                }
                 prop_assert_eq!(r.store.info(*doc).is_ok(), created, "{} at replica {}", doc, x);
                 if !created { continue; }
                 match kind {

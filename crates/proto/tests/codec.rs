@@ -3,11 +3,18 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry_proto::{ErrorCode, FrameReader, Item, Message, Prefix, Range};
-use ferry_store::{DocId, DocKind};
+use ferry_store::{DocId, DocKind, SpaceId};
 use proptest::prelude::*;
 
 fn doc() -> impl Strategy<Value = DocId> {
     any::<[u8; 16]>().prop_map(DocId::from_bytes)
+}
+
+fn space() -> impl Strategy<Value = SpaceId> {
+    prop_oneof![
+        Just(SpaceId::DEFAULT),
+        any::<[u8; 16]>().prop_map(SpaceId::from_bytes)
+    ]
 }
 
 fn kind() -> impl Strategy<Value = DocKind> {
@@ -22,6 +29,7 @@ fn code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::NoAccess),
         Just(ErrorCode::ReadOnly),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::FutureStamp),
     ]
 }
 
@@ -49,15 +57,19 @@ fn range() -> impl Strategy<Value = Range> {
         }),
         (
             prefix(),
-            proptest::collection::vec((doc(), kind(), any::<[u8; 8]>(), any::<bool>()), 0..5)
+            proptest::collection::vec(
+                (doc(), kind(), space(), any::<[u8; 8]>(), any::<bool>()),
+                0..5
+            )
         )
             .prop_map(|(prefix, items)| Range::Items {
                 prefix,
                 items: items
                     .into_iter()
-                    .map(|(doc, kind, digest, acked)| Item {
+                    .map(|(doc, kind, space, digest, acked)| Item {
                         doc,
                         kind,
+                        space,
                         digest,
                         acked
                     })
@@ -82,10 +94,18 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<u32>(), proptest::collection::vec(range(), 0..6))
             .prop_map(|(round, ranges)| Message::Reconcile { round, ranges }),
         doc().prop_map(|doc| Message::Want { doc }),
-        (doc(), kind(), bytes()).prop_map(|(doc, kind, bytes)| Message::Snapshot {
+        (doc(), kind(), space(), bytes()).prop_map(|(doc, kind, space, bytes)| {
+            Message::Snapshot {
+                doc,
+                kind,
+                space,
+                bytes,
+            }
+        }),
+        (doc(), kind(), space()).prop_map(|(doc, kind, space)| Message::Deleted {
             doc,
             kind,
-            bytes
+            space
         }),
         (
             doc(),

@@ -187,7 +187,12 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                 );
                 replicas[at % n]
                     .store
-                    .create_with_id(doc, kind, ferry_store::Origin::Local)
+                    .create_with_id(
+                        doc,
+                        ferry_store::SpaceId::DEFAULT,
+                        kind,
+                        ferry_store::Origin::Local,
+                    )
                     .unwrap();
                 if tracing {
                     eprintln!("TRACE created {doc} {kind:?} at {}", at % n);

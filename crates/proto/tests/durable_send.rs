@@ -9,7 +9,7 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT, ReadDoc};
 use ferry_proto::{Message, PROTOCOL_VERSION, Role, Session, SessionConfig};
 use ferry_store::{
-    Access, DocKind, Durability, PeerId, PeerInfo, Store, StoreConfig, StoreEvent, Version,
+    Access, DocKind, Durability, PeerId, PeerInfo, SpaceId, Store, StoreConfig, StoreEvent, Version,
 };
 
 fn batched(dir: &std::path::Path) -> Store {
@@ -35,9 +35,8 @@ fn a_change_waiting_for_its_flush_is_not_sent_before_it_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let a = batched(dir.path());
     let peer = PeerId::from_bytes([5; 16]);
-    let mut info = PeerInfo::new(peer, "b");
-    info.default_access = Access::ReadWrite;
-    a.put_peer(&info).unwrap();
+    a.put_peer(&PeerInfo::new(peer, "b")).unwrap();
+    a.grant(peer, SpaceId::DEFAULT, Access::ReadWrite).unwrap();
     let doc = a.create(DocKind::Automerge).unwrap();
     a.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
 

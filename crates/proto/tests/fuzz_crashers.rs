@@ -7,7 +7,7 @@
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 use ferry_proto::{Message, PROTOCOL_VERSION, Role, Session, SessionConfig};
-use ferry_store::{Access, DocId, DocKind, Origin, PeerId, PeerInfo, Store};
+use ferry_store::{Access, DocId, DocKind, Origin, PeerId, PeerInfo, SpaceId, Store};
 
 /// The same document and peer as the fuzz target's.
 const SHARED: DocId = DocId::from_bytes([1; 16]);
@@ -17,12 +17,13 @@ fn replay(input: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     store
-        .create_with_id(SHARED, DocKind::Automerge, Origin::Local)
+        .create_with_id(SHARED, SpaceId::DEFAULT, DocKind::Automerge, Origin::Local)
         .unwrap();
     store.change(SHARED, |tx| tx.put(ROOT, "k", 1)).unwrap();
-    let mut info = PeerInfo::new(PEER, "fuzzer");
-    info.default_access = Access::ReadWrite;
-    store.put_peer(&info).unwrap();
+    store.put_peer(&PeerInfo::new(PEER, "fuzzer")).unwrap();
+    store
+        .grant(PEER, SpaceId::DEFAULT, Access::ReadWrite)
+        .unwrap();
     let config = SessionConfig {
         max_frame: 1 << 16,
         max_clock_skew_millis: u64::MAX,

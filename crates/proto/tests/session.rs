@@ -248,7 +248,7 @@ fn initiator(a: &Replica, b: &Replica) -> Session {
 /// Hands the session the peer's hello.
 fn say_hello(s: &mut Session) {
     let hello = Message::Hello {
-        version: 1,
+        version: ferry_proto::PROTOCOL_VERSION,
         capabilities: 0,
     };
     s.handle_frame(&hello.to_frame(), 0).unwrap();
@@ -307,6 +307,7 @@ fn malformed_frames_end_the_session_and_change_nothing() {
             Message::Snapshot {
                 doc,
                 kind: DocKind::Automerge,
+                space: ferry_store::SpaceId::DEFAULT,
                 bytes: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2],
             }
             .to_frame(),
@@ -875,6 +876,7 @@ fn a_register_stamped_too_far_ahead_is_refused_and_one_within_the_skew_is_taken(
             Message::Snapshot {
                 doc: fresh,
                 kind: DocKind::LwwRegister,
+                space: ferry_store::SpaceId::DEFAULT,
                 bytes: late,
             },
         ],
@@ -999,7 +1001,12 @@ fn replicas_read_only_to_each_other_do_not_trade_states_forever() {
     let doc = DocId::random();
     for (r, n) in [(&a, 1), (&b, 2)] {
         r.store
-            .create_with_id(doc, DocKind::GCounter, ferry_store::Origin::Local)
+            .create_with_id(
+                doc,
+                ferry_store::SpaceId::DEFAULT,
+                DocKind::GCounter,
+                ferry_store::Origin::Local,
+            )
             .unwrap();
         r.store.increment(doc, n).unwrap();
     }

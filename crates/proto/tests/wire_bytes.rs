@@ -1,29 +1,33 @@
-//! The bytes on the wire, pinned: one frame of every message type, as protocol version 1
+//! The bytes on the wire, pinned: one frame of every message type, as protocol version 2
 //! encodes it. A change here breaks every peer already deployed; it needs a new version.
+//! (Version 2 added the space to reconciliation items, `Snapshot` and `Deleted`; every other
+//! frame is byte for byte what version 1 wrote.)
 
 #![allow(clippy::unwrap_used)]
 
 use ferry_proto::{ErrorCode, Item, Message, Prefix, Range};
-use ferry_store::{DocId, DocKind};
+use ferry_store::{DocId, DocKind, SpaceId};
 
 /// The frames, in hex, as this build's first release wrote them.
-const GOLDEN: [&str; 11] = [
+const GOLDEN: [&str; 12] = [
     "050000000101fb2c01",
     "070000000203046e6f7065",
-    "b1000000030303000000010101010101010101010150010707070707070707070707070707070704020202020202020201020201590303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303",
+    "c10000000303030000000101010101010101010101500107070707070707070707070707070707045a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a020202020202020201020201590303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303",
     "110000000407070707070707070707070707070707",
-    "1700000005070707070707070707070707070707070004010203c8",
+    "270000000507070707070707070707070707070707005a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a04010203c8",
     "7300000006070707070707070707070707070707070104040404040404040404040404040404040404040404040404040404040404040205050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
     "400100000707070707070707070707070707070707fb2c01090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909",
     "12000000080707070707070707070707070707070700",
     "12000000090707070707070707070707070707070704",
     "9a0000000a0707070707070707070707070707070700030201020082ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
     "190000000b070707070707070707070707070707070808080808080808",
+    "220000000c070707070707070707070707070707070200000000000000000000000000000000",
 ];
 
 #[test]
-fn every_message_type_encodes_to_the_bytes_version_1_defined() {
+fn every_message_type_encodes_to_the_bytes_version_2_defined() {
     let doc = DocId::from_bytes([7; 16]);
+    let space = SpaceId::from_bytes([0x5a; 16]);
     let msgs = vec![
         Message::Hello {
             version: 1,
@@ -45,6 +49,7 @@ fn every_message_type_encodes_to_the_bytes_version_1_defined() {
                     items: vec![Item {
                         doc,
                         kind: DocKind::MvRegister,
+                        space,
                         digest: [2; 8],
                         acked: true,
                     }],
@@ -59,6 +64,7 @@ fn every_message_type_encodes_to_the_bytes_version_1_defined() {
         Message::Snapshot {
             doc,
             kind: DocKind::Automerge,
+            space,
             bytes: vec![1, 2, 3, 200],
         },
         Message::Heads {
@@ -84,8 +90,19 @@ fn every_message_type_encodes_to_the_bytes_version_1_defined() {
             doc,
             digest: [8; 8],
         },
+        Message::Deleted {
+            doc,
+            kind: DocKind::PNCounter,
+            space: SpaceId::DEFAULT,
+        },
     ];
     assert_eq!(msgs.len(), GOLDEN.len());
+    if std::env::var_os("FERRY_PRINT_GOLDEN").is_some() {
+        for m in &msgs {
+            let hex: String = m.to_frame().iter().map(|b| format!("{b:02x}")).collect();
+            println!("    \"{hex}\",");
+        }
+    }
     for (m, golden) in msgs.iter().zip(GOLDEN) {
         let hex: String = m.to_frame().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, golden, "{m:?}");

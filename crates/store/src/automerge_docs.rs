@@ -145,7 +145,7 @@ impl Store {
         };
         let version = Version::Heads(heads);
         entry.meta = meta;
-        let commit = Commit::changed(writes, doc, origin, version);
+        let commit = Commit::changed(writes, (doc, entry.space), origin, version);
         self.commit(state, doc, commit)?;
         Ok(result)
     }

@@ -114,7 +114,13 @@ impl Store {
         batch.insert(&records::meta_key(doc), encode_record(&meta));
         *crdt = updated;
         entry.meta = meta;
-        let commit = Commit::changed(Writes::Batch(batch), doc, origin, Version::Digest(digest));
+        let space = entry.space;
+        let commit = Commit::changed(
+            Writes::Batch(batch),
+            (doc, space),
+            origin,
+            Version::Digest(digest),
+        );
         self.commit(state, doc, commit)?;
         Ok(digest)
     }

@@ -4,10 +4,10 @@
 
 use ferry_crdt::decode;
 
-use crate::loading::read_doc_record;
+use crate::loading::{read_doc_record, read_space};
 use crate::records::{self, Gone, GoneHow, RECORD_LIMIT};
 use crate::store::{Commit, Store, Writes, encode_record};
-use crate::{DocId, DocKind, Origin, StoreError, StoreEvent, wall_millis};
+use crate::{DocId, DocKind, Origin, SpaceId, StoreError, StoreEvent, wall_millis};
 
 impl Store {
     /// Deletes `doc`: its content and sync records go, and a tombstone stays, which sync
@@ -23,18 +23,18 @@ impl Store {
         self.remove(doc, GoneHow::Forgotten, None)
     }
 
-    /// Takes in a peer's tombstone for `doc` (a document of `kind`): the copy here, if any, is
-    /// deleted, and the tombstone is kept. Returns whether anything changed.
+    /// Takes in a peer's tombstone for `doc` (a document of `kind` in `space`): the copy here,
+    /// if any, is deleted, and the tombstone is kept. Returns whether anything changed.
     pub fn apply_tombstone(
         &self,
-        doc: DocId,
+        (doc, space): (DocId, SpaceId),
         kind: DocKind,
         origin: Origin,
     ) -> Result<bool, StoreError> {
         match self.gone(doc)? {
             Some(gone) if gone.is_deleted() => Ok(false),
             _ => self
-                .remove(doc, GoneHow::Deleted, Some((kind, origin)))
+                .remove(doc, GoneHow::Deleted, Some((kind, space, origin)))
                 .map(|()| true),
         }
     }
@@ -66,20 +66,29 @@ impl Store {
     }
 
     /// Removes `doc`'s records and leaves a [`Gone`] record, in one commit. `remote` is the
-    /// kind and origin of a peer's tombstone for a document that may not be here.
+    /// kind, space and origin of a peer's tombstone for a document that may not be here. The
+    /// document's space record and its place in the space's index stay, so the tombstone is
+    /// listed with the space.
     fn remove(
         &self,
         doc: DocId,
         how: GoneHow,
-        remote: Option<(DocKind, Origin)>,
+        remote: Option<(DocKind, SpaceId, Origin)>,
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
-        let kind = match (self.read_meta(doc)?, remote) {
-            (Some(meta), _) => meta.kind,
-            (None, Some((kind, _))) => kind,
+        let db = &self.shared.db;
+        let (kind, space) = match (self.read_meta(doc)?, remote) {
+            (Some(meta), _) => (meta.kind, read_space(db, doc)?),
+            (None, Some((kind, space, _))) => match read_space(db, doc) {
+                Ok(held) => (kind, held),
+                Err(StoreError::NoSuchDocument(_)) => (kind, space),
+                Err(e) => return Err(e),
+            },
             (None, None) => return Err(StoreError::NoSuchDocument(doc)),
         };
         let mut batch = sled::Batch::default();
+        batch.insert(&records::space_of_key(doc), space.as_bytes());
+        batch.insert(&records::space_doc_key(space, doc)[..], &[]);
         batch.remove(&records::meta_key(doc));
         batch.remove(&records::snapshot_key(doc));
         for key in self
@@ -90,11 +99,9 @@ impl Store {
         {
             batch.remove(key?);
         }
-        for key in self.shared.db.scan_prefix(records::SYNC_PREFIX).keys() {
-            let key = key?;
-            if key.ends_with(doc.as_bytes()) {
-                batch.remove(key);
-            }
+        // Sync records are kept per known peer; a removed peer's went with it.
+        for peer in self.directory().peers() {
+            batch.remove(&records::sync_key(peer.id, doc)[..]);
         }
         let gone = Gone {
             kind,
@@ -105,7 +112,7 @@ impl Store {
         state.cache.pop(&doc);
         let commit = Commit {
             writes: Writes::Batch(batch),
-            events: vec![StoreEvent::Deleted { doc }],
+            events: vec![StoreEvent::Deleted { doc, space }],
         };
         self.commit(state, doc, commit)
     }

@@ -4,26 +4,34 @@
 use automerge::{ActorId, Automerge, ReadDoc};
 use ferry_crdt::Digest;
 
-use crate::loading::{compaction, version_of};
+use crate::loading::{compaction, read_space, version_of};
 use crate::records::{self, DocMeta};
 use crate::store::{Commit, Entry, Loaded, Store, Writes, encode_record, wrong_kind};
-use crate::{CrdtState, DocId, DocInfo, DocKind, Origin, StoreError, heads_digest};
+use crate::{CrdtState, DocId, DocInfo, DocKind, Origin, SpaceId, StoreError, heads_digest};
 
 impl Store {
     // ---- documents -------------------------------------------------------------------------
 
-    /// Creates an empty document of `kind` with a fresh id.
+    /// Creates an empty document of `kind` with a fresh id, in the default space.
     pub fn create(&self, kind: DocKind) -> Result<DocId, StoreError> {
+        self.create_in(SpaceId::DEFAULT, kind)
+    }
+
+    /// Creates an empty document of `kind` with a fresh id, in `space`. A document stays in
+    /// the space it was created in.
+    pub fn create_in(&self, space: SpaceId, kind: DocKind) -> Result<DocId, StoreError> {
         let doc = DocId::random();
-        self.create_with_id(doc, kind, Origin::Local)?;
+        self.create_with_id(doc, space, kind, Origin::Local)?;
         Ok(doc)
     }
 
-    /// Creates an empty document with a given id, as sync does for a document a peer shares.
-    /// Returns `false` if it already exists with that kind; fails if it exists with another.
+    /// Creates an empty document with a given id in `space`, as sync does for a document a
+    /// peer shares. Returns `false` if it already exists with that kind (in whatever space it
+    /// was created in); fails if it exists with another kind.
     pub fn create_with_id(
         &self,
         doc: DocId,
+        space: SpaceId,
         kind: DocKind,
         origin: Origin,
     ) -> Result<bool, StoreError> {
@@ -31,18 +39,21 @@ impl Store {
             None => Loaded::Automerge(Box::new(self.new_automerge())),
             Some(crdt) => Loaded::Crdt(crdt),
         };
-        Ok(self.create_entry(doc, kind, origin, empty)?.is_none())
+        Ok(self
+            .create_entry((doc, space), kind, origin, empty)?
+            .is_none())
     }
 
     /// Takes in a whole Automerge document a peer sent (a clone): if `doc` is not here, it is
-    /// created with that content in one durable write, so no reader ever sees it empty;
-    /// otherwise the content is merged into the copy here. Returns whether anything changed.
+    /// created in `space` with that content in one durable write, so no reader ever sees it
+    /// empty; otherwise the content is merged into the copy here (which keeps its own space).
+    /// Returns whether anything changed.
     ///
     /// # Examples
     ///
     /// ```
     /// use automerge::{Automerge, ROOT, transaction::Transactable};
-    /// use ferry_store::{DocId, Origin, PeerId, Store};
+    /// use ferry_store::{DocId, Origin, PeerId, SpaceId, Store};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = Store::open(dir.path())?;
@@ -51,16 +62,23 @@ impl Store {
     ///     .map_err(|f| f.error)?;
     /// let doc = DocId::random();
     /// let from = Origin::Remote(PeerId::from_bytes([7; 16]));
-    /// assert!(store.adopt(doc, from, theirs.clone())?);
+    /// let space = SpaceId::random();
+    /// assert!(store.adopt((doc, space), from, theirs.clone())?);
     /// assert_eq!(store.read(doc, |d| d.get_heads())?, theirs.get_heads());
-    /// assert!(!store.adopt(doc, from, theirs)?); // nothing new the second time
+    /// assert_eq!(store.info(doc)?.space, space);
+    /// assert!(!store.adopt((doc, space), from, theirs)?); // nothing new the second time
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn adopt(&self, doc: DocId, origin: Origin, am: Automerge) -> Result<bool, StoreError> {
+    pub fn adopt(
+        &self,
+        (doc, space): (DocId, SpaceId),
+        origin: Origin,
+        am: Automerge,
+    ) -> Result<bool, StoreError> {
         let actor = ActorId::from(*self.replica_id().as_bytes());
         let loaded = Loaded::Automerge(Box::new(am.with_actor(actor)));
         let Some(Loaded::Automerge(mut theirs)) =
-            self.create_entry(doc, DocKind::Automerge, origin, loaded)?
+            self.create_entry((doc, space), DocKind::Automerge, origin, loaded)?
         else {
             return Ok(true);
         };
@@ -73,11 +91,11 @@ impl Store {
     }
 
     /// Takes in the whole state of a CRDT document a peer sent: if `doc` is not here, it is
-    /// created with that state in one durable write; otherwise the state is merged into the
-    /// copy here. Returns whether anything changed.
+    /// created in `space` with that state in one durable write; otherwise the state is merged
+    /// into the copy here. Returns whether anything changed.
     pub fn adopt_state(
         &self,
-        doc: DocId,
+        (doc, space): (DocId, SpaceId),
         kind: DocKind,
         origin: Origin,
         bytes: &[u8],
@@ -88,7 +106,7 @@ impl Store {
         let incoming = CrdtState::decode(kind, bytes)
             .map_err(|source| StoreError::BadState { doc, source })?;
         if self
-            .create_entry(doc, kind, origin, Loaded::Crdt(incoming))?
+            .create_entry((doc, space), kind, origin, Loaded::Crdt(incoming))?
             .is_none()
         {
             return Ok(true);
@@ -97,11 +115,11 @@ impl Store {
         Ok(self.merge_state(doc, origin, bytes)? != before)
     }
 
-    /// Creates `doc` with `content` in one commit, unless it exists: then the content is
-    /// handed back (or the kinds differ, an error).
+    /// Creates `doc` in `space` with `content` in one commit, unless it exists: then the
+    /// content is handed back (or the kinds differ, an error).
     pub(crate) fn create_entry(
         &self,
-        doc: DocId,
+        (doc, space): (DocId, SpaceId),
         kind: DocKind,
         origin: Origin,
         content: Loaded,
@@ -126,36 +144,45 @@ impl Store {
             incremental_bytes: 0,
             next_incremental: 0,
         };
-        let writes = match &content {
+        let mut batch = match &content {
             Loaded::Automerge(am) => {
                 let heads = am.get_heads();
                 meta.heads = heads.iter().map(|h| h.0).collect();
                 meta.digest = *heads_digest(&heads).as_bytes();
                 meta.changes = am.stats().num_changes;
                 if heads.is_empty() {
-                    Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta))
+                    let mut batch = sled::Batch::default();
+                    batch.insert(&records::meta_key(doc), encode_record(&meta));
+                    batch
                 } else {
-                    Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
+                    compaction(&self.shared.db, doc, am, &mut meta)?
                 }
             }
             Loaded::Crdt(crdt) => {
                 let bytes = crdt.encode();
                 meta.digest = *Digest::of_bytes(&bytes).as_bytes();
-                if CrdtState::empty(kind).as_ref() == Some(crdt) {
-                    Writes::One(records::meta_key(doc).to_vec(), encode_record(&meta))
-                } else {
+                let mut batch = sled::Batch::default();
+                if CrdtState::empty(kind).as_ref() != Some(crdt) {
                     meta.changes = 1;
                     meta.snapshot_bytes = bytes.len() as u64;
-                    let mut batch = sled::Batch::default();
                     batch.insert(&records::snapshot_key(doc), bytes);
-                    batch.insert(&records::meta_key(doc), encode_record(&meta));
-                    Writes::Batch(batch)
                 }
+                batch.insert(&records::meta_key(doc), encode_record(&meta));
+                batch
             }
         };
+        batch.insert(&records::space_of_key(doc), space.as_bytes());
+        batch.insert(&records::space_doc_key(space, doc)[..], &[]);
         let version = version_of(&meta);
-        state.cache.put(doc, Entry { meta, doc: content });
-        let commit = Commit::changed(writes, doc, origin, version);
+        state.cache.put(
+            doc,
+            Entry {
+                meta,
+                space,
+                doc: content,
+            },
+        );
+        let commit = Commit::changed(Writes::Batch(batch), (doc, space), origin, version);
         self.commit(state, doc, commit)?;
         Ok(None)
     }
@@ -179,16 +206,20 @@ impl Store {
         // two reads that a compaction committing between them would make go back in time.
         // A loaded document's metadata is at hand.
         let mut state = self.lock();
-        let meta = match state.cache.get(&doc) {
-            Some(entry) => entry.meta.clone(),
-            None => self
-                .read_meta(doc)?
-                .ok_or(StoreError::NoSuchDocument(doc))?,
+        let (meta, space) = match state.cache.get(&doc) {
+            Some(entry) => (entry.meta.clone(), entry.space),
+            None => {
+                let meta = self
+                    .read_meta(doc)?
+                    .ok_or(StoreError::NoSuchDocument(doc))?;
+                (meta, read_space(&self.shared.db, doc)?)
+            }
         };
         drop(state);
         Ok(DocInfo {
             id: doc,
             kind: meta.kind,
+            space,
             version: version_of(&meta),
             digest: Digest::from_bytes(meta.digest),
             changes: meta.changes,

@@ -3,8 +3,6 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-
 use crate::{StoreError, StoreEvent};
 
 /// How the store makes a commit durable before the call returns.
@@ -121,7 +119,7 @@ impl GroupCommit {
     pub(crate) fn wait_durable(
         &self,
         db: &sled::Db,
-        events: &broadcast::Sender<StoreEvent>,
+        announce: &dyn Fn(StoreEvent),
         ticket: u64,
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
@@ -158,8 +156,7 @@ impl GroupCommit {
             Ok(_) => {
                 state.flushed = target;
                 for event in pending {
-                    // No subscribers is fine.
-                    let _ = events.send(event);
+                    announce(event);
                 }
             }
             Err(_) => state.failed = true,

@@ -2,7 +2,7 @@
 
 use ferry_crdt::CounterOverflow;
 
-use crate::{DocId, DocKind, IdentityError};
+use crate::{DocId, DocKind, IdentityError, PeerId};
 
 /// An operation on the [`Store`](crate::Store) failed. Nothing of a failed write is kept.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub enum StoreError {
     /// No document has this id.
     #[error("no document {0}")]
     NoSuchDocument(DocId),
+    /// No peer has this id: add it before granting it access.
+    #[error("no peer {0}")]
+    NoSuchPeer(PeerId),
     /// The document was deleted or forgotten here, and cannot be made again.
     #[error("document {0} was deleted or forgotten here")]
     Gone(DocId),

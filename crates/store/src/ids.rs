@@ -1,4 +1,4 @@
-//! Names for documents and peers.
+//! Names for documents, spaces and peers.
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,6 +35,58 @@ impl DocId {
     /// The id's bytes.
     pub const fn as_bytes(&self) -> &[u8; 16] {
         &self.0
+    }
+}
+
+/// A space: a set of documents shared as one, chosen when each document is created. Access
+/// is granted per peer per space, so a relay gives each user's devices their spaces without a
+/// grant per document.
+///
+/// Every replica has the [default space](SpaceId::DEFAULT), the same id everywhere, for apps
+/// that do not care; other spaces have random ids. The text form is the 26-character base32 of
+/// every other id in ferry, and `default` also names the default space.
+///
+/// # Examples
+///
+/// ```
+/// use ferry_store::SpaceId;
+///
+/// let team = SpaceId::random();
+/// assert_eq!(team.to_string().parse::<SpaceId>().unwrap(), team);
+/// assert_eq!("default".parse::<SpaceId>().unwrap(), SpaceId::DEFAULT);
+/// ```
+#[derive(Clone, Copy, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+pub struct SpaceId([u8; 16]);
+
+impl SpaceId {
+    /// The default space: where documents go when the app names none, and where the documents
+    /// of a store older than spaces are.
+    pub const DEFAULT: SpaceId = SpaceId([0; 16]);
+
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Makes an id from its bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The id's bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Whether this is the default space.
+    pub fn is_default(&self) -> bool {
+        *self == Self::DEFAULT
+    }
+}
+
+impl Default for SpaceId {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -105,3 +157,27 @@ macro_rules! text_form {
 
 text_form!(DocId);
 text_form!(PeerId);
+
+impl fmt::Display for SpaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&ReplicaId::from_bytes(self.0), f)
+    }
+}
+
+impl fmt::Debug for SpaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpaceId({self})")
+    }
+}
+
+impl FromStr for SpaceId {
+    type Err = ParseReplicaIdError;
+
+    /// Parses an id's text form, or `default` for [`SpaceId::DEFAULT`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "default" {
+            return Ok(Self::DEFAULT);
+        }
+        s.parse::<ReplicaId>().map(|id| Self(*id.as_bytes()))
+    }
+}

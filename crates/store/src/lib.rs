@@ -6,7 +6,9 @@
 //!   incremental change records and compacted atomically, and the ferry-crdt counters and
 //!   registers, persisted as their canonical state;
 //! - **sync state** per (peer, document), for the sync protocol;
-//! - **peers**, with their addresses and per-document [`Access`].
+//! - **spaces**: every document belongs to one [`SpaceId`], chosen when it is created, and
+//!   peers are granted [`Access`] per space (with per-document overrides);
+//! - **peers**, with their addresses.
 //!
 //! Every write is durable before it returns ([`Durability`]), then announced to subscribers as a
 //! [`StoreEvent`]. A damaged record gives an error naming its document; the others still load.
@@ -34,6 +36,7 @@
 mod automerge_docs;
 mod crdt_docs;
 mod deletes;
+mod directory;
 mod documents;
 mod durability;
 mod error;
@@ -44,6 +47,7 @@ mod loading;
 mod migrate;
 mod peers;
 mod records;
+mod spaces;
 mod store;
 mod sync_records;
 mod time;
@@ -52,12 +56,14 @@ mod version;
 
 pub use durability::Durability;
 pub use error::StoreError;
-pub use events::{Origin, RecvError, StoreEvent, Subscription};
+pub use events::{ChangeFeed, FeedChanges, Origin, RecvError, StoreEvent, Subscription};
 pub use identity::{Identity, IdentityError};
-pub use ids::{DocId, PeerId};
+pub use ids::{DocId, PeerId, SpaceId};
 pub use records::{Gone, GoneHow, SyncRecord};
 pub use store::{Store, StoreConfig};
 pub use sync_records::SyncUpdate;
 pub use time::{millis_of, time_of, wall_millis};
-pub use values::{Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo, UnknownName};
+pub use values::{
+    Access, CrdtState, DocInfo, DocKind, DocSyncStatus, PeerInfo, SpaceInfo, UnknownName,
+};
 pub use version::{Version, heads_digest};

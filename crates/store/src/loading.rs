@@ -6,7 +6,7 @@ use lru::LruCache;
 
 use crate::records::{self, DocMeta, FORMAT, Incremental, RECORD_LIMIT};
 use crate::store::{Entry, Loaded, encode_record};
-use crate::{CrdtState, DocId, DocKind, StoreError, Version};
+use crate::{CrdtState, DocId, DocKind, SpaceId, StoreError, Version};
 
 /// The batch that compacts `doc`: its new snapshot replaces the old one and every incremental,
 /// and the base metadata is rewritten, so a crash leaves the old records or the new ones.
@@ -86,7 +86,25 @@ pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entr
             Loaded::Crdt(crdt)
         }
     };
-    Ok(Entry { meta, doc: loaded })
+    let space = read_space(db, doc)?;
+    Ok(Entry {
+        meta,
+        space,
+        doc: loaded,
+    })
+}
+
+/// The space `doc` was created in: its `k` record, kept after it is deleted or forgotten.
+pub(crate) fn read_space(db: &sled::Db, doc: DocId) -> Result<SpaceId, StoreError> {
+    let bytes = db
+        .get(records::space_of_key(doc))?
+        .ok_or(StoreError::NoSuchDocument(doc))?;
+    <[u8; 16]>::try_from(bytes.as_ref())
+        .map(SpaceId::from_bytes)
+        .map_err(|_| StoreError::Damaged {
+            doc,
+            what: "space record",
+        })
 }
 
 /// An empty document that gains more changes than this in one commit is snapshotted at once.
@@ -152,7 +170,7 @@ pub(crate) fn check_format(db: &sled::Db) -> Result<(), StoreError> {
                 .map_err(|_| StoreError::DamagedRecord {
                     what: "format marker",
                 })?;
-            if found == 2 || found == 3 {
+            if (2..FORMAT).contains(&found) {
                 return crate::migrate::upgrade(db, found);
             }
             if found != FORMAT {

@@ -1,13 +1,15 @@
-//! The peers a replica knows and their access.
+//! The peers a replica knows, and their access to documents.
 
 use ferry_crdt::decode;
 
+use crate::loading::read_space;
 use crate::records::{self, RECORD_LIMIT};
 use crate::store::{Store, encode_record};
-use crate::{Access, DocId, PeerId, PeerInfo, StoreError};
+use crate::{Access, DocId, PeerId, PeerInfo, SpaceId, StoreError};
 
 impl Store {
-    /// Adds a peer or replaces what the store knows of it; durable when it returns.
+    /// Adds a peer or replaces what the store knows of it (its grants on spaces stay);
+    /// durable when it returns. A peer must be known before it is granted access.
     pub fn put_peer(&self, peer: &PeerInfo) -> Result<(), StoreError> {
         let mut removed = self.removed_peers();
         removed.remove(&peer.id);
@@ -15,27 +17,28 @@ impl Store {
             .db
             .insert(records::peer_key(peer.id), encode_record(peer))?;
         self.shared.db.flush()?;
+        let widened = self.directory_mut().put_peer(peer.clone());
+        if widened {
+            self.shared
+                .feeds
+                .tell(peer.id, |changes| changes.access_widened = true);
+        }
         Ok(())
     }
 
     /// What the store knows of `peer`.
     pub fn peer(&self, peer: PeerId) -> Result<Option<PeerInfo>, StoreError> {
-        match self.shared.db.get(records::peer_key(peer))? {
-            None => Ok(None),
-            Some(bytes) => decode_peer(&bytes).map(Some),
-        }
+        Ok(self.directory().peer(peer).cloned())
     }
 
     /// Every known peer, in id order.
     pub fn peers(&self) -> Result<Vec<PeerInfo>, StoreError> {
-        let mut peers = Vec::new();
-        for item in self.shared.db.scan_prefix(records::PEER_PREFIX).values() {
-            peers.push(decode_peer(&item?)?);
-        }
+        let mut peers: Vec<PeerInfo> = self.directory().peers().cloned().collect();
+        peers.sort_by_key(|p| p.id);
         Ok(peers)
     }
 
-    /// Forgets `peer` and its sync records. Returns whether it was known.
+    /// Forgets `peer`, its grants and its sync records. Returns whether it was known.
     pub fn remove_peer(&self, peer: PeerId) -> Result<bool, StoreError> {
         let mut removed = self.removed_peers();
         removed.insert(peer);
@@ -48,16 +51,66 @@ impl Store {
         for key in self.shared.db.scan_prefix(prefix).keys() {
             batch.remove(key?);
         }
+        for key in self
+            .shared
+            .db
+            .scan_prefix(records::grant_prefix(peer))
+            .keys()
+        {
+            batch.remove(key?);
+        }
         self.shared.db.apply_batch(batch)?;
         self.shared.db.flush()?;
+        self.directory_mut().remove_peer(peer);
         Ok(known)
     }
 
-    /// `peer`'s access to `doc`; an unknown peer has none.
+    /// `peer`'s access to `doc`: its override for the document, else its grant on the
+    /// document's space. An unknown peer has none; so does a peer with no override for a
+    /// document not held here.
     pub fn access(&self, peer: PeerId, doc: DocId) -> Result<Access, StoreError> {
-        Ok(self
-            .peer(peer)?
-            .map_or(Access::None, |info| info.access(doc)))
+        let space = self.space_of(doc)?;
+        Ok(self.directory().access(peer, doc, space))
+    }
+
+    /// `peer`'s access to `doc` as a document of `space`: as [`Store::access`] for a document
+    /// held here (whose own space counts, whatever `space` says), and for one not held, what
+    /// the peer's override or its grant on `space` gives it. This is how sync decides whether
+    /// to take in a document a peer offers.
+    pub fn access_in(
+        &self,
+        peer: PeerId,
+        doc: DocId,
+        space: SpaceId,
+    ) -> Result<Access, StoreError> {
+        let space = self.space_of(doc)?.unwrap_or(space);
+        Ok(self.directory().access(peer, doc, Some(space)))
+    }
+
+    /// Whether `peer` may write `doc` in some space here: through an override for the
+    /// document, or a read-write grant on any space. Sync asks this of a document a peer
+    /// pushes without naming its space, before the document itself (which names it) arrives.
+    pub fn may_write_somewhere(&self, peer: PeerId, doc: DocId) -> bool {
+        let directory = self.directory();
+        match directory.peer(peer).and_then(|p| p.doc_override(doc)) {
+            Some(access) => access == Access::ReadWrite,
+            None => directory
+                .grants_of(peer)
+                .iter()
+                .any(|(_, access)| *access == Access::ReadWrite),
+        }
+    }
+
+    /// The space `doc` belongs to, if it is here (or was, and was deleted or forgotten).
+    pub fn space_of(&self, doc: DocId) -> Result<Option<SpaceId>, StoreError> {
+        if let Some(entry) = self.lock().cache.peek(&doc) {
+            return Ok(Some(entry.space));
+        }
+        match read_space(&self.shared.db, doc) {
+            Ok(space) => Ok(Some(space)),
+            Err(StoreError::NoSuchDocument(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 pub(crate) fn decode_peer(bytes: &[u8]) -> Result<PeerInfo, StoreError> {

@@ -16,13 +16,17 @@
 //! | `p` peer | [`PeerInfo`](crate::PeerInfo) |
 //! | `r` peer | when a sync session with the peer last finished reconciling: `u64` millis, little endian |
 //! | `x` doc | [`Gone`]: the document was deleted (a tombstone, synced) or forgotten here |
+//! | `k` doc | the document's space: a [`SpaceId`]'s 16 bytes, written when it is created, kept when it goes |
+//! | `n` space doc | empty: the index of a space's documents (live, deleted or forgotten) |
+//! | `a` peer space | the peer's [`Access`] to the space, encoded |
+//! | `c` space | [`SpaceRecord`]: a space this replica created or named |
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DocId, DocKind, PeerId, Version};
+use crate::{Access, DocId, DocKind, PeerId, SpaceId, Version};
 
 /// The format this build writes; bump it with any change to the layout or a record.
-pub(crate) const FORMAT: u32 = 4;
+pub(crate) const FORMAT: u32 = 5;
 
 /// Records are small; anything larger than this in a record slot is damage.
 pub(crate) const RECORD_LIMIT: usize = 16 << 20;
@@ -49,11 +53,7 @@ pub(crate) fn incremental_key(doc: DocId, seq: u64) -> [u8; 25] {
 }
 
 pub(crate) fn sync_key(peer: PeerId, doc: DocId) -> [u8; 33] {
-    let mut key = [0u8; 33];
-    key[0] = b'y';
-    key[1..17].copy_from_slice(peer.as_bytes());
-    key[17..].copy_from_slice(doc.as_bytes());
-    key
+    pair(b'y', peer.as_bytes(), doc.as_bytes())
 }
 
 pub(crate) const SYNC_PREFIX: &[u8] = b"y";
@@ -74,6 +74,48 @@ pub(crate) fn gone_key(doc: DocId) -> [u8; 17] {
 }
 
 pub(crate) const GONE_PREFIX: &[u8] = b"x";
+
+pub(crate) fn space_of_key(doc: DocId) -> [u8; 17] {
+    prefixed(b'k', doc.as_bytes())
+}
+
+pub(crate) fn space_doc_key(space: SpaceId, doc: DocId) -> [u8; 33] {
+    pair(b'n', space.as_bytes(), doc.as_bytes())
+}
+
+pub(crate) fn space_docs_prefix(space: SpaceId) -> [u8; 17] {
+    prefixed(b'n', space.as_bytes())
+}
+
+pub(crate) fn grant_key(peer: PeerId, space: SpaceId) -> [u8; 33] {
+    pair(b'a', peer.as_bytes(), space.as_bytes())
+}
+
+pub(crate) fn grant_prefix(peer: PeerId) -> [u8; 17] {
+    prefixed(b'a', peer.as_bytes())
+}
+
+pub(crate) const GRANT_PREFIX: &[u8] = b"a";
+
+pub(crate) fn space_key(space: SpaceId) -> [u8; 17] {
+    prefixed(b'c', space.as_bytes())
+}
+
+pub(crate) const SPACE_PREFIX: &[u8] = b"c";
+
+/// The id in the 16 bytes after a key's `skip` bytes.
+pub(crate) fn id_at(key: &[u8], skip: usize) -> Option<[u8; 16]> {
+    key.get(skip..skip + 16)
+        .and_then(|id| <[u8; 16]>::try_from(id).ok())
+}
+
+fn pair(tag: u8, a: &[u8; 16], b: &[u8; 16]) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = tag;
+    key[1..17].copy_from_slice(a);
+    key[17..].copy_from_slice(b);
+    key
+}
 
 fn prefixed(tag: u8, id: &[u8; 16]) -> [u8; 17] {
     let mut key = [0u8; 17];
@@ -168,4 +210,17 @@ pub enum GoneHow {
     /// Forgotten on this replica only: peers keep their copies, and this replica does not
     /// fetch it again.
     Forgotten,
+}
+
+/// A space this replica created or named, as the `c` record keeps it.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub(crate) struct SpaceRecord {
+    pub(crate) name: String,
+    pub(crate) created_millis: u64,
+}
+
+/// A grant as the `a` record keeps it.
+#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub(crate) struct GrantRecord {
+    pub(crate) access: Access,
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use automerge::{ActorId, Automerge, AutomergeError};
@@ -13,12 +13,14 @@ use lru::LruCache;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::directory::Directory;
 use crate::durability::GroupCommit;
+use crate::events::Feeds;
 use crate::loading::{check_format, entry_in, read_meta};
 use crate::records::DocMeta;
 use crate::{
-    CrdtState, DocId, DocKind, Durability, Identity, Origin, PeerId, StoreError, StoreEvent,
-    Subscription, Version,
+    ChangeFeed, CrdtState, DocId, DocKind, Durability, Identity, Origin, PeerId, SpaceId,
+    StoreError, StoreEvent, Subscription, Version,
 };
 
 /// How a store is opened.
@@ -84,6 +86,10 @@ pub(crate) struct Shared {
     pub(crate) config: StoreConfig,
     pub(crate) state: Mutex<State>,
     pub(crate) events: broadcast::Sender<StoreEvent>,
+    /// Each watched peer's coalescing set of changes to push.
+    pub(crate) feeds: Feeds,
+    /// Peers and grants, in memory beside their records.
+    pub(crate) directory: RwLock<Directory>,
     pub(crate) group: GroupCommit,
     /// Peers removed since the store opened (and not added again). A sync step that was
     /// already running when its peer was removed must not write a record for it afterwards;
@@ -99,12 +105,38 @@ pub(crate) struct State {
 /// A loaded document and its metadata, kept together so they never disagree.
 pub(crate) struct Entry {
     pub(crate) meta: DocMeta,
+    pub(crate) space: SpaceId,
     pub(crate) doc: Loaded,
 }
 
 pub(crate) enum Loaded {
     Automerge(Box<Automerge>),
     Crdt(CrdtState),
+}
+
+impl Shared {
+    /// Tells subscribers of a durable change, and the feeds of the peers that may read it.
+    fn announce(&self, event: StoreEvent) {
+        let (doc, space) = (event.doc(), event.space());
+        let from = match &event {
+            StoreEvent::Changed {
+                origin: Origin::Remote(peer),
+                ..
+            } => Some(*peer),
+            _ => None,
+        };
+        let readers = self
+            .directory
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .readers(doc, space);
+        for peer in readers.into_iter().filter(|p| Some(*p) != from) {
+            self.feeds.tell(peer, |changes| {
+                changes.docs.insert(doc);
+            });
+        }
+        let _ = self.events.send(event); // no subscriber is fine
+    }
 }
 
 impl fmt::Debug for Store {
@@ -123,12 +155,18 @@ pub(crate) struct Commit {
 }
 
 impl Commit {
-    /// A commit that changes `doc`, announced with `origin` and the new `version`.
-    pub(crate) fn changed(writes: Writes, doc: DocId, origin: Origin, version: Version) -> Self {
+    /// A commit that changes `doc`, of `space`, announced with `origin` and the new `version`.
+    pub(crate) fn changed(
+        writes: Writes,
+        (doc, space): (DocId, SpaceId),
+        origin: Origin,
+        version: Version,
+    ) -> Self {
         Self {
             writes,
             events: vec![StoreEvent::Changed {
                 doc,
+                space,
                 origin,
                 version,
             }],
@@ -156,6 +194,7 @@ impl Store {
         let identity = Identity::load_or_create(dir)?;
         let db = open_db(&dir.join("db"))?;
         check_format(&db)?;
+        let directory = Directory::load(&db)?;
 
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let group = GroupCommit::new(config.durability);
@@ -170,6 +209,8 @@ impl Store {
                 identity,
                 config,
                 events,
+                feeds: Feeds::default(),
+                directory: RwLock::new(directory),
                 group,
                 removed_peers: Mutex::new(HashSet::new()),
             }),
@@ -207,6 +248,13 @@ impl Store {
         Subscription::new(self.shared.events.subscribe(), Some(doc))
     }
 
+    /// A feed of the changes `peer` may read, for its sync session: a coalescing set of
+    /// changed documents that never overflows (see [`ChangeFeed`]). Changes that came from the
+    /// peer are left out. Dropping the feed unregisters it.
+    pub fn watch(&self, peer: PeerId) -> ChangeFeed {
+        self.shared.feeds.watch(peer)
+    }
+
     /// Returns once every commit applied so far is durable: at once if none is waiting for its
     /// flush, else when the flush that covers the last one is done (under
     /// [`Durability::Batched`], up to its interval). A reader that saw a change through
@@ -215,7 +263,7 @@ impl Store {
     pub fn wait_durable(&self) -> Result<(), StoreError> {
         let group = &self.shared.group;
         let last = group.last_applied();
-        group.wait_durable(&self.shared.db, &self.shared.events, last)
+        group.wait_durable(&self.shared.db, &|e| self.shared.announce(e), last)
     }
 
     /// Flushes everything written so far to disk, sync records and peers included.
@@ -232,6 +280,21 @@ impl Store {
         self.shared
             .state
             .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn directory(&self) -> RwLockReadGuard<'_, Directory> {
+        // Kept equal to the records by its writers, who write the records first.
+        self.shared
+            .directory
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.shared
+            .directory
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -286,7 +349,7 @@ impl Store {
         let ticket = group.applied(commit.events);
         drop(state);
         group
-            .wait_durable(db, &self.shared.events, ticket)
+            .wait_durable(db, &|e| self.shared.announce(e), ticket)
             .map_err(evict)
     }
 }

@@ -9,7 +9,7 @@ use ferry_crdt::{Crdt, Digest, GCounter, LwwRegister, MvRegister, PNCounter, dec
 use serde::{Deserialize, Serialize};
 
 use crate::records::RECORD_LIMIT;
-use crate::{DocId, PeerId, Version};
+use crate::{DocId, PeerId, SpaceId, Version};
 
 /// The kinds of document a store holds.
 #[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
@@ -239,7 +239,8 @@ impl std::str::FromStr for Access {
     }
 }
 
-/// A peer this replica knows.
+/// A peer this replica knows: where to reach it, and its per-document overrides of the
+/// access its space grants give it (see [`Store::grant`](crate::Store::grant)).
 ///
 /// # Examples
 ///
@@ -250,8 +251,8 @@ impl std::str::FromStr for Access {
 /// laptop.addresses.push("127.0.0.1:4433".parse().unwrap());
 /// let shared = DocId::random();
 /// laptop.docs.insert(shared, Access::ReadWrite);
-/// assert_eq!(laptop.access(shared), Access::ReadWrite);
-/// assert_eq!(laptop.access(DocId::random()), Access::None); // the default
+/// assert_eq!(laptop.doc_override(shared), Some(Access::ReadWrite));
+/// assert_eq!(laptop.doc_override(DocId::random()), None); // its space's grant decides
 /// ```
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct PeerInfo {
@@ -261,28 +262,40 @@ pub struct PeerInfo {
     pub name: String,
     /// Where to dial it.
     pub addresses: Vec<SocketAddr>,
-    /// Its access to documents not listed in `docs`.
-    pub default_access: Access,
-    /// Its access per document.
+    /// Its access per document, overriding what its grant on the document's space gives it
+    /// (up or down).
     pub docs: BTreeMap<DocId, Access>,
 }
 
 impl PeerInfo {
-    /// A peer with no addresses and no access to anything.
+    /// A peer with no addresses and no overrides.
     pub fn new(id: PeerId, name: impl Into<String>) -> Self {
         Self {
             id,
             name: name.into(),
             addresses: Vec::new(),
-            default_access: Access::None,
             docs: BTreeMap::new(),
         }
     }
 
-    /// The peer's access to `doc`.
-    pub fn access(&self, doc: DocId) -> Access {
-        self.docs.get(&doc).copied().unwrap_or(self.default_access)
+    /// The peer's access to `doc` if set for that document alone.
+    pub fn doc_override(&self, doc: DocId) -> Option<Access> {
+        self.docs.get(&doc).copied()
     }
+}
+
+/// A space this replica knows: one it created or named, one it granted a peer access to, or
+/// one that holds documents here.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct SpaceInfo {
+    /// The space.
+    pub id: SpaceId,
+    /// Its name for people, if this replica created or named it.
+    pub name: Option<String>,
+    /// Documents held here in it (deleted and forgotten ones not counted).
+    pub docs: u64,
+    /// The peers granted access to it, in id order.
+    pub grants: Vec<(PeerId, Access)>,
 }
 
 /// What the store knows of a document without loading it.
@@ -292,6 +305,8 @@ pub struct DocInfo {
     pub id: DocId,
     /// Its kind.
     pub kind: DocKind,
+    /// The space it belongs to, chosen when it was created.
+    pub space: SpaceId,
     /// Its version: heads, or a state digest.
     pub version: Version,
     /// Its digest, as the sync protocol compares it: blake3 of the sorted heads, or of the

@@ -11,8 +11,8 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, Change, ROOT, ReadDoc};
 use ferry_store::{
     Access, CrdtState, DocId, DocKind, DocSyncStatus, Durability, Origin, PeerId, PeerInfo,
-    RecvError, Store, StoreConfig, StoreError, StoreEvent, SyncRecord, SyncUpdate, Version,
-    heads_digest,
+    RecvError, SpaceId, Store, StoreConfig, StoreError, StoreEvent, SyncRecord, SyncUpdate,
+    Version, heads_digest,
 };
 
 /// Opens a closed store's database directly, to tamper with it. sled releases its lock from
@@ -94,7 +94,7 @@ fn an_unknown_format_is_refused() {
             err,
             StoreError::UnknownFormat {
                 found: 99,
-                supported: 4
+                supported: 5
             }
         ),
         "{err:?}"
@@ -173,7 +173,7 @@ fn operations_on_the_wrong_kind_fail_and_change_nothing() {
         Err(StoreError::WrongKind { .. })
     ));
     assert!(matches!(
-        store.create_with_id(counter, DocKind::Automerge, Origin::Local),
+        store.create_with_id(counter, SpaceId::DEFAULT, DocKind::Automerge, Origin::Local),
         Err(StoreError::WrongKind { .. })
     ));
     assert_eq!(store.info(counter).unwrap(), before);
@@ -408,7 +408,7 @@ fn events_carry_origin_and_version_in_commit_order() {
         .iter()
         .map(|e| match e {
             StoreEvent::Changed { doc, origin, .. } => (*doc, Some(*origin)),
-            StoreEvent::Deleted { doc } => (*doc, None),
+            StoreEvent::Deleted { doc, .. } => (*doc, None),
         })
         .collect();
     assert_eq!(
@@ -535,14 +535,23 @@ fn peers_and_access_persist() {
     let dir = tempfile::tempdir().unwrap();
     let peer = PeerId::from_bytes([3; 16]);
     let (shared, private) = (DocId::random(), DocId::random());
-    {
+    let (team, other) = (SpaceId::random(), SpaceId::random());
+    let (in_team, elsewhere) = {
         let store = Store::open(dir.path()).unwrap();
         let mut info = PeerInfo::new(peer, "relay");
         info.addresses.push("127.0.0.1:4433".parse().unwrap());
-        info.default_access = Access::Read;
         info.docs.insert(private, Access::None);
         info.docs.insert(shared, Access::ReadWrite);
+        assert!(matches!(
+            store.grant(peer, team, Access::Read),
+            Err(StoreError::NoSuchPeer(_))
+        ));
         store.put_peer(&info).unwrap();
+        store.grant(peer, team, Access::Read).unwrap();
+        store.grant(peer, other, Access::ReadWrite).unwrap();
+        store.revoke(peer, other).unwrap();
+        let in_team = store.create_in(team, DocKind::GCounter).unwrap();
+        let elsewhere = store.create_in(other, DocKind::GCounter).unwrap();
         let record = SyncRecord {
             automerge_state: vec![1, 2, 3],
             acked: Some(Version::Digest(ferry_crdt::Digest::from_bytes([7; 32]))),
@@ -551,12 +560,25 @@ fn peers_and_access_persist() {
         };
         store.put_sync_record(peer, shared, &record).unwrap();
         store.flush().unwrap();
-    }
+        (in_team, elsewhere)
+    };
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.peers().unwrap().len(), 1);
     assert_eq!(store.access(peer, shared).unwrap(), Access::ReadWrite);
     assert_eq!(store.access(peer, private).unwrap(), Access::None);
-    assert_eq!(store.access(peer, DocId::random()).unwrap(), Access::Read);
+    assert_eq!(store.access(peer, in_team).unwrap(), Access::Read);
+    assert_eq!(store.access(peer, elsewhere).unwrap(), Access::None);
+    assert_eq!(store.grants(peer).unwrap(), vec![(team, Access::Read)]);
+    // A document not held here: what the peer's grant on the space it is offered in says.
+    assert_eq!(store.access(peer, DocId::random()).unwrap(), Access::None);
+    assert_eq!(
+        store.access_in(peer, DocId::random(), team).unwrap(),
+        Access::Read
+    );
+    assert_eq!(
+        store.access_in(peer, elsewhere, team).unwrap(),
+        Access::None
+    ); // its own space
     assert_eq!(
         store.access(PeerId::from_bytes([4; 16]), shared).unwrap(),
         Access::None
@@ -778,9 +800,10 @@ fn a_removed_peer_gets_no_sync_record_from_a_step_still_running() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let peer = PeerId::from_bytes([6; 16]);
-    let mut info = PeerInfo::new(peer, "laptop");
-    info.default_access = Access::ReadWrite;
-    store.put_peer(&info).unwrap();
+    store.put_peer(&PeerInfo::new(peer, "laptop")).unwrap();
+    store
+        .grant(peer, SpaceId::DEFAULT, Access::ReadWrite)
+        .unwrap();
     let doc = store.create(DocKind::GCounter).unwrap();
     let digest = store.increment(doc, 1).unwrap();
     let seen = |at| SyncUpdate {
@@ -799,7 +822,7 @@ fn a_removed_peer_gets_no_sync_record_from_a_step_still_running() {
     assert_eq!(store.reconciled(peer).unwrap(), None);
 
     // Added again, it is a peer like any other.
-    store.put_peer(&info).unwrap();
+    store.put_peer(&PeerInfo::new(peer, "laptop")).unwrap();
     store.record_sync(peer, doc, seen(3)).unwrap();
     assert_eq!(
         store

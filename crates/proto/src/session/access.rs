@@ -1,7 +1,7 @@
 //! What the peer may see and write. A document it may not read is indistinguishable, to it,
 //! from one this replica does not hold.
 
-use ferry_store::{Access, DocId, DocKind, PeerId, Store, StoreError};
+use ferry_store::{Access, DocId, DocKind, PeerId, SpaceId, Store, StoreError};
 
 use super::{Session, SessionError};
 use crate::message::Message;
@@ -18,6 +18,12 @@ impl Session {
 
     pub(super) fn may_write(&self, doc: DocId) -> Result<bool, SessionError> {
         Ok(self.access(doc)? == Access::ReadWrite)
+    }
+
+    /// Whether the peer may write `doc` here as a document of `space`: for a document held
+    /// here its own space counts, for one not held the space the peer names.
+    pub(super) fn may_write_in(&self, doc: DocId, space: SpaceId) -> Result<bool, SessionError> {
+        Ok(self.store.access_in(self.peer, doc, space)? == Access::ReadWrite)
     }
 
     /// The kind of `doc`, if this replica holds it at all.
@@ -40,13 +46,23 @@ impl Session {
     }
 
     /// The peer has a document this side does not list: ask for it whole if the peer may
-    /// write it here; say nothing of one held but hidden.
-    pub(super) fn offered(&mut self, doc: DocId) -> Result<(), SessionError> {
+    /// write it here; say nothing of one held but hidden. `space` is the space the peer
+    /// listed it in; a document pushed live comes without one, and is asked for if the peer
+    /// may write in some space here (the snapshot names the space, and is checked then).
+    pub(super) fn offered(
+        &mut self,
+        doc: DocId,
+        space: Option<SpaceId>,
+    ) -> Result<(), SessionError> {
         // Deleted or forgotten here: not fetched again (a tombstone also goes to the peer).
         if self.holds(doc)?.is_some() || self.send_tombstone(doc)? {
             return Ok(());
         }
-        if self.may_write(doc)? {
+        let wanted = match space {
+            Some(space) => self.may_write_in(doc, space)?,
+            None => self.store.may_write_somewhere(self.peer, doc),
+        };
+        if wanted {
             self.send(&Message::Want { doc });
         }
         Ok(())
@@ -54,17 +70,12 @@ impl Session {
 }
 
 /// This side's documents that `peer` may read, sorted by id, each marked with whether the
-/// store records the peer as holding its current version.
+/// store records the peer as holding its current version. Only the spaces the peer may read
+/// and its per-document overrides are read: the cost follows what the peer may see, not the
+/// size of the store.
 pub(super) fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, SessionError> {
-    let info = store.peer(peer)?;
     let mut listed = Vec::new();
-    let Some(info) = info else {
-        return Ok(listed); // an unknown peer may read nothing
-    };
-    for doc in store.list()? {
-        if info.access(doc) < Access::Read {
-            continue;
-        }
+    for doc in store.docs_readable_by(peer)? {
         match store.info(doc) {
             Ok(i) => {
                 let digest = short(i.digest.as_bytes());
@@ -79,24 +90,29 @@ pub(super) fn listed_docs(store: &Store, peer: PeerId) -> Result<Vec<Entry>, Ses
                 listed.push(Entry {
                     doc,
                     kind: i.kind,
+                    space: i.space,
                     digest,
                     acked,
                 });
             }
+            // Deleted: the tombstone is listed, so peers delete their copies; nothing needs
+            // acknowledging. Forgotten, or never here (an override): not listed.
+            Err(StoreError::NoSuchDocument(_)) => {
+                if let Some(gone) = store.gone(doc)?
+                    && gone.is_deleted()
+                {
+                    listed.push(Entry {
+                        doc,
+                        kind: gone.kind,
+                        space: store.space_of(doc)?.unwrap_or_default(),
+                        digest: TOMBSTONE,
+                        acked: true,
+                    });
+                }
+            }
             // A damaged document is left out, not fatal to the session.
             Err(StoreError::Damaged { .. }) => {}
             Err(e) => return Err(e.into()),
-        }
-    }
-    // Tombstones are listed too, so peers delete their copies; nothing needs acknowledging.
-    for (doc, gone) in store.gone_docs()? {
-        if gone.is_deleted() && info.access(doc) >= Access::Read {
-            listed.push(Entry {
-                doc,
-                kind: gone.kind,
-                digest: TOMBSTONE,
-                acked: true,
-            });
         }
     }
     Ok(listed)

@@ -127,7 +127,7 @@ impl Session {
             return Err(SessionError::Protocol("too many heads"));
         }
         match self.visible_kind(doc)? {
-            None => return self.offered(doc),
+            None => return self.offered(doc, None),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("changes for a crdt document")),
         }
@@ -252,7 +252,7 @@ impl Session {
             return Err(SessionError::Protocol("too many heads"));
         }
         match self.visible_kind(doc)? {
-            None => return self.offered(doc),
+            None => return self.offered(doc, None),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("heads for a crdt document")),
         }
@@ -306,7 +306,7 @@ impl Session {
 
     pub(super) fn on_sync(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
         match self.visible_kind(doc)? {
-            None => return self.offered(doc),
+            None => return self.offered(doc, None),
             Some(DocKind::Automerge) => {}
             Some(_) => return Err(SessionError::Protocol("a sync message for a crdt document")),
         }

@@ -18,7 +18,7 @@ impl Session {
     pub(super) fn on_state(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
         let Some(kind) = self.visible_kind(doc)? else {
             // Not here yet: ask for it whole, if the peer may write it.
-            return self.offered(doc);
+            return self.offered(doc, None);
         };
         if kind == DocKind::Automerge {
             return Err(SessionError::Protocol("a state for an automerge document"));

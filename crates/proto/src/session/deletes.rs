@@ -2,7 +2,7 @@
 //! tombstone deletes the copy here if it may write it. A delete wins over concurrent edits, and
 //! nothing deleted or forgotten is fetched again.
 
-use ferry_store::{DocId, DocKind, Origin};
+use ferry_store::{DocId, DocKind, Origin, SpaceId};
 
 use super::{Event, Session, SessionError};
 use crate::message::{ErrorCode, Message};
@@ -15,19 +15,25 @@ impl Session {
             return Ok(false);
         };
         if gone.is_deleted() && self.may_read(doc)? {
+            let space = self.store.space_of(doc)?.unwrap_or_default();
             self.send(&Message::Deleted {
                 doc,
                 kind: gone.kind,
+                space,
             });
         }
         Ok(true)
     }
 
-    /// The peer deleted `doc`, a document of `kind`: delete it here too and keep the
-    /// tombstone, if the peer may write it.
-    pub(super) fn on_deleted(&mut self, doc: DocId, kind: DocKind) -> Result<(), SessionError> {
+    /// The peer deleted `doc`, a document of `kind` in `space`: delete it here too and keep
+    /// the tombstone, if the peer may write it.
+    pub(super) fn on_deleted(
+        &mut self,
+        (doc, space): (DocId, SpaceId),
+        kind: DocKind,
+    ) -> Result<(), SessionError> {
         // (A hidden document is one the peer may not write either: refused, as if not held.)
-        if !self.may_write(doc)? {
+        if !self.may_write_in(doc, space)? {
             self.send(&Message::Refused {
                 doc,
                 code: ErrorCode::ReadOnly,
@@ -36,7 +42,7 @@ impl Session {
         }
         if self
             .store
-            .apply_tombstone(doc, kind, Origin::Remote(self.peer))?
+            .apply_tombstone((doc, space), kind, Origin::Remote(self.peer))?
         {
             self.events.push_back(Event::DocUpdated { doc });
         }

@@ -1,7 +1,7 @@
 //! Whole documents: a snapshot for a peer that lacks a document, and taking one in.
 
 use automerge::Automerge;
-use ferry_store::{DocId, DocKind, Origin};
+use ferry_store::{DocId, DocKind, Origin, SpaceId};
 
 use super::chunks::guarded;
 use super::crdt_sync::validate_state;
@@ -10,7 +10,8 @@ use crate::message::{ErrorCode, Message};
 
 impl Session {
     pub(super) fn send_snapshot(&mut self, doc: DocId) -> Result<(), SessionError> {
-        let kind = self.store.info(doc)?.kind;
+        let info = self.store.info(doc)?;
+        let (kind, space) = (info.kind, info.space);
         let bytes = match kind {
             DocKind::Automerge => {
                 let (bytes, heads) = self.store.read(doc, |am| (am.save(), am.get_heads()))?;
@@ -21,7 +22,12 @@ impl Session {
             }
             _ => self.store.crdt(doc)?.encode(),
         };
-        self.send(&Message::Snapshot { doc, kind, bytes });
+        self.send(&Message::Snapshot {
+            doc,
+            kind,
+            space,
+            bytes,
+        });
         Ok(())
     }
 
@@ -39,12 +45,12 @@ impl Session {
 
     pub(super) fn on_snapshot(
         &mut self,
-        doc: DocId,
+        (doc, space): (DocId, SpaceId),
         kind: DocKind,
         bytes: &[u8],
     ) -> Result<(), SessionError> {
         // (A hidden document is one the peer may not write either: refused, as if not held.)
-        if !self.may_write(doc)? {
+        if !self.may_write_in(doc, space)? {
             self.send(&Message::Refused {
                 doc,
                 code: ErrorCode::ReadOnly,
@@ -68,7 +74,7 @@ impl Session {
                     .ok_or(SessionError::Protocol("a snapshot that does not load"))?;
                 let their_heads = theirs.get_heads();
                 // Created with its content in one write, or merged into the copy here.
-                if self.store.adopt(doc, origin, theirs)? {
+                if self.store.adopt((doc, space), origin, theirs)? {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
                 self.answer_heads(doc, their_heads)
@@ -79,7 +85,9 @@ impl Session {
                     return Ok(());
                 }
                 // Created with the state in one write; the merge below then acknowledges.
-                if self.holds(doc)?.is_none() && self.store.adopt_state(doc, kind, origin, bytes)? {
+                if self.holds(doc)?.is_none()
+                    && self.store.adopt_state((doc, space), kind, origin, bytes)?
+                {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
                 self.merge_state(doc, bytes)

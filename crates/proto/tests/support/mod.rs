@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use ferry_proto::{Event, Message, Role, Session, SessionConfig, SessionError};
-use ferry_store::{Access, PeerInfo, Store};
+use ferry_store::{Access, PeerInfo, SpaceId, Store};
 
 pub struct Replica {
     pub store: Store,
@@ -56,13 +56,15 @@ impl Replica {
 
 /// `a` lets `b` have `access` to every document.
 pub fn trust(a: &Replica, b: &Replica, access: Access) {
-    let mut info = a
+    let info = a
         .store
         .peer(b.store.peer_id())
         .unwrap()
         .unwrap_or_else(|| PeerInfo::new(b.store.peer_id(), "peer"));
-    info.default_access = access;
     a.store.put_peer(&info).unwrap();
+    a.store
+        .grant(b.store.peer_id(), SpaceId::DEFAULT, access)
+        .unwrap();
 }
 
 /// How a pump run went.

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_proto::{Role, Session, SessionConfig, SessionError};
@@ -10,6 +9,7 @@ use ferry_store::{DocId, PeerId, Store, wall_millis};
 use quinn::{Connection, SendStream};
 use tokio::sync::{Notify, broadcast};
 
+use crate::progress::Progress;
 use crate::{CloseCode, NetError, NetEvent};
 
 /// What a driver needs from its node: the store, how sessions behave, and where to report.
@@ -20,8 +20,10 @@ pub(crate) struct SessionContext {
     pub(crate) events: broadcast::Sender<NetEvent>,
 }
 
-/// Largest chunk read from the stream at once.
-const READ_CHUNK: usize = 256 * 1024;
+/// Most stream segments taken in one read: everything that has arrived, up to this many, goes
+/// to the session in one step, so what they carry shares one flush and one blocking-thread
+/// hand-off. Under load, segments pile up while a step runs, and the next read takes them all.
+const READ_SEGMENTS: usize = 64;
 
 /// Changed documents pushed per session step, so that one step's frames stay bounded in memory
 /// and the peer's frames are read in between.
@@ -42,13 +44,20 @@ pub(crate) enum Until {
 /// Runs a session with `peer` on `conn` until the connection ends, the session fails, or
 /// `until` says it is done. A session error closes the connection with
 /// [`CloseCode::Protocol`] after its error frame.
+///
+/// Reading and writing go on at once: what the session queues is written while the peer's
+/// frames are still read, so two sides each sending the other a lot (documents one way,
+/// acknowledgements the other) never wait on each other. New work (changed documents to push,
+/// whole documents queued for the peer) is taken on only while less than [`OUT_LOW`] bytes
+/// wait to be written, and the peer's frames are read only while less than [`OUT_HIGH`] do,
+/// so what waits stays bounded per peer.
 pub(crate) async fn drive(
     ctx: SessionContext,
     peer: PeerId,
     conn: Connection,
     role: Role,
     until: Until,
-    reconciled: &AtomicBool,
+    progress: &Progress,
 ) -> Result<(), NetError> {
     let stream = match role {
         Role::Initiator => conn.open_bi().await,
@@ -65,55 +74,154 @@ pub(crate) async fn drive(
         .await
         .map_err(|_| NetError::Panicked { peer })?
         .map_err(|source| NetError::Session { peer, source })?;
-    flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
+    let mut out = Outbound::default();
+    out.take(&ctx.events, progress, peer, &mut session);
 
     let stop = match &until {
         Until::Closed => None,
         Until::Stopped(stop) => Some(stop.clone()),
     };
+    let mut segments = vec![bytes::Bytes::new(); READ_SEGMENTS];
     loop {
-        tokio::select! {
-            chunk = recv.read_chunk(READ_CHUNK, true) => {
-                let chunk = match chunk {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => return Ok(()), // the peer ended the session
+        let backlog = session.has_backlog();
+        let (room, reading) = (out.len() < OUT_LOW, out.len() < OUT_HIGH);
+        // What a step did: its result, and whether it ended the session.
+        let stepped: Option<Result<(), SessionError>> = tokio::select! {
+            read = recv.read_chunks(&mut segments), if reading => {
+                let bytes = match read {
+                    Ok(Some(n)) => segments[..n].concat(),
+                    Ok(None) => {
+                        // The peer ended the session: what is queued still goes.
+                        out.write_all(peer, &mut send).await?;
+                        return Ok(());
+                    }
                     Err(quinn::ReadError::ConnectionLost(source)) => {
                         return Err(NetError::Connection { peer, source });
                     }
                     Err(e) => return Err(NetError::Stream { peer, what: e.to_string() }),
                 };
                 let result;
-                (session, result) = step(peer, session, move |s| s.handle_bytes(&chunk.bytes, wall_millis())).await?;
-                flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
-                if let Err(error) = result {
-                    return fail(peer, &conn, &mut send, error).await;
-                }
+                (session, result) = step(peer, session, move |s| s.handle_bytes(&bytes, wall_millis())).await?;
+                Some(result)
+            }
+            written = out.write_some(peer, &mut send), if !out.is_empty() => {
+                written?;
+                None
             }
             news = feed.next() => {
                 if news.access_widened {
                     // The peer may read more than the session listed: list again.
+                    out.write_all(peer, &mut send).await?;
                     conn.close(CloseCode::Resync.into(), b"access widened");
                     return Ok(());
                 }
                 changed.extend(news.docs);
+                None
             }
-            () = std::future::ready(()), if !changed.is_empty() => {
+            () = std::future::ready(()), if room && !changed.is_empty() => {
                 let batch: Vec<DocId> = std::iter::from_fn(|| changed.pop_first())
                     .take(PUSH_BATCH)
                     .collect();
                 let result;
                 (session, result) = step(peer, session, move |s| s.docs_changed(batch)).await?;
-                flush(&ctx.events, reconciled, peer, &mut session, &mut send).await?;
-                if let Err(error) = result {
-                    return fail(peer, &conn, &mut send, error).await;
-                }
+                Some(result)
+            }
+            () = std::future::ready(()), if room && backlog => {
+                let result;
+                (session, result) = step(peer, session, Session::work).await?;
+                Some(result)
             }
             () = stopped(stop.as_deref()) => {
+                out.write_all(peer, &mut send).await?;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(ERROR_GRACE, send.stopped()).await;
                 return Ok(());
             }
+        };
+        if let Some(result) = stepped {
+            out.take(&ctx.events, progress, peer, &mut session);
+            if let Err(error) = result {
+                // The error frame is the last one queued.
+                let _ = tokio::time::timeout(ERROR_GRACE, out.write_all(peer, &mut send)).await;
+                return fail(peer, &conn, &mut send, error).await;
+            }
         }
+    }
+}
+
+/// Bytes waiting to be written below which the driver takes on new work.
+const OUT_LOW: usize = 1 << 20;
+
+/// Bytes waiting to be written at which the driver stops reading the peer's frames.
+const OUT_HIGH: usize = 8 << 20;
+
+/// Frames the session queued, waiting to be written to the stream.
+#[derive(Debug, Default)]
+struct Outbound {
+    frames: std::collections::VecDeque<bytes::Bytes>,
+    len: usize,
+}
+
+impl Outbound {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Takes every frame the session has queued, and reports its events.
+    fn take(
+        &mut self,
+        events: &broadcast::Sender<NetEvent>,
+        progress: &Progress,
+        peer: PeerId,
+        session: &mut Session,
+    ) {
+        while let Some(frame) = session.poll_transmit() {
+            self.len += frame.len();
+            self.frames.push_back(frame.into());
+        }
+        while let Some(event) = session.poll_event() {
+            progress.note(&event);
+            let _ = events.send(NetEvent::Session { peer, event }); // no subscriber is fine
+        }
+        progress.set_awaiting(session.awaiting());
+    }
+
+    /// Writes what the stream takes now (at least a byte). Cancel-safe: nothing is lost if
+    /// another branch wins meanwhile.
+    async fn write_some(&mut self, peer: PeerId, send: &mut SendStream) -> Result<(), NetError> {
+        let Some(front) = self.frames.front_mut() else {
+            return Ok(());
+        };
+        let n = send.write(front).await.map_err(|e| write_error(peer, e))?;
+        self.len -= n;
+        if n == front.len() {
+            self.frames.pop_front();
+        } else {
+            let _ = front.split_to(n);
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    async fn write_all(&mut self, peer: PeerId, send: &mut SendStream) -> Result<(), NetError> {
+        while !self.is_empty() {
+            self.write_some(peer, send).await?;
+        }
+        Ok(())
+    }
+}
+
+fn write_error(peer: PeerId, e: quinn::WriteError) -> NetError {
+    match e {
+        quinn::WriteError::ConnectionLost(source) => NetError::Connection { peer, source },
+        e => NetError::Stream {
+            peer,
+            what: e.to_string(),
+        },
     }
 }
 
@@ -160,34 +268,4 @@ async fn step<R: Send + 'static>(
     })
     .await
     .map_err(|_| NetError::Panicked { peer })
-}
-
-/// Sends every frame the session has queued, in one write, and reports its events.
-async fn flush(
-    events: &broadcast::Sender<NetEvent>,
-    reconciled: &AtomicBool,
-    peer: PeerId,
-    session: &mut Session,
-    send: &mut SendStream,
-) -> Result<(), NetError> {
-    let mut out = Vec::new();
-    while let Some(frame) = session.poll_transmit() {
-        out.extend_from_slice(&frame);
-    }
-    if session.is_reconciled() {
-        reconciled.store(true, Ordering::SeqCst);
-    }
-    while let Some(event) = session.poll_event() {
-        let _ = events.send(NetEvent::Session { peer, event }); // no subscriber is fine
-    }
-    if out.is_empty() {
-        return Ok(());
-    }
-    send.write_all(&out).await.map_err(|e| match e {
-        quinn::WriteError::ConnectionLost(source) => NetError::Connection { peer, source },
-        e => NetError::Stream {
-            peer,
-            what: e.to_string(),
-        },
-    })
 }

@@ -59,6 +59,7 @@ mod driver;
 mod error;
 mod events;
 mod node;
+mod progress;
 mod sync_once;
 pub mod tls;
 

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +17,7 @@ use crate::connection::{
     closed_as_duplicate, closed_with, error_chain, peer_of, refused_in_handshake, transport,
 };
 use crate::driver::{self, SessionContext, Until};
+use crate::progress::Progress;
 use crate::tls::{self, Credentials, SERVER_NAME};
 use crate::{CloseCode, ConnectionState, NetConfig, NetError, NetEvent};
 
@@ -117,8 +117,8 @@ struct Live {
     /// This side dialed it.
     ours: bool,
     established: Instant,
-    /// Its session has finished reconciling.
-    reconciled: Arc<AtomicBool>,
+    /// What its session has done.
+    progress: Arc<Progress>,
 }
 
 impl Node {
@@ -365,13 +365,13 @@ impl Inner {
         }
     }
 
-    /// The open connection to `peer`, if any, and whether its session has reconciled.
-    pub(crate) fn live_session(&self, peer: PeerId) -> Option<(Connection, bool)> {
+    /// The open connection to `peer`, if any, and what its session has done.
+    pub(crate) fn live_session(&self, peer: PeerId) -> Option<(Connection, Arc<Progress>)> {
         self.peers()
             .get(&peer)
             .and_then(|slot| slot.live.as_ref())
             .filter(|live| live.conn.close_reason().is_none())
-            .map(|live| (live.conn.clone(), live.reconciled.load(Ordering::SeqCst)))
+            .map(|live| (live.conn.clone(), live.progress.clone()))
     }
 
     /// The open connection to `peer`, if any.
@@ -392,7 +392,7 @@ impl Inner {
         peer: PeerId,
         conn: &Connection,
         ours: bool,
-        reconciled: &Arc<AtomicBool>,
+        progress: &Arc<Progress>,
     ) -> bool {
         let me = self.store.peer_id();
         let mut peers = self.peers();
@@ -416,7 +416,7 @@ impl Inner {
             conn: conn.clone(),
             ours,
             established: now,
-            reconciled: reconciled.clone(),
+            progress: progress.clone(),
         });
         slot.replacing_until = None;
         slot.wake.notify_waiters();
@@ -446,21 +446,21 @@ impl Inner {
         }
     }
 
-    /// Runs a session on a connection just established, for as long as it lasts.
-    /// When `ended` is given, it hears how the session ended: `Ok` also when the connection was
-    /// not kept because another one to the peer was.
+    /// Runs a session on a connection just established, for as long as it lasts, recording
+    /// what it does in `progress`. When `ended` is given, it hears how the session ended: `Ok`
+    /// also when the connection was not kept because another one to the peer was.
     pub(crate) async fn run_connection(
         self: Arc<Self>,
         peer: PeerId,
-        conn: Connection,
+        (conn, progress): (Connection, Arc<Progress>),
         role: Role,
         ended: Option<oneshot::Sender<Result<(), NetError>>>,
     ) {
         if role == Role::Responder {
             self.await_own_dial(peer, &conn).await;
         }
-        let reconciled = Arc::new(AtomicBool::new(false));
-        if !self.register(peer, &conn, role == Role::Initiator, &reconciled) {
+        if !self.register(peer, &conn, role == Role::Initiator, &progress) {
+            progress.end(None);
             if let Some(ended) = ended {
                 let _ = ended.send(Ok(()));
             }
@@ -474,7 +474,11 @@ impl Inner {
         );
         tracing::debug!(%peer, ?role, addr = %conn.remote_address(), "connected");
         let ctx = self.session_context();
-        let result = driver::drive(ctx, peer, conn.clone(), role, Until::Closed, &reconciled).await;
+        let result = driver::drive(ctx, peer, conn.clone(), role, Until::Closed, &progress).await;
+        progress.end(match &result {
+            Err(e @ (NetError::Session { .. } | NetError::Panicked { .. })) => Some(error_chain(e)),
+            _ => None,
+        });
         match &result {
             Ok(()) => tracing::debug!(%peer, "session ended"),
             Err(_) if closed_as_duplicate(&conn) => {
@@ -599,10 +603,12 @@ impl Inner {
             match dialed {
                 Ok(conn) => {
                     backoff.reset();
-                    self.spawn(
-                        self.clone()
-                            .run_connection(peer, conn, Role::Initiator, None),
-                    );
+                    self.spawn(self.clone().run_connection(
+                        peer,
+                        (conn, Progress::new()),
+                        Role::Initiator,
+                        None,
+                    ));
                     // Give the new connection a moment to register before looking again.
                     tokio::select! {
                         () = &mut woken => {}
@@ -687,7 +693,10 @@ async fn accept_loop(inner: Arc<Inner>) {
                 }
             };
             match peer_of(&conn) {
-                Ok(peer) => node.run_connection(peer, conn, Role::Responder, None).await,
+                Ok(peer) => {
+                    node.run_connection(peer, (conn, Progress::new()), Role::Responder, None)
+                        .await
+                }
                 Err(_) => conn.close(CloseCode::Protocol.into(), b"no certificate"),
             }
         });

@@ -4,71 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 use ferry_net::{BackoffConfig, CloseCode, ConnectionState, NetConfig, NetEvent, Node, tls};
-use ferry_store::{Access, CrdtState, DocId, DocInfo, DocKind, PeerId, PeerInfo, SpaceId, Store};
-
-/// The longest any wait in these tests may take.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn config(listen: SocketAddr) -> NetConfig {
-    NetConfig {
-        listen,
-        backoff: BackoffConfig {
-            min: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        },
-        connect_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(5),
-        ..NetConfig::default()
-    }
-}
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-async fn start(store: &Store) -> Node {
-    Node::start(store.clone(), config(loopback()))
-        .await
-        .unwrap()
-}
-
-fn open(dir: &Path) -> Store {
-    Store::open(dir).unwrap()
-}
-
-/// `a` lets `b` have `access` to everything, and dials it at `addr` if given.
-fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>, access: Access) {
-    let mut info = a
-        .peer(b.peer_id())
-        .unwrap()
-        .unwrap_or_else(|| PeerInfo::new(b.peer_id(), "peer"));
-    info.addresses = addr.into_iter().collect();
-    a.put_peer(&info).unwrap();
-    a.grant(b.peer_id(), SpaceId::DEFAULT, access).unwrap();
-}
-
-/// Waits until `done` holds, polling; panics after [`PATIENCE`].
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn same(a: &Store, b: &Store, doc: DocId) -> bool {
-    match (a.info(doc), b.info(doc)) {
-        (Ok(x), Ok(y)) => x.digest == y.digest,
-        _ => false,
-    }
-}
+use ferry_store::{Access, CrdtState, DocId, DocInfo, DocKind, PeerId, Store};
+use support::{PATIENCE, config, eventually, loopback, open, same, start, trust};
 
 fn get(store: &Store, doc: DocId, key: &str) -> Option<i64> {
     store

@@ -226,6 +226,12 @@ messages! {
         /// Its space.
         space: SpaceId,
     },
+    /// The sender found, in reconciliation, that the receiver lacks these documents, and will
+    /// send each whole, unasked, as it has room: the receiver knows what is still to come.
+    13 => Pushing {
+        /// The documents, in id order.
+        docs: Vec<DocId>,
+    },
 }
 
 /// A list of byte strings, each encoded as bytes (a length, then the bytes) rather than as a

@@ -36,6 +36,9 @@ use crate::message::{
 };
 use crate::reconcile::{Finding, ReconcileError, Reconciler, TOMBSTONE};
 
+/// Most documents a session keeps track of as awaited ([`Session::awaiting`]).
+const MAX_AWAITED: usize = 1 << 18;
+
 /// Which side of the connection this session is.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Role {
@@ -52,6 +55,11 @@ pub struct SessionConfig {
     pub max_frame: u32,
     /// A prefix holding at most this many documents is listed rather than split. Default 16.
     pub leaf: usize,
+    /// Whole documents (snapshots) queued for the peer are sent in steps of about this many
+    /// bytes: a step sends snapshots until its frames reach this size, and the rest wait for
+    /// the next step ([`Session::work`]). A clone of 100,000 documents so goes out in bounded
+    /// pieces, and the driver reads the peer's acknowledgements in between. Default 1 MiB.
+    pub step_bytes: usize,
     /// How far ahead of this side's wall time (the `now` the driver passes) a register's
     /// stamp from the peer may be. A state stamped later is refused with
     /// [`ErrorCode::FutureStamp`]: otherwise one peer with a clock set years ahead would win
@@ -64,6 +72,7 @@ impl Default for SessionConfig {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             leaf: 16,
+            step_bytes: 1 << 20,
             max_clock_skew_millis: 10 * 60 * 1000,
         }
     }
@@ -161,6 +170,12 @@ pub struct Session {
     config: SessionConfig,
     phase: Phase,
     out: VecDeque<Vec<u8>>,
+    /// Bytes in `out`.
+    out_bytes: usize,
+    /// Documents to send whole, in id order, as steps have room (see `step_bytes`).
+    backlog: BTreeSet<DocId>,
+    /// Documents this side waits to receive whole: asked for, or announced by the peer.
+    awaiting: BTreeSet<DocId>,
     events: VecDeque<Event>,
     reader: FrameReader,
     /// The walk over this side's documents the peer may read, as of the session's start.
@@ -194,11 +209,17 @@ impl Session {
         let mut session = Self {
             reader: FrameReader::new(config.max_frame),
             reconciler: Reconciler::new(listed, config.leaf),
-            store,
+            // What the peer sends is written without waiting for each flush; each step ends
+            // with one wait (see `release`), so many documents share a flush, and nothing is
+            // acknowledged before it is durable.
+            store: store.deferring(),
             peer,
             config,
             phase: Phase::AwaitHello,
             out: VecDeque::new(),
+            out_bytes: 0,
+            backlog: BTreeSet::new(),
+            awaiting: BTreeSet::new(),
             events: VecDeque::new(),
             docs: HashMap::new(),
             changed_early: BTreeSet::new(),
@@ -235,7 +256,21 @@ impl Session {
     /// The next frame to send, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.out.pop_front()
+        let frame = self.out.pop_front()?;
+        self.out_bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Whether whole documents are queued for the peer: call [`Session::work`] when the
+    /// frames sent so far have left.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty() && self.phase == Phase::Open
+    }
+
+    /// Sends the next part of the backlog (about [`SessionConfig::step_bytes`]); its frames
+    /// are released as every step's are.
+    pub fn work(&mut self) -> Result<(), SessionError> {
+        self.release(Ok(()))
     }
 
     /// The next event, if any.
@@ -244,17 +279,21 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// Handles bytes from a stream transport: every whole frame among them is handled in turn.
+    /// Handles bytes from a stream transport: every whole frame among them is handled in turn,
+    /// and what they wrote is made durable once, before any frame they queued is released.
     pub fn handle_bytes(&mut self, bytes: &[u8], now_millis: u64) -> Result<(), SessionError> {
         self.reader.push(bytes);
-        loop {
+        let handled = loop {
             let frame = match self.reader.next_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
-                Err(e) => return self.fail(ErrorCode::Malformed, e.into()),
+                Ok(None) => break Ok(()),
+                Err(e) => break self.fail(ErrorCode::Malformed, e.into()),
             };
-            self.handle_frame(&frame, now_millis)?;
-        }
+            if let Err(e) = self.handle(&frame, now_millis) {
+                break Err(e);
+            }
+        };
+        self.release(handled)
     }
 
     /// Handles one whole frame from the peer. `now_millis` is the wall time, recorded as the
@@ -354,15 +393,15 @@ impl Session {
         }
     }
 
-    /// Ends a step: the frames it queued may carry what this side read from the store, which
-    /// may include a change whose flush is still running; they go out only once everything
-    /// read is durable. If the flush fails, they are dropped and the session ends.
+    /// Ends a step: what it wrote (without waiting, see `Session::new`) is made durable, and
+    /// the frames it queued, which may carry what this side read from the store (a change
+    /// whose flush is still running, or an acknowledgement of what the step wrote), go out
+    /// only then. If the flush fails, they are dropped and the session ends.
     fn release(&mut self, step: Result<(), SessionError>) -> Result<(), SessionError> {
-        if self.out.is_empty() {
-            return step;
-        }
+        let step = step.and_then(|()| self.send_backlog());
         if let Err(e) = self.store.wait_durable() {
             self.out.clear();
+            self.out_bytes = 0;
             let error = SessionError::Store(e);
             return match self.phase {
                 // The step's own error frame went with the rest; say why now.
@@ -380,7 +419,32 @@ impl Session {
     }
 
     fn send(&mut self, message: &Message) {
-        self.out.push_back(message.to_frame());
+        let frame = message.to_frame();
+        self.out_bytes += frame.len();
+        self.out.push_back(frame);
+    }
+
+    /// Sends queued whole documents until this step's frames reach `step_bytes`. Access is
+    /// checked again: the peer may have lost it since the document was queued.
+    fn send_backlog(&mut self) -> Result<(), SessionError> {
+        while self.phase == Phase::Open && self.out_bytes < self.config.step_bytes {
+            let Some(doc) = self.backlog.pop_first() else {
+                break;
+            };
+            if self.visible_kind(doc)?.is_some() {
+                self.send_snapshot(doc)?;
+            } else {
+                self.send_tombstone(doc)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many documents this side waits to receive whole: those it asked for and those the
+    /// peer said it would push, that have not arrived. Reconciled with none awaited, this side
+    /// has caught up with the peer.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting.len()
     }
 
     fn fail<T>(&mut self, code: ErrorCode, error: SessionError) -> Result<T, SessionError> {
@@ -427,6 +491,19 @@ impl Session {
             } => self.on_changes(doc, &heads, &changes),
             Message::Ack { doc, digest } => self.on_ack(doc, digest),
             Message::Deleted { doc, kind, space } => self.on_deleted((doc, space), kind),
+            Message::Pushing { docs } => {
+                // Only what this side lacks, and only so many: the set bounds what a peer can
+                // make this side keep.
+                for doc in docs {
+                    if self.awaiting.len() >= MAX_AWAITED {
+                        break;
+                    }
+                    if self.holds(doc)?.is_none() {
+                        self.awaiting.insert(doc);
+                    }
+                }
+                Ok(())
+            }
             Message::Refused { doc, code } => {
                 self.peer_doc(doc).refused = true;
                 self.events.push_back(Event::Refused { doc, code });
@@ -449,6 +526,7 @@ impl Session {
                 SessionError::Protocol("items out of order or outside their prefix")
             }
         })?;
+        let mut pushing = Vec::new();
         for finding in turn.findings {
             match finding {
                 Finding::Matched(doc) => self.listed_in_sync(doc)?,
@@ -480,7 +558,8 @@ impl Session {
                 }
                 Finding::OnlyMine(doc) => {
                     if !self.send_tombstone(doc)? {
-                        self.send_snapshot(doc)?;
+                        self.backlog.insert(doc);
+                        pushing.push(doc);
                     }
                 }
                 Finding::OnlyTheirs {
@@ -493,6 +572,9 @@ impl Session {
                 }
                 Finding::OnlyTheirs { doc, space, .. } => self.offered(doc, Some(space))?,
             }
+        }
+        if !pushing.is_empty() {
+            self.send(&Message::Pushing { docs: pushing });
         }
         if let Some((round, ranges)) = turn.reply {
             self.send(&Message::Reconcile { round, ranges });

@@ -102,6 +102,7 @@ fn message() -> impl Strategy<Value = Message> {
                 bytes,
             }
         }),
+        proptest::collection::vec(doc(), 0..4).prop_map(|docs| Message::Pushing { docs }),
         (doc(), kind(), space()).prop_map(|(doc, kind, space)| Message::Deleted {
             doc,
             kind,

@@ -1,7 +1,7 @@
 //! The bytes on the wire, pinned: one frame of every message type, as protocol version 2
 //! encodes it. A change here breaks every peer already deployed; it needs a new version.
-//! (Version 2 added the space to reconciliation items, `Snapshot` and `Deleted`; every other
-//! frame is byte for byte what version 1 wrote.)
+//! (Version 2 added the space to reconciliation items, `Snapshot` and `Deleted`, and the
+//! `Pushing` message; every other frame is byte for byte what version 1 wrote.)
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +9,7 @@ use ferry_proto::{ErrorCode, Item, Message, Prefix, Range};
 use ferry_store::{DocId, DocKind, SpaceId};
 
 /// The frames, in hex, as this build's first release wrote them.
-const GOLDEN: [&str; 12] = [
+const GOLDEN: [&str; 13] = [
     "050000000101fb2c01",
     "070000000203046e6f7065",
     "c10000000303030000000101010101010101010101500107070707070707070707070707070707045a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a020202020202020201020201590303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303",
@@ -22,6 +22,7 @@ const GOLDEN: [&str; 12] = [
     "9a0000000a0707070707070707070707070707070700030201020082ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
     "190000000b070707070707070707070707070707070808080808080808",
     "220000000c070707070707070707070707070707070200000000000000000000000000000000",
+    "220000000d020707070707070707070707070707070709090909090909090909090909090909",
 ];
 
 #[test]
@@ -94,6 +95,9 @@ fn every_message_type_encodes_to_the_bytes_version_2_defined() {
             doc,
             kind: DocKind::PNCounter,
             space: SpaceId::DEFAULT,
+        },
+        Message::Pushing {
+            docs: vec![doc, DocId::from_bytes([9; 16])],
         },
     ];
     assert_eq!(msgs.len(), GOLDEN.len());

@@ -6,10 +6,14 @@ use std::collections::HashSet;
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, Change, ChangeHash, ReadDoc};
 
-use crate::loading::{WHOLE_HISTORY, compaction};
+use crate::loading::{WHOLE_HISTORY, compaction, decode_incremental};
 use crate::records::{self, Incremental};
 use crate::store::{Commit, Loaded, Store, Writes, automerge_error, encode_record, wrong_kind};
 use crate::{DocId, DocKind, Origin, StoreError, Version, heads_digest};
+
+/// Change records a document may hold beyond an eighth of its snapshot and still be sent as
+/// stored (see [`Store::saved_form`]).
+const SAVED_FORM_SLACK: u64 = 4096;
 
 impl Store {
     // ---- Automerge documents -----------------------------------------------------------------
@@ -172,6 +176,41 @@ impl Store {
                 events: Vec::new(),
             },
         )
+    }
+
+    /// An Automerge document as it is stored, without loading it: its snapshot followed by
+    /// the change chunks committed since, bytes that [`Automerge::load`] reads back whole, and
+    /// the heads they reach. `None` when the change records outweigh the snapshot, so that a
+    /// compacted `save()` is worth its cost. Sync sends this to a peer that lacks the
+    /// document, rather than loading it only to save it again.
+    #[allow(clippy::type_complexity)]
+    pub fn saved_form(&self, doc: DocId) -> Result<Option<(Vec<u8>, Vec<ChangeHash>)>, StoreError> {
+        // Under the lock: a compaction rewrites the snapshot and removes the change records
+        // in one batch, and this must read the one state or the other.
+        let state = self.lock();
+        let db = &self.shared.db;
+        let meta = match state.cache.peek(&doc) {
+            Some(entry) => entry.meta.clone(),
+            None => self
+                .read_meta(doc)?
+                .ok_or(StoreError::NoSuchDocument(doc))?,
+        };
+        if meta.kind != DocKind::Automerge {
+            return Err(wrong_kind(doc, DocKind::Automerge.alone(), meta.kind));
+        }
+        if meta.incremental_bytes > meta.snapshot_bytes / 8 + SAVED_FORM_SLACK {
+            return Ok(None);
+        }
+        let mut bytes = match db.get(records::snapshot_key(doc))? {
+            Some(snapshot) => snapshot.to_vec(),
+            None => Vec::new(),
+        };
+        for item in db.scan_prefix(records::incremental_prefix(doc)).values() {
+            bytes.extend_from_slice(&decode_incremental(doc, &item?)?.changes);
+        }
+        drop(state);
+        let heads = meta.heads.iter().map(|h| ChangeHash(*h)).collect();
+        Ok(Some((bytes, heads)))
     }
 
     /// Reads an Automerge document.

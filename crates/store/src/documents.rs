@@ -75,10 +75,24 @@ impl Store {
         origin: Origin,
         am: Automerge,
     ) -> Result<bool, StoreError> {
+        self.adopt_saved((doc, space), origin, am, None)
+    }
+
+    /// [`Store::adopt`] of a document `am` that was loaded from `saved`: a new document keeps
+    /// `saved` as its snapshot rather than saving `am` again. `saved` must be exactly the bytes
+    /// `am` was loaded from (a load that did not reach the same heads would make the document
+    /// read as damaged).
+    pub fn adopt_saved(
+        &self,
+        (doc, space): (DocId, SpaceId),
+        origin: Origin,
+        am: Automerge,
+        saved: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
         let actor = ActorId::from(*self.replica_id().as_bytes());
         let loaded = Loaded::Automerge(Box::new(am.with_actor(actor)));
         let Some(Loaded::Automerge(mut theirs)) =
-            self.create_entry((doc, space), DocKind::Automerge, origin, loaded)?
+            self.create_entry_saved((doc, space), DocKind::Automerge, origin, loaded, saved)?
         else {
             return Ok(true);
         };
@@ -119,10 +133,23 @@ impl Store {
     /// content is handed back (or the kinds differ, an error).
     pub(crate) fn create_entry(
         &self,
+        id: (DocId, SpaceId),
+        kind: DocKind,
+        origin: Origin,
+        content: Loaded,
+    ) -> Result<Option<Loaded>, StoreError> {
+        self.create_entry_saved(id, kind, origin, content, None)
+    }
+
+    /// [`Store::create_entry`], keeping `saved` (the bytes an Automerge `content` was loaded
+    /// from) as the snapshot instead of saving the document again.
+    fn create_entry_saved(
+        &self,
         (doc, space): (DocId, SpaceId),
         kind: DocKind,
         origin: Origin,
         content: Loaded,
+        saved: Option<Vec<u8>>,
     ) -> Result<Option<Loaded>, StoreError> {
         let mut state = self.lock();
         if self.gone(doc)?.is_some() {
@@ -150,12 +177,21 @@ impl Store {
                 meta.heads = heads.iter().map(|h| h.0).collect();
                 meta.digest = *heads_digest(&heads).as_bytes();
                 meta.changes = am.stats().num_changes;
-                if heads.is_empty() {
-                    let mut batch = sled::Batch::default();
-                    batch.insert(&records::meta_key(doc), encode_record(&meta));
-                    batch
-                } else {
-                    compaction(&self.shared.db, doc, am, &mut meta)?
+                match saved {
+                    _ if heads.is_empty() => {
+                        let mut batch = sled::Batch::default();
+                        batch.insert(&records::meta_key(doc), encode_record(&meta));
+                        batch
+                    }
+                    // Loaded from these bytes: they are its snapshot as they are.
+                    Some(saved) => {
+                        meta.snapshot_bytes = saved.len() as u64;
+                        let mut batch = sled::Batch::default();
+                        batch.insert(&records::snapshot_key(doc), saved);
+                        batch.insert(&records::meta_key(doc), encode_record(&meta));
+                        batch
+                    }
+                    None => compaction(&self.shared.db, doc, am, &mut meta)?,
                 }
             }
             Loaded::Crdt(crdt) => {

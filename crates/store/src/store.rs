@@ -78,6 +78,9 @@ impl Default for StoreConfig {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) shared: Arc<Shared>,
+    /// This handle's commits return once applied, before their flush (see
+    /// [`Store::deferring`]).
+    defer: bool,
 }
 
 pub(crate) struct Shared {
@@ -200,6 +203,7 @@ impl Store {
         let group = GroupCommit::new(config.durability);
         let clock = Clock::new(identity.replica_id());
         Ok(Self {
+            defer: false,
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     cache: LruCache::new(config.cache_docs),
@@ -253,6 +257,19 @@ impl Store {
     /// peer are left out. Dropping the feed unregisters it.
     pub fn watch(&self, peer: PeerId) -> ChangeFeed {
         self.shared.feeds.watch(peer)
+    }
+
+    /// Another handle to this store whose writes return once applied, before their flush:
+    /// for a writer that takes in many documents and then calls [`Store::wait_durable`] once
+    /// before it tells anyone they are saved, so that they share one flush. Sync sessions do
+    /// this with what a peer sends: each document is acknowledged only after the wait. Readers
+    /// see such a write at once; subscribers and feeds hear of it only once it is durable, as
+    /// with every write. Everything else about the handle is the store's.
+    pub fn deferring(&self) -> Store {
+        Store {
+            shared: self.shared.clone(),
+            defer: true,
+        }
     }
 
     /// Returns once every commit applied so far is durable: at once if none is waiting for its
@@ -348,6 +365,9 @@ impl Store {
         let group = &self.shared.group;
         let ticket = group.applied(commit.events);
         drop(state);
+        if self.defer {
+            return Ok(()); // the writer waits later (see `deferring`)
+        }
         group
             .wait_durable(db, &|e| self.shared.announce(e), ticket)
             .map_err(evict)

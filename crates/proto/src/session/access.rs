@@ -64,6 +64,9 @@ impl Session {
         };
         if wanted {
             self.send(&Message::Want { doc });
+            if self.awaiting.len() < super::MAX_AWAITED {
+                self.awaiting.insert(doc);
+            }
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ impl Session {
         (doc, space): (DocId, SpaceId),
         kind: DocKind,
     ) -> Result<(), SessionError> {
+        self.awaiting.remove(&doc);
         // (A hidden document is one the peer may not write either: refused, as if not held.)
         if !self.may_write_in(doc, space)? {
             self.send(&Message::Refused {

@@ -14,7 +14,11 @@ impl Session {
         let (kind, space) = (info.kind, info.space);
         let bytes = match kind {
             DocKind::Automerge => {
-                let (bytes, heads) = self.store.read(doc, |am| (am.save(), am.get_heads()))?;
+                // As stored, when that is compact: no load and save again.
+                let (bytes, heads) = match self.store.saved_form(doc)? {
+                    Some(saved) => saved,
+                    None => self.store.read(doc, |am| (am.save(), am.get_heads()))?,
+                };
                 // Once the peer has loaded it, it holds these heads.
                 self.sync_state(doc)?.shared_heads = heads.clone();
                 self.peer_doc(doc).sent_heads = Some(heads);
@@ -28,6 +32,7 @@ impl Session {
             space,
             bytes,
         });
+
         Ok(())
     }
 
@@ -40,7 +45,9 @@ impl Session {
         if self.holds(doc)?.is_none() || !self.may_read(doc)? {
             return Err(SessionError::NoAccess(doc));
         }
-        self.send_snapshot(doc)
+        // Sent as the step has room (see `SessionConfig::step_bytes`).
+        self.backlog.insert(doc);
+        Ok(())
     }
 
     pub(super) fn on_snapshot(
@@ -49,6 +56,7 @@ impl Session {
         kind: DocKind,
         bytes: &[u8],
     ) -> Result<(), SessionError> {
+        self.awaiting.remove(&doc);
         // (A hidden document is one the peer may not write either: refused, as if not held.)
         if !self.may_write_in(doc, space)? {
             self.send(&Message::Refused {
@@ -73,8 +81,13 @@ impl Session {
                 let theirs = guarded(|| Automerge::load(bytes).ok())
                     .ok_or(SessionError::Protocol("a snapshot that does not load"))?;
                 let their_heads = theirs.get_heads();
-                // Created with its content in one write, or merged into the copy here.
-                if self.store.adopt((doc, space), origin, theirs)? {
+                // Created with its content in one write (these very bytes, not saved again), or
+                // merged into the copy here.
+                let saved = Some(bytes.to_vec());
+                if self
+                    .store
+                    .adopt_saved((doc, space), origin, theirs, saved)?
+                {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
                 self.answer_heads(doc, their_heads)

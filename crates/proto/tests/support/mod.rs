@@ -149,6 +149,13 @@ pub fn pump(mut sessions: [Session; 2], faults: Faults) -> (Run, [Session; 2]) {
         let mut moved = false;
         for from in 0..2 {
             let to = 1 - from;
+            // Whole documents queued beyond a step's size go out as the driver would send them:
+            // once the frames before have left.
+            if sessions[from].has_backlog()
+                && let Err(e) = sessions[from].work()
+            {
+                run.error.get_or_insert(e.to_string());
+            }
             let frames: Vec<Vec<u8>> =
                 std::iter::from_fn(|| sessions[from].poll_transmit()).collect();
             for frame in frames {
@@ -213,6 +220,9 @@ pub fn pump_cut(
     loop {
         let mut moved = false;
         for from in 0..2 {
+            if sessions[from].has_backlog() {
+                sessions[from].work().unwrap();
+            }
             let frames: Vec<Vec<u8>> =
                 std::iter::from_fn(|| sessions[from].poll_transmit()).collect();
             for frame in frames {

@@ -1,0 +1,128 @@
+//! What one session has done so far, kept for whoever waits on it (a one-off sync). Unlike the
+//! node's event stream, nothing here is lost when a reader falls behind: a sync of 100,000
+//! documents sees every one.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use ferry_proto::Event;
+use ferry_store::DocId;
+use tokio::sync::watch;
+
+/// One session's progress: whether it has reconciled, whether it ended (and why), and, for
+/// each observer, the documents it updated and those the peer refused.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    state: Mutex<State>,
+    /// Bumped on everything the session does; waiters tell quiet from it.
+    activity: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    reconciled: bool,
+    /// Documents the session waits to receive whole (see `Session::awaiting`).
+    awaiting: usize,
+    /// `Some` once the session ended: `Some(reason)` if it failed.
+    ended: Option<Option<String>>,
+    observers: Vec<Weak<Mutex<Observed>>>,
+}
+
+/// What a session did while one observer watched it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Observed {
+    /// Documents the peer's data updated here.
+    pub(crate) updated: BTreeSet<DocId>,
+    /// Documents whose changes the peer refused.
+    pub(crate) refused: BTreeSet<DocId>,
+}
+
+impl Progress {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            activity: watch::Sender::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Flags and sets of ids: consistent whatever a panicking holder did.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records one of the session's events.
+    pub(crate) fn note(&self, event: &Event) {
+        let mut state = self.lock();
+        match event {
+            Event::Reconciled => state.reconciled = true,
+            Event::DocUpdated { doc } => observe(&mut state, |o| {
+                o.updated.insert(*doc);
+            }),
+            Event::Refused { doc, .. } => observe(&mut state, |o| {
+                o.refused.insert(*doc);
+            }),
+            Event::Connected { .. } | Event::Acked { .. } => {}
+        }
+        drop(state);
+        self.activity.send_modify(|n| *n += 1);
+    }
+
+    /// Records that the session ended, with the reason if it failed.
+    pub(crate) fn end(&self, failure: Option<String>) {
+        self.lock().ended.get_or_insert(failure);
+        self.activity.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn is_reconciled(&self) -> bool {
+        self.lock().reconciled
+    }
+
+    /// Records how many documents the session waits to receive whole.
+    pub(crate) fn set_awaiting(&self, awaiting: usize) {
+        let mut state = self.lock();
+        if state.awaiting != awaiting {
+            state.awaiting = awaiting;
+            drop(state);
+            self.activity.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether the session has reconciled and has received every whole document it asked
+    /// for or the peer announced.
+    pub(crate) fn is_caught_up(&self) -> bool {
+        let state = self.lock();
+        state.reconciled && state.awaiting == 0
+    }
+
+    /// `Some` once the session ended: `Some(reason)` if it failed.
+    pub(crate) fn ended(&self) -> Option<Option<String>> {
+        self.lock().ended.clone()
+    }
+
+    /// Starts observing: from now on, what the session updates and what the peer refuses is
+    /// gathered in the returned record, until it is dropped.
+    pub(crate) fn observe(&self) -> Arc<Mutex<Observed>> {
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let mut state = self.lock();
+        state.observers.retain(|o| o.strong_count() > 0);
+        state.observers.push(Arc::downgrade(&observed));
+        observed
+    }
+
+    /// A receiver that wakes whenever the session does something.
+    pub(crate) fn activity(&self) -> watch::Receiver<u64> {
+        self.activity.subscribe()
+    }
+}
+
+fn observe(state: &mut State, f: impl Fn(&mut Observed)) {
+    state.observers.retain(|weak| match weak.upgrade() {
+        Some(observed) => {
+            f(&mut observed.lock().unwrap_or_else(|p| p.into_inner()));
+            true
+        }
+        None => false,
+    });
+}

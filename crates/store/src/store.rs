@@ -381,7 +381,11 @@ pub(crate) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     let mut wait = Duration::from_millis(5);
     let mut waited = Duration::ZERO;
     loop {
-        match sled::Config::new().path(path).open() {
+        // No background flusher: every write that must be durable flushes itself (see
+        // `Durability`), and what is written without a flush (sync records) may wait for the
+        // next one. sled's default flushes every 500 ms from a thread per database, which costs
+        // a relay CPU when idle, and a process holding many stores a thread each.
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
             Err(sled::Error::Io(e)) if is_lock_error(&e) => {
                 if waited >= LOCK_PATIENCE {
                     return Err(StoreError::InUse {

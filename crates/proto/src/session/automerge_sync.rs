@@ -33,6 +33,9 @@ pub(super) enum Pushed {
     Unknown,
 }
 
+/// A document new to the peer is pushed whole when it stores at most this many bytes.
+const NEW_DOC_WHOLE_BYTES: u64 = 64 * 1024;
+
 impl Session {
     /// Starts syncing an Automerge document both sides hold with different digests.
     pub(super) fn start_automerge_sync(
@@ -74,7 +77,25 @@ impl Session {
                 Pushed::Unknown => {}
             }
         }
+        if self.is_new_to_peer(doc)? {
+            // Most likely a document the peer has never seen (made here, or just arrived from
+            // another peer): sent whole, as in a clone, rather than after a round of heads and
+            // a `Want`. Should the peer hold it after all, it merges it.
+            self.backlog.insert(doc);
+            self.send(&Message::Pushing { docs: vec![doc] });
+            return Ok(());
+        }
         self.push_automerge(doc)
+    }
+
+    /// Whether nothing suggests the peer holds `doc`: this session has not dealt with it, the
+    /// store records nothing of the peer and it, and it is small enough that sending it whole
+    /// costs little if that guess is wrong.
+    fn is_new_to_peer(&self, doc: DocId) -> Result<bool, SessionError> {
+        if self.docs.contains_key(&doc) || self.store.sync_record(self.peer, doc)?.is_some() {
+            return Ok(false);
+        }
+        Ok(self.store.info(doc)?.stored_bytes <= NEW_DOC_WHOLE_BYTES)
     }
 
     /// Sends the changes a peer holding `base` lacks, with this side's heads, if every head in

@@ -33,12 +33,17 @@ fn friends() -> (Replica, Replica) {
     (a, b)
 }
 
-/// Forgets every sync record between the two (and keeps the trust).
+/// Forgets every sync record between the two (and keeps the trust and grants).
 fn forget_sync_state(a: &Replica, b: &Replica) {
     for (x, y) in [(a, b), (b, a)] {
-        let info = x.store.peer(y.store.peer_id()).unwrap().unwrap();
-        x.store.remove_peer(y.store.peer_id()).unwrap();
+        let peer = y.store.peer_id();
+        let info = x.store.peer(peer).unwrap().unwrap();
+        let grants = x.store.grants(peer).unwrap();
+        x.store.remove_peer(peer).unwrap();
         x.store.put_peer(&info).unwrap();
+        for (space, access) in grants {
+            x.store.grant(peer, space, access).unwrap();
+        }
     }
 }
 

@@ -135,13 +135,30 @@ pub struct Item {
     pub doc: DocId,
     /// Its kind, so a replica that lacks it knows what to ask for.
     pub kind: DocKind,
-    /// Its space, so a replica that lacks it knows whether the sender may write it there.
+    /// Its space, so a replica that lacks it knows whether the sender may write it there. On
+    /// the wire, one byte for the default space (`None`), else the id (`Some`).
+    #[serde(with = "compact_space")]
     pub space: SpaceId,
     /// Its digest (shortened): heads digest or state digest.
     pub digest: ShortDigest,
     /// Whether the sender has recorded that the receiver holds this very version; if not, and
     /// the receiver does, the receiver acknowledges it.
     pub acked: bool,
+}
+
+/// A space as an `Option`: the default space as `None` (one byte), any other as `Some(id)`.
+mod compact_space {
+    use ferry_store::SpaceId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(space: &SpaceId, s: S) -> Result<S::Ok, S::Error> {
+        let wire = (!space.is_default()).then_some(space);
+        wire.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SpaceId, D::Error> {
+        Ok(Option::<SpaceId>::deserialize(d)?.unwrap_or_default())
+    }
 }
 
 /// What one side says about the documents under a prefix.

@@ -232,6 +232,18 @@ messages! {
         /// The documents, in id order.
         docs: Vec<DocId>,
     },
+    /// Part of a counter's state: what a replica holding the version the sender last saw
+    /// there needs to reach the sender's. The receiver merges it like a `State`; `result` is
+    /// the sender's digest after it, which the receiver's now equals if the two are in sync.
+    14 => Delta {
+        /// The document.
+        doc: DocId,
+        /// The delta, in the canonical encoding of the document's kind.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        /// The sender's digest (shortened), which the delta leads to.
+        result: ShortDigest,
+    },
 }
 
 /// A list of byte strings, each encoded as bytes (a length, then the bytes) rather than as a

@@ -389,7 +389,7 @@ impl Session {
         match info.kind {
             DocKind::Automerge => self.push_changes(doc),
             _ if self.docs.get(&doc).and_then(|d| d.peer_state) == Some(info.digest) => Ok(()),
-            _ => self.send_state(doc),
+            _ => self.push_state(doc),
         }
     }
 
@@ -483,7 +483,8 @@ impl Session {
                 ancestors,
             } => self.on_heads(doc, &heads, &ancestors),
             Message::Sync { doc, message } => self.on_sync(doc, &message),
-            Message::State { doc, bytes } => self.on_state(doc, &bytes),
+            Message::State { doc, bytes } => self.on_state(doc, &bytes, None),
+            Message::Delta { doc, bytes, result } => self.on_state(doc, &bytes, Some(result)),
             Message::Changes {
                 doc,
                 heads,

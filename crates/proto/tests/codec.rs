@@ -103,6 +103,11 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         proptest::collection::vec(doc(), 0..4).prop_map(|docs| Message::Pushing { docs }),
+        (doc(), bytes(), any::<[u8; 8]>()).prop_map(|(doc, bytes, result)| Message::Delta {
+            doc,
+            bytes,
+            result
+        }),
         (doc(), kind(), space()).prop_map(|(doc, kind, space)| Message::Deleted {
             doc,
             kind,

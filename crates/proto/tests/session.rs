@@ -406,6 +406,76 @@ fn live_changes_are_pushed_as_they_happen() {
 }
 
 #[test]
+fn a_live_counter_push_is_a_delta_not_the_whole_state() {
+    let (a, b) = friends();
+    // A read count kept by 1,000 replicas: each increment used to push every entry.
+    let mut many = GCounter::new();
+    for i in 0..1000u32 {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        many.increment(ferry_crdt::ReplicaId::from_bytes(id), 1)
+            .unwrap();
+    }
+    let counter = DocId::random();
+    let state = CrdtState::GCounter(many).encode();
+    let origin = ferry_store::Origin::Local;
+    a.store
+        .adopt_state(
+            (counter, ferry_store::SpaceId::DEFAULT),
+            DocKind::GCounter,
+            origin,
+            &state,
+        )
+        .unwrap();
+    synced(&a, &b);
+    let new = |store: &Store, peer, role| {
+        Session::new(store.clone(), peer, role, SessionConfig::default()).unwrap()
+    };
+    let sa = new(&a.store, b.store.peer_id(), Role::Initiator);
+    let sb = new(&b.store, a.store.peer_id(), Role::Responder);
+    let (_, [mut sa, mut sb]) = pump([sa, sb], Faults::default());
+
+    for round in 0..3 {
+        a.store.increment(counter, 1).unwrap();
+        sa.doc_changed(counter).unwrap();
+        let run;
+        (run, [sa, sb]) = pump([sa, sb], Faults::default());
+        assert!(run.error.is_none(), "{:?}", run.error);
+        let deltas: Vec<&Vec<u8>> = run.sent[0].iter().filter(|f| f[4] == 14).collect();
+        assert_eq!(deltas.len(), 1, "round {round}: one delta");
+        assert!(deltas[0].len() < 64, "a delta of {} bytes", deltas[0].len());
+        assert!(state.len() > 10_000);
+        // b holds a's state, and said so: nothing pending.
+        assert_eq!(
+            a.store.info(counter).unwrap().digest,
+            b.store.info(counter).unwrap().digest
+        );
+        assert_eq!(
+            a.store
+                .sync_status(b.store.peer_id(), counter)
+                .unwrap()
+                .pending,
+            0
+        );
+    }
+    // b incremented too, concurrently: a's delta does not bring b to a's state, so b answers
+    // with its whole state, and both end equal.
+    b.store.increment(counter, 2).unwrap();
+    a.store.increment(counter, 3).unwrap();
+    sa.doc_changed(counter).unwrap();
+    let (run, _) = pump([sa, sb], Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(
+        a.store.info(counter).unwrap().digest,
+        b.store.info(counter).unwrap().digest
+    );
+    let CrdtState::GCounter(c) = a.store.crdt(counter).unwrap() else {
+        panic!("a gcounter")
+    };
+    assert_eq!(c.value(), 1000 + 3 + 2 + 3);
+}
+
+#[test]
 fn changes_relay_through_a_middle_replica() {
     let (a, r) = friends();
     let b = Replica::new();

@@ -1,7 +1,7 @@
 //! The bytes on the wire, pinned: one frame of every message type, as protocol version 2
 //! encodes it. A change here breaks every peer already deployed; it needs a new version.
 //! (Version 2 added the space to reconciliation items, `Snapshot` and `Deleted`, and the
-//! `Pushing` message; every other frame is byte for byte what version 1 wrote.)
+//! `Pushing` and `Delta` messages; every other frame is byte for byte what version 1 wrote.)
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +9,7 @@ use ferry_proto::{ErrorCode, Item, Message, Prefix, Range};
 use ferry_store::{DocId, DocKind, SpaceId};
 
 /// The frames, in hex, as this build's first release wrote them.
-const GOLDEN: [&str; 13] = [
+const GOLDEN: [&str; 14] = [
     "050000000101fb2c01",
     "070000000203046e6f7065",
     "dd000000030303000000010101010101010101010150020707070707070707070707070707070704015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a020202020202020201080808080808080808080808080808080000040404040404040400020201590303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303030303",
@@ -23,6 +23,7 @@ const GOLDEN: [&str; 13] = [
     "190000000b070707070707070707070707070707070808080808080808",
     "220000000c070707070707070707070707070707070200000000000000000000000000000000",
     "220000000d020707070707070707070707070707070709090909090909090909090909090909",
+    "1c0000000e070707070707070707070707070707070201020606060606060606",
 ];
 
 #[test]
@@ -108,6 +109,11 @@ fn every_message_type_encodes_to_the_bytes_version_2_defined() {
         },
         Message::Pushing {
             docs: vec![doc, DocId::from_bytes([9; 16])],
+        },
+        Message::Delta {
+            doc,
+            bytes: vec![1, 2],
+            result: [6; 8],
         },
     ];
     assert_eq!(msgs.len(), GOLDEN.len());

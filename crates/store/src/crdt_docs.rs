@@ -4,7 +4,9 @@ use ferry_crdt::{Clock, Digest, GCounter, PNCounter, ReplicaId};
 
 use crate::loading::entry_in;
 use crate::records;
-use crate::store::{Commit, Loaded, State, Store, Writes, encode_record, wrong_kind};
+use crate::store::{
+    Commit, DELTAS_PER_DOC, Delta, Loaded, State, Store, Writes, encode_record, wrong_kind,
+};
 use crate::{CrdtState, DocId, DocKind, Origin, StoreError, Version, wall_millis};
 
 impl Store {
@@ -63,6 +65,57 @@ impl Store {
             .map_err(|e| e.expecting(kind.alone()))
     }
 
+    /// What a peer that holds the version `since` of a counter needs to reach the version
+    /// here, smaller than the whole state: the join of the deltas of the changes made since
+    /// (here, or merged from peers), with the digest it leads to. `None` when those changes are
+    /// not all among the last few kept, or `doc` is not a counter: then send the whole state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ferry_store::{CrdtState, DocKind, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let reads = store.create(DocKind::GCounter)?;
+    /// let seen = store.increment(reads, 5)?;
+    /// let now = store.increment(reads, 1)?;
+    /// let (delta, leads_to) = store.crdt_delta(reads, seen)?.unwrap();
+    /// assert_eq!(leads_to, now);
+    /// let CrdtState::GCounter(delta) = delta else { unreachable!() };
+    /// assert_eq!(delta.value(), 6); // this replica's entry alone
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn crdt_delta(
+        &self,
+        doc: DocId,
+        since: Digest,
+    ) -> Result<Option<(CrdtState, Digest)>, StoreError> {
+        let mut state = self.lock();
+        let current = Digest::from_bytes(self.entry(&mut state, doc)?.meta.digest);
+        let Some(log) = state.deltas.get(&doc) else {
+            return Ok(None);
+        };
+        let Some(start) = log.iter().position(|d| d.before == since) else {
+            return Ok(None);
+        };
+        let mut joined: Option<CrdtState> = None;
+        let mut at = since;
+        for step in log.iter().skip(start) {
+            if step.before != at {
+                return Ok(None); // a change not logged lies between
+            }
+            match &mut joined {
+                None => joined = Some(step.delta.clone()),
+                Some(j) => {
+                    j.merge_owned(step.delta.clone());
+                }
+            }
+            at = step.after;
+        }
+        Ok(joined.filter(|_| at == current).map(|d| (d, at)))
+    }
+
     /// A copy of a CRDT document's state.
     pub fn crdt(&self, doc: DocId) -> Result<CrdtState, StoreError> {
         let mut state = self.lock();
@@ -89,7 +142,11 @@ impl Store {
     ) -> Result<Digest, CrdtUpdateError> {
         let replica = self.replica_id();
         let mut state = self.lock();
-        let State { cache, clock } = &mut *state;
+        let State {
+            cache,
+            clock,
+            deltas,
+        } = &mut *state;
         let entry = entry_in(cache, &self.shared.db, replica, doc)?;
         let Loaded::Crdt(crdt) = &mut entry.doc else {
             return Err(CrdtUpdateError::Kind(doc, DocKind::Automerge));
@@ -105,6 +162,17 @@ impl Store {
         }
         let bytes = updated.encode();
         let digest = Digest::of_bytes(&bytes);
+        if let Some(delta) = updated.delta_from(crdt) {
+            let log = deltas.get_or_insert_mut(doc, std::collections::VecDeque::new);
+            if log.len() >= DELTAS_PER_DOC {
+                log.pop_front();
+            }
+            log.push_back(Delta {
+                before: Digest::from_bytes(entry.meta.digest),
+                after: digest,
+                delta,
+            });
+        }
         let mut meta = entry.meta.clone();
         meta.digest = *digest.as_bytes();
         meta.changes += 1;

@@ -103,7 +103,21 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     pub(crate) cache: LruCache<DocId, Entry>,
     pub(crate) clock: Clock,
+    /// The last few changes to recently changed counters, as deltas (see
+    /// [`Store::crdt_delta`]).
+    pub(crate) deltas: LruCache<DocId, std::collections::VecDeque<Delta>>,
 }
+
+/// One change to a counter: its digest before and after, and what takes one to the other.
+pub(crate) struct Delta {
+    pub(crate) before: ferry_crdt::Digest,
+    pub(crate) after: ferry_crdt::Digest,
+    pub(crate) delta: CrdtState,
+}
+
+/// Counters whose recent deltas are kept, and deltas kept per counter.
+pub(crate) const DELTA_DOCS: usize = 1024;
+pub(crate) const DELTAS_PER_DOC: usize = 16;
 
 /// A loaded document and its metadata, kept together so they never disagree.
 pub(crate) struct Entry {
@@ -208,6 +222,9 @@ impl Store {
                 state: Mutex::new(State {
                     cache: LruCache::new(config.cache_docs),
                     clock,
+                    deltas: LruCache::new(
+                        NonZeroUsize::new(DELTA_DOCS).unwrap_or(NonZeroUsize::MIN),
+                    ),
                 }),
                 db,
                 identity,

@@ -171,6 +171,40 @@ impl CrdtState {
         encoded.expect("a CRDT state of byte values always encodes")
     }
 
+    /// What a peer holding `before` needs to reach this state, for the counters: the entries
+    /// that differ (merging it into `before` gives this state). `None` for the registers,
+    /// whose state is as small as any delta of it.
+    pub(crate) fn delta_from(&self, before: &CrdtState) -> Option<CrdtState> {
+        fn diff(after: &GCounter, before: &GCounter) -> GCounter {
+            let mut delta = GCounter::new();
+            for (replica, count) in after.counts() {
+                if before.count(replica) != count {
+                    // From zero, an increment to `count` cannot overflow.
+                    let _ = delta.increment(replica, count);
+                }
+            }
+            delta
+        }
+        match (self, before) {
+            (CrdtState::GCounter(after), CrdtState::GCounter(before)) => {
+                Some(CrdtState::GCounter(diff(after, before)))
+            }
+            (CrdtState::PNCounter(after), CrdtState::PNCounter(before)) => {
+                let mut delta = PNCounter::new();
+                let up = diff(after.increments(), before.increments());
+                let down = diff(after.decrements(), before.decrements());
+                for (replica, count) in up.counts() {
+                    let _ = delta.increment(replica, count);
+                }
+                for (replica, count) in down.counts() {
+                    let _ = delta.decrement(replica, count);
+                }
+                Some(CrdtState::PNCounter(delta))
+            }
+            _ => None,
+        }
+    }
+
     /// Merges `other` (of the same kind) in; returns whether anything changed.
     pub(crate) fn merge_owned(&mut self, other: CrdtState) -> bool {
         match (self, other) {

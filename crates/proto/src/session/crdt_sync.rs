@@ -5,7 +5,7 @@ use ferry_store::{DocId, DocKind, Origin, Version};
 
 use super::{Event, Session, SessionError};
 use crate::message::{ErrorCode, Message};
-use crate::reconcile::short;
+use crate::reconcile::{ShortDigest, short};
 
 impl Session {
     pub(super) fn send_state(&mut self, doc: DocId) -> Result<(), SessionError> {
@@ -15,7 +15,43 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn on_state(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
+    /// Pushes a counter or register: a delta from the version the peer is known to hold, if
+    /// one is at hand (counters), else the whole state.
+    pub(super) fn push_state(&mut self, doc: DocId) -> Result<(), SessionError> {
+        let known = match self.docs.get(&doc).and_then(|d| d.peer_state) {
+            Some(digest) => Some(digest),
+            None => match self
+                .store
+                .sync_record(self.peer, doc)?
+                .and_then(|r| r.acked)
+            {
+                Some(Version::Digest(digest)) => Some(digest),
+                _ => None,
+            },
+        };
+        let delta = match known {
+            Some(since) => self.store.crdt_delta(doc, since)?,
+            None => None,
+        };
+        let Some((delta, result)) = delta else {
+            return self.send_state(doc);
+        };
+        self.peer_doc(doc).state_sent = Some(result);
+        self.send(&Message::Delta {
+            doc,
+            bytes: delta.encode(),
+            result: short(result.as_bytes()),
+        });
+        Ok(())
+    }
+
+    /// A peer's `State`, or its `Delta` when `result` is the digest the delta leads to.
+    pub(super) fn on_state(
+        &mut self,
+        doc: DocId,
+        bytes: &[u8],
+        result: Option<ShortDigest>,
+    ) -> Result<(), SessionError> {
         let Some(kind) = self.visible_kind(doc)? else {
             // Not here yet: ask for it whole, if the peer may write it.
             return self.offered(doc, None);
@@ -35,13 +71,15 @@ impl Session {
             // The peer may still read: it gets this side's state, once. (Two replicas read-only
             // to each other would otherwise answer each other's states forever.)
             let mine = self.store.info(doc)?.digest;
+            let theirs = result.unwrap_or_else(|| short(Digest::of_bytes(bytes).as_bytes()));
             let known = self.peer_doc(doc);
-            if mine != Digest::of_bytes(bytes) && known.state_sent != Some(mine) && !known.refused {
+            if short(mine.as_bytes()) != theirs && known.state_sent != Some(mine) && !known.refused
+            {
                 self.send_state(doc)?;
             }
             return Ok(());
         }
-        self.merge_state(doc, bytes)
+        self.merge_state(doc, bytes, result)
     }
 
     /// Refuses (with [`ErrorCode::FutureStamp`]) a register state stamped further ahead of
@@ -64,9 +102,15 @@ impl Session {
         true
     }
 
-    /// Merges a validated state; acknowledges it if the result is the state received, else
-    /// answers with the merged state (unless the peer refused this side's changes).
-    pub(super) fn merge_state(&mut self, doc: DocId, bytes: &[u8]) -> Result<(), SessionError> {
+    /// Merges a validated state (or delta); acknowledges it if the result is the state received
+    /// (or the one the delta leads to, `result`), else answers with the merged state (unless
+    /// the peer refused this side's changes).
+    pub(super) fn merge_state(
+        &mut self,
+        doc: DocId,
+        bytes: &[u8],
+        result: Option<ShortDigest>,
+    ) -> Result<(), SessionError> {
         let before = self.store.info(doc)?.digest;
         let after = self
             .store
@@ -75,15 +119,17 @@ impl Session {
             self.events.push_back(Event::DocUpdated { doc });
         }
         let received = Digest::of_bytes(bytes);
-        if after == received {
+        let theirs = result.unwrap_or_else(|| short(received.as_bytes()));
+        if short(after.as_bytes()) == theirs {
             self.send(&Message::Ack {
                 doc,
-                digest: short(after.as_bytes()),
+                digest: theirs,
             });
             return self.peer_in_sync(doc, Version::Digest(after));
         }
         let known = self.peer_doc(doc);
-        known.peer_state = Some(received);
+        // What the peer holds: the state it sent; after a delta, not known here.
+        known.peer_state = result.is_none().then_some(received);
         if !known.refused {
             self.send_state(doc)?;
         }

@@ -103,7 +103,7 @@ impl Session {
                 {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
-                self.merge_state(doc, bytes)
+                self.merge_state(doc, bytes, None)
             }
         }
     }

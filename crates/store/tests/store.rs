@@ -833,3 +833,50 @@ fn a_removed_peer_gets_no_sync_record_from_a_step_still_running() {
         Some(3)
     );
 }
+
+#[test]
+fn a_feed_that_falls_behind_keeps_every_change_once_and_never_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        StoreConfig {
+            durability: Durability::Batched {
+                interval: Duration::from_millis(1),
+            },
+            event_capacity: 16,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let (reader, other) = (PeerId::from_bytes([1; 16]), PeerId::from_bytes([2; 16]));
+    for peer in [reader, other] {
+        store.put_peer(&PeerInfo::new(peer, "peer")).unwrap();
+    }
+    let (shared, hidden) = (SpaceId::random(), SpaceId::random());
+    store.grant(reader, shared, Access::Read).unwrap();
+    store.grant(other, hidden, Access::ReadWrite).unwrap();
+    let feed = store.watch(reader);
+    let mut lagging = store.subscribe(); // an ordinary subscriber, for comparison
+    let mut docs = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        let doc = store.create_in(shared, DocKind::GCounter).unwrap();
+        store.increment(doc, 1).unwrap();
+        docs.insert(doc);
+        if i % 2 == 0 {
+            store.create_in(hidden, DocKind::GCounter).unwrap();
+        }
+    }
+    // A change that came from the peer itself is not fed back to it.
+    let theirs = DocId::random();
+    store
+        .create_with_id(theirs, shared, DocKind::GCounter, Origin::Remote(reader))
+        .unwrap();
+    let gathered = feed.try_next().unwrap();
+    assert_eq!(gathered.docs, docs, "each change to what it may read, once");
+    assert!(!gathered.access_widened);
+    assert_eq!(feed.try_next(), None);
+    assert!(matches!(lagging.try_recv(), Err(RecvError::Lagged { .. })));
+    // A grant that shows the peer more is news too.
+    store.grant(reader, hidden, Access::Read).unwrap();
+    assert!(feed.try_next().unwrap().access_widened);
+}

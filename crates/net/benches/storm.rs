@@ -13,8 +13,13 @@
 //!   (one device writes, the other 9 receive), p50 and p99, while devices of other spaces write.
 //! - `idle`: after `own`, the devices stay connected and do nothing for 10 s: the relay's CPU
 //!   and memory meanwhile.
+//! - `crowd`: `FERRY_STORM_CROWD` devices (default 10,000) connect and stay idle. Here devices
+//!   share resources so that 10,000 fit in one process: each has its own identity (key pair and
+//!   TLS certificate) and its own QUIC connection, but they share one endpoint and one store
+//!   (for the peer table), and each only opens its session (hello, an empty listing) and then
+//!   reads. The relay serves each as a full peer with its own (empty) space.
 //!
-//! Run: `cargo bench -p ferry-net --bench storm` (all three), or name scenarios:
+//! Run: `cargo bench -p ferry-net --bench storm` (all of them), or name scenarios:
 //! `cargo bench -p ferry-net --bench storm -- own idle`.
 
 #![allow(clippy::unwrap_used)]
@@ -26,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use automerge::ROOT;
 use automerge::transaction::Transactable;
-use ferry_net::{BackoffConfig, NetConfig, Node};
-use ferry_store::{Access, DocKind, PeerId, PeerInfo, SpaceId, Store, StoreEvent};
+use ferry_net::{BackoffConfig, NetConfig, Node, tls};
+use ferry_proto::{Message, PROTOCOL_VERSION, Prefix, Range};
+use ferry_store::{Access, DocKind, Identity, PeerId, PeerInfo, SpaceId, Store, StoreEvent};
 
 fn main() {
     if std::env::var("FERRY_STORM_ROLE").as_deref() == Ok("relay") {
@@ -51,6 +57,9 @@ fn main() {
         if runs("shared") {
             shared().await;
         }
+        if runs("crowd") {
+            crowd().await;
+        }
     });
 }
 
@@ -68,9 +77,17 @@ fn base() -> tempfile::TempDir {
     tempfile::tempdir_in(base).unwrap()
 }
 
+/// Keep-alive interval, `FERRY_STORM_KEEPALIVE` seconds (default 5, ferry's default), for the
+/// relay and the devices.
+fn keep_alive() -> Duration {
+    Duration::from_secs(env("FERRY_STORM_KEEPALIVE", 5) as u64)
+}
+
 fn net() -> NetConfig {
     NetConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        keep_alive: keep_alive(),
+        idle_timeout: (keep_alive() * 4).max(Duration::from_secs(20)),
         backoff: BackoffConfig {
             min: Duration::from_millis(200),
             max: Duration::from_secs(5),
@@ -456,5 +473,92 @@ async fn shared() {
         busy_writes
     );
     offline(&mut devices).await;
+    relay.stop();
+}
+
+async fn crowd() {
+    let n = env("FERRY_STORM_CROWD", 10_000);
+    let dir = base();
+    let mut relay = Relay::start();
+    // One store for every device's peer table: each trusts the relay.
+    let shared = Store::open(dir.path().join("devices")).unwrap();
+    let mut info = PeerInfo::new(relay.id, "relay");
+    info.addresses = vec![relay.addr];
+    shared.put_peer(&info).unwrap();
+    let identities: Vec<Identity> = (0..n).map(|_| Identity::generate().unwrap()).collect();
+    for id in &identities {
+        relay.say(&format!("grant {} {}", id.peer_id(), SpaceId::random()));
+    }
+    assert_eq!(relay.ask("sync"), "ok");
+    let (rss_before, _) = relay.rss_mb();
+
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(keep_alive()));
+    let idle = (keep_alive() * 4).max(Duration::from_secs(20));
+    transport.max_idle_timeout(Some(idle.try_into().unwrap()));
+    let transport = std::sync::Arc::new(transport);
+    let opening = [
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            capabilities: 0,
+        }
+        .to_frame(),
+        Message::Reconcile {
+            round: 0,
+            ranges: vec![Range::Items {
+                prefix: Prefix::ROOT,
+                items: Vec::new(),
+            }],
+        }
+        .to_frame(),
+    ]
+    .concat();
+    let started = Instant::now();
+    let cpu_before = relay.cpu_seconds();
+    let mut tasks = tokio::task::JoinSet::new();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    for id in &identities {
+        let mut config = tls::client_config_as(&shared, id, relay.id).unwrap();
+        config.transport_config(transport.clone());
+        let (endpoint, opening, addr) = (endpoint.clone(), opening.clone(), relay.addr);
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let conn = endpoint
+                .connect_with(config, addr, tls::SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&opening).await.unwrap();
+            // The relay's hello and reply arrive; then nothing, until the bench ends.
+            let mut buf = [0u8; 4096];
+            let mut got = 0;
+            while got < 8 {
+                match recv.read(&mut buf).await {
+                    Ok(Some(k)) => got += k,
+                    _ => break,
+                }
+            }
+            drop(permit);
+            std::future::pending::<()>().await;
+            drop((conn, send, recv));
+        });
+    }
+    // Every device has its session open once the last permit is back.
+    let _all = limit.acquire_many(64).await.unwrap();
+    let connecting = started.elapsed();
+    let connect_cpu = relay.cpu_seconds() - cpu_before;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before = relay.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu = relay.cpu_seconds() - cpu_before;
+    let (rss, peak) = relay.rss_mb();
+    println!(
+        "crowd   devices {n:>6}  connected in {:.1} s (relay CPU {connect_cpu:.1} s)  then idle for 10 s: relay CPU {cpu:>5.2} s ({:.1} %)  relay RSS {rss:>6.0} MB (peak {peak:.0}, {rss_before:.0} before they connected)  (target: <= 1 GB, CPU near zero)",
+        connecting.as_secs_f64(),
+        cpu * 10.0
+    );
+    tasks.abort_all();
     relay.stop();
 }

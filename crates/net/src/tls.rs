@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferry_store::{PeerId, Store};
+use ferry_store::{Identity, PeerId, Store};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -19,7 +19,8 @@ pub const ALPN: &[u8] = b"ferry/2";
 
 /// The name a dialer puts in its TLS hello. Certificates are not checked against names: the
 /// peer id pins them.
-pub(crate) const SERVER_NAME: &str = "ferry";
+/// The server name every ferry connection uses: identity comes from the pinned key, not names.
+pub const SERVER_NAME: &str = "ferry";
 
 /// An ed25519 SubjectPublicKeyInfo is this header and then the 32-byte key (RFC 8410).
 const ED25519_SPKI_HEADER: [u8; 12] = [
@@ -49,7 +50,11 @@ pub(crate) struct Credentials {
 
 impl Credentials {
     pub(crate) fn of(store: &Store) -> Result<Self, NetError> {
-        let key_pair = store.identity().key_pair();
+        Self::of_identity(store.identity())
+    }
+
+    fn of_identity(identity: &Identity) -> Result<Self, NetError> {
+        let key_pair = identity.key_pair();
         let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
             .map_err(|_| NetError::Certificate)?;
         let cert = params
@@ -100,6 +105,16 @@ pub(crate) fn server_config(
 /// is in `store`'s peer table.
 pub fn client_config(store: &Store, expected: PeerId) -> Result<quinn::ClientConfig, NetError> {
     client_config_with(store, &Credentials::of(store)?, expected)
+}
+
+/// [`client_config`] presenting `identity` instead of the store's own: for a process that acts
+/// as many peers at once (a load generator), with `store` holding the peer table.
+pub fn client_config_as(
+    store: &Store,
+    identity: &Identity,
+    expected: PeerId,
+) -> Result<quinn::ClientConfig, NetError> {
+    client_config_with(store, &Credentials::of_identity(identity)?, expected)
 }
 
 pub(crate) fn client_config_with(

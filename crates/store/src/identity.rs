@@ -49,6 +49,14 @@ impl Identity {
         }
     }
 
+    /// A fresh key pair, kept in memory only: for a process that acts as many peers (a load
+    /// generator), not for a replica, whose identity lives in its store directory.
+    pub fn generate() -> Result<Self, IdentityError> {
+        KeyPair::generate_for(&PKCS_ED25519)
+            .map(Self::new)
+            .map_err(|_| IdentityError::Generate)
+    }
+
     fn from_pkcs8(der: &[u8]) -> Result<Self, rcgen::Error> {
         KeyPair::try_from(der).map(Self::new)
     }

@@ -246,6 +246,53 @@ fn cpu_seconds(pid: &str) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// Time and CPU from the moment the devices go online.
+struct Clock {
+    started: Instant,
+    relay_cpu: f64,
+    own_cpu: f64,
+}
+
+/// What a scenario took: time, the relay's and the devices' CPU seconds, the relay's peak RSS.
+struct Taken {
+    took: Duration,
+    cpu: f64,
+    mine: f64,
+    peak: f64,
+}
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>7.2} s  relay CPU {:>6.1} s  relay peak RSS {:>6.0} MB  devices' CPU {:>6.1} s",
+            self.took.as_secs_f64(),
+            self.cpu,
+            self.peak,
+            self.mine
+        )
+    }
+}
+
+impl Clock {
+    fn start(relay: &Relay) -> Self {
+        Self {
+            started: Instant::now(),
+            relay_cpu: relay.cpu_seconds(),
+            own_cpu: cpu_seconds("self"),
+        }
+    }
+
+    fn read(&self, relay: &Relay) -> Taken {
+        Taken {
+            took: self.started.elapsed(),
+            cpu: relay.cpu_seconds() - self.relay_cpu,
+            mine: cpu_seconds("self") - self.own_cpu,
+            peak: relay.rss_mb().1,
+        }
+    }
+}
+
 // ---- devices ----------------------------------------------------------------------------------
 
 /// One device: its own store (and so identity) and, once online, its own endpoint.
@@ -255,8 +302,9 @@ struct Device {
     node: Option<Node>,
 }
 
-/// Makes a device with `docs` small documents in `space`, trusting the relay with it.
-fn device(dir: &std::path::Path, relay: &Relay, space: SpaceId, docs: usize) -> Device {
+/// Makes a device with `docs` small documents in `space`, trusting the relay with it, and has
+/// the relay grant it the space.
+fn device(dir: &std::path::Path, relay: &mut Relay, space: SpaceId, docs: usize) -> Device {
     let store = Store::open(dir).unwrap();
     let mut info = PeerInfo::new(relay.id, "relay");
     info.addresses = vec![relay.addr];
@@ -270,6 +318,7 @@ fn device(dir: &std::path::Path, relay: &Relay, space: SpaceId, docs: usize) -> 
             .unwrap();
     }
     quick.wait_durable().unwrap();
+    relay.say(&format!("grant {} {space}", store.peer_id()));
     Device {
         store,
         space,
@@ -316,33 +365,29 @@ async fn own(idle: bool) {
     let mut devices = Vec::with_capacity(n);
     for i in 0..n {
         let space = SpaceId::random();
-        let d = device(&dir.path().join(format!("d{i}")), &relay, space, per);
-        relay.say(&format!("grant {} {space}", d.store.peer_id()));
-        devices.push(d);
+        devices.push(device(
+            &dir.path().join(format!("d{i}")),
+            &mut relay,
+            space,
+            per,
+        ));
     }
     assert_eq!(relay.ask("sync"), "ok");
-    let cpu_before = relay.cpu_seconds();
-    let mine_before = cpu_seconds("self");
-    let started = Instant::now();
+    let clock = Clock::start(&relay);
     online(&mut devices).await;
     let total = n * per;
     let mut last = 0;
-    let mut took = Duration::ZERO;
     while last < total {
         assert!(
-            started.elapsed() < Duration::from_secs(600),
+            clock.started.elapsed() < Duration::from_secs(600),
             "{last} of {total} documents on the relay after 600 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         last = relay.durable_docs();
-        took = started.elapsed();
     }
-    let cpu = relay.cpu_seconds() - cpu_before;
-    let mine = cpu_seconds("self") - mine_before;
-    let (_, peak) = relay.rss_mb();
     println!(
-        "own     devices {n:>6}  documents {total:>7}  all durable on the relay {:>7.2} s  relay CPU {cpu:>6.1} s  relay peak RSS {peak:>6.0} MB  devices' CPU {mine:>6.1} s  (targets: 1,000 x 10 in <= 10 s, <= 500 MB)",
-        took.as_secs_f64()
+        "own     devices {n:>6}  documents {total:>7}  all durable on the relay {}  (targets: 1,000 x 10 in <= 10 s, <= 500 MB)",
+        clock.read(&relay)
     );
     if idle {
         // Everyone connected; nothing happens.
@@ -369,20 +414,12 @@ async fn shared() {
     for s in 0..spaces {
         let space = SpaceId::random();
         for i in 0..per_space {
-            let d = device(
-                &dir.path().join(format!("s{s}d{i}")),
-                &relay,
-                space,
-                per_device,
-            );
-            relay.say(&format!("grant {} {space}", d.store.peer_id()));
-            devices.push(d);
+            let dir = dir.path().join(format!("s{s}d{i}"));
+            devices.push(device(&dir, &mut relay, space, per_device));
         }
     }
     assert_eq!(relay.ask("sync"), "ok");
-    let cpu_before = relay.cpu_seconds();
-    let mine_before = cpu_seconds("self");
-    let started = Instant::now();
+    let clock = Clock::start(&relay);
     online(&mut devices).await;
     let whole = per_space * per_device;
     until(
@@ -398,13 +435,9 @@ async fn shared() {
         },
     )
     .await;
-    let took = started.elapsed();
-    let cpu = relay.cpu_seconds() - cpu_before;
-    let mine = cpu_seconds("self") - mine_before;
-    let (_, peak) = relay.rss_mb();
     println!(
-        "shared  spaces {spaces:>4} x {per_space} devices x {per_device} documents  every device holds its space {:>7.2} s  relay CPU {cpu:>6.1} s  relay peak RSS {peak:>6.0} MB  devices' CPU {mine:>6.1} s  (target: <= 10 s)",
-        took.as_secs_f64()
+        "shared  spaces {spaces:>4} x {per_space} devices x {per_device} documents  every device holds its space {}  (target: <= 10 s)",
+        clock.read(&relay)
     );
 
     // Live changes inside one space while the others write too.

@@ -6,6 +6,28 @@ use std::str::FromStr;
 use ferry_crdt::{ParseReplicaIdError, ReplicaId};
 use serde::{Deserialize, Serialize};
 
+// Ids of 16 random bytes: documents and spaces.
+macro_rules! random_id {
+    ($name:ident) => {
+        impl $name {
+            /// A fresh random id.
+            pub fn random() -> Self {
+                Self(rand::random())
+            }
+
+            /// Makes an id from its bytes.
+            pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self(bytes)
+            }
+
+            /// The id's bytes.
+            pub const fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+        }
+    };
+}
+
 /// A document's identity: 16 random bytes, chosen when the document is created.
 ///
 /// Its text form is the same 26-character base32 as every other id in ferry.
@@ -21,22 +43,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 pub struct DocId([u8; 16]);
 
-impl DocId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        Self(rand::random())
-    }
-
-    /// Makes an id from its bytes.
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(bytes)
-    }
-
-    /// The id's bytes.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
+random_id!(DocId);
 
 /// A space: a set of documents shared as one, chosen when each document is created. Access
 /// is granted per peer per space, so a relay gives each user's devices their spaces without a
@@ -58,25 +65,12 @@ impl DocId {
 #[derive(Clone, Copy, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 pub struct SpaceId([u8; 16]);
 
+random_id!(SpaceId);
+
 impl SpaceId {
     /// The default space: where documents go when the app names none, and where the documents
     /// of a store older than spaces are.
     pub const DEFAULT: SpaceId = SpaceId([0; 16]);
-
-    /// A fresh random id.
-    pub fn random() -> Self {
-        Self(rand::random())
-    }
-
-    /// Makes an id from its bytes.
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(bytes)
-    }
-
-    /// The id's bytes.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
 
     /// Whether this is the default space.
     pub fn is_default(&self) -> bool {

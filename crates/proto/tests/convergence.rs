@@ -6,6 +6,9 @@
 //! last-writer-wins value is the write with the greatest stamp, the multi-value set exactly the
 //! writes no later write replaced.
 //!
+//! Every other document is made in a second space, which every replica grants every other too
+//! (which replica may see what is the access property's concern, `access_flow.rs`).
+//!
 //! A second property adds deletes (every replica must end with the tombstone, whatever was
 //! edited meanwhile), concurrent writes to one Automerge key, edits pushed through an open
 //! session (`doc_changed`), stores reopened mid-run, and a replica that commits in batches.
@@ -17,6 +20,9 @@
 //! same actor, peer and document ids (register stamps still come from the wall clock).
 
 #![allow(clippy::unwrap_used)]
+
+/// A second space every replica grants every other, beside the default one.
+const TEAM: ferry_store::SpaceId = ferry_store::SpaceId::from_bytes([1; 16]);
 
 mod support;
 
@@ -164,6 +170,9 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
         for b in &replicas {
             if a.store.peer_id() != b.store.peer_id() {
                 trust(a, b, Access::ReadWrite);
+                a.store
+                    .grant(b.store.peer_id(), TEAM, Access::ReadWrite)
+                    .unwrap();
             }
         }
     }
@@ -185,14 +194,15 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                         .first_chunk()
                         .unwrap(),
                 );
+                // Every other document in a space of its own, which every replica shares too.
+                let space = if docs.len().is_multiple_of(2) {
+                    ferry_store::SpaceId::DEFAULT
+                } else {
+                    TEAM
+                };
                 replicas[at % n]
                     .store
-                    .create_with_id(
-                        doc,
-                        ferry_store::SpaceId::DEFAULT,
-                        kind,
-                        ferry_store::Origin::Local,
-                    )
+                    .create_with_id(doc, space, kind, ferry_store::Origin::Local)
                     .unwrap();
                 if tracing {
                     eprintln!("TRACE created {doc} {kind:?} at {}", at % n);

@@ -377,14 +377,13 @@ impl Session {
             return Ok(());
         }
         let refused = self.docs.get(&doc).is_some_and(|d| d.refused);
-        if self.phase != Phase::Open || refused || !self.may_read(doc)? {
+        if self.phase != Phase::Open || refused {
             return Ok(());
         }
-        let info = match self.store.info(doc) {
-            Ok(info) => info,
-            // Gone: its tombstone, if it was deleted (looked up only then, off the usual path).
-            Err(StoreError::NoSuchDocument(_)) => return self.send_tombstone(doc).map(drop),
-            Err(e) => return Err(e.into()),
+        let Some(info) = self.visible(doc)? else {
+            // Gone: its tombstone, if it was deleted and the peer may read it (looked up only
+            // then, off the usual path). Hidden: nothing.
+            return self.send_tombstone(doc).map(drop);
         };
         match info.kind {
             DocKind::Automerge => self.push_changes(doc),
@@ -431,10 +430,11 @@ impl Session {
             let Some(doc) = self.backlog.pop_first() else {
                 break;
             };
-            if self.visible_kind(doc)?.is_some() {
-                self.send_snapshot(doc)?;
-            } else {
-                self.send_tombstone(doc)?;
+            match self.visible(doc)? {
+                Some(info) => self.send_snapshot(&info)?,
+                None => {
+                    self.send_tombstone(doc)?;
+                }
             }
         }
         Ok(())

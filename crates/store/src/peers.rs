@@ -5,7 +5,7 @@ use ferry_crdt::decode;
 use crate::loading::read_space;
 use crate::records::{self, RECORD_LIMIT};
 use crate::store::{Store, encode_record};
-use crate::{Access, DocId, PeerId, PeerInfo, SpaceId, StoreError};
+use crate::{Access, DocId, DocInfo, PeerId, PeerInfo, SpaceId, StoreError};
 
 impl Store {
     /// Adds a peer or replaces what the store knows of it (its grants on spaces stay);
@@ -71,6 +71,12 @@ impl Store {
     pub fn access(&self, peer: PeerId, doc: DocId) -> Result<Access, StoreError> {
         let space = self.space_of(doc)?;
         Ok(self.directory().access(peer, doc, space))
+    }
+
+    /// `peer`'s access to the document `info` describes, from what is in memory: no read of
+    /// the store, for a caller that has just read `info`.
+    pub fn access_to(&self, peer: PeerId, info: &DocInfo) -> Access {
+        self.directory().access(peer, info.id, Some(info.space))
     }
 
     /// `peer`'s access to `doc` as a document of `space`: as [`Store::access`] for a document

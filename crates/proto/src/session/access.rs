@@ -1,7 +1,7 @@
 //! What the peer may see and write. A document it may not read is indistinguishable, to it,
 //! from one this replica does not hold.
 
-use ferry_store::{Access, DocId, DocKind, PeerId, SpaceId, Store, StoreError};
+use ferry_store::{Access, DocId, DocInfo, DocKind, PeerId, SpaceId, Store, StoreError};
 
 use super::{Session, SessionError};
 use crate::message::Message;
@@ -35,14 +35,21 @@ impl Session {
         }
     }
 
-    /// The kind of `doc` as the peer may know it: `None` if this replica does not hold it, or
-    /// holds it hidden from the peer. A document the peer may not see is answered exactly as
-    /// one this replica does not hold, so nothing the peer sends tells it which it is.
-    pub(super) fn visible_kind(&self, doc: DocId) -> Result<Option<DocKind>, SessionError> {
-        match self.holds(doc)? {
-            Some(kind) if self.may_read(doc)? => Ok(Some(kind)),
-            _ => Ok(None),
+    /// What the store knows of `doc`, as the peer may know it: `None` if this replica does not
+    /// hold it, or holds it hidden from the peer. A document the peer may not see is answered
+    /// exactly as one this replica does not hold, so nothing the peer sends tells it which it
+    /// is. One read of the document's metadata; access comes from memory.
+    pub(super) fn visible(&self, doc: DocId) -> Result<Option<DocInfo>, SessionError> {
+        match self.store.info(doc) {
+            Ok(info) if self.store.access_to(self.peer, &info) >= Access::Read => Ok(Some(info)),
+            Ok(_) | Err(StoreError::NoSuchDocument(_)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// The kind of `doc` as the peer may know it (see [`Session::visible`]).
+    pub(super) fn visible_kind(&self, doc: DocId) -> Result<Option<DocKind>, SessionError> {
+        Ok(self.visible(doc)?.map(|info| info.kind))
     }
 
     /// The peer has a document this side does not list: ask for it whole if the peer may

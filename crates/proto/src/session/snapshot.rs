@@ -1,7 +1,7 @@
 //! Whole documents: a snapshot for a peer that lacks a document, and taking one in.
 
 use automerge::Automerge;
-use ferry_store::{DocId, DocKind, Origin, SpaceId};
+use ferry_store::{DocId, DocInfo, DocKind, Origin, SpaceId};
 
 use super::chunks::guarded;
 use super::crdt_sync::validate_state;
@@ -9,9 +9,8 @@ use super::{Event, Session, SessionError};
 use crate::message::{ErrorCode, Message};
 
 impl Session {
-    pub(super) fn send_snapshot(&mut self, doc: DocId) -> Result<(), SessionError> {
-        let info = self.store.info(doc)?;
-        let (kind, space) = (info.kind, info.space);
+    pub(super) fn send_snapshot(&mut self, info: &DocInfo) -> Result<(), SessionError> {
+        let (doc, kind, space) = (info.id, info.kind, info.space);
         let bytes = match kind {
             DocKind::Automerge => {
                 // As stored, when that is compact: no load and save again.

@@ -246,6 +246,14 @@ fn cpu_seconds(pid: &str) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// Lets 2 s settle, then returns the relay's CPU seconds over 10 s and its RSS (MB) after.
+async fn idle_for_10_s(relay: &Relay) -> (f64, f64) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = relay.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    (relay.cpu_seconds() - before, relay.rss_mb().0)
+}
+
 /// Time and CPU from the moment the devices go online.
 struct Clock {
     started: Instant,
@@ -391,11 +399,7 @@ async fn own(idle: bool) {
     );
     if idle {
         // Everyone connected; nothing happens.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let cpu_before = relay.cpu_seconds();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let cpu = relay.cpu_seconds() - cpu_before;
-        let (rss, _) = relay.rss_mb();
+        let (cpu, rss) = idle_for_10_s(&relay).await;
         println!(
             "idle    devices {n:>6}  connected and idle for 10 s: relay CPU {cpu:>5.2} s ({:.1} %)  relay RSS {rss:>6.0} MB  (target at 10,000 devices: <= 1 GB, CPU near zero)",
             cpu * 10.0
@@ -582,11 +586,8 @@ async fn crowd() {
     let _all = limit.acquire_many(64).await.unwrap();
     let connecting = started.elapsed();
     let connect_cpu = relay.cpu_seconds() - cpu_before;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu_before = relay.cpu_seconds();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let cpu = relay.cpu_seconds() - cpu_before;
-    let (rss, peak) = relay.rss_mb();
+    let (cpu, rss) = idle_for_10_s(&relay).await;
+    let peak = relay.rss_mb().1;
     println!(
         "crowd   devices {n:>6}  connected in {:.1} s (relay CPU {connect_cpu:.1} s)  then idle for 10 s: relay CPU {cpu:>5.2} s ({:.1} %)  relay RSS {rss:>6.0} MB (peak {peak:.0}, {rss_before:.0} before they connected)  (target: <= 1 GB, CPU near zero)",
         connecting.as_secs_f64(),

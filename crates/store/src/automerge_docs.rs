@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, Change, ChangeHash, ReadDoc};
 
-use crate::loading::{WHOLE_HISTORY, compaction, decode_incremental};
+use crate::loading::{WHOLE_HISTORY, compaction, crdt_compaction, decode_incremental};
 use crate::records::{self, Incremental};
 use crate::store::{Commit, Loaded, Store, Writes, automerge_error, encode_record, wrong_kind};
 use crate::{DocId, DocKind, Origin, StoreError, Version, heads_digest};
@@ -154,19 +154,20 @@ impl Store {
         Ok(result)
     }
 
-    /// Writes a new snapshot of an Automerge document and removes its incrementals, in one
-    /// atomic batch: a crash leaves the old records or the new ones, never less.
+    /// Writes a new snapshot of a document and removes its incrementals (an Automerge
+    /// document's change records, a CRDT document's deltas), in one atomic batch: a crash
+    /// leaves the old records or the new ones, never less.
     pub fn compact(&self, doc: DocId) -> Result<(), StoreError> {
         let mut state = self.lock();
         let entry = self.entry(&mut state, doc)?;
-        let Loaded::Automerge(am) = &entry.doc else {
-            return Ok(()); // CRDT documents are always one snapshot.
-        };
         if entry.meta.incremental_bytes == 0 {
             return Ok(());
         }
         let mut meta = entry.meta.clone();
-        let batch = compaction(&self.shared.db, doc, am, &mut meta)?;
+        let batch = match &entry.doc {
+            Loaded::Automerge(am) => compaction(&self.shared.db, doc, am, &mut meta)?,
+            Loaded::Crdt(crdt) => crdt_compaction(&self.shared.db, doc, crdt.encode(), &mut meta)?,
+        };
         entry.meta = meta;
         self.commit(
             state,

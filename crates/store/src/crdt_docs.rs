@@ -3,7 +3,8 @@
 use ferry_crdt::{Clock, Digest, GCounter, PNCounter, ReplicaId};
 
 use crate::loading::entry_in;
-use crate::records;
+use crate::loading::{CRDT_COMPACT_MIN, crdt_compaction};
+use crate::records::{self, Incremental};
 use crate::store::{
     Commit, DELTAS_PER_DOC, Delta, Loaded, State, Store, Writes, encode_record, wrong_kind,
 };
@@ -173,22 +174,35 @@ impl Store {
                 delta,
             });
         }
+        // One record per update: the delta (a register's whole state, which is small), with
+        // the metadata after it. Loading merges the snapshot and every delta since, in any
+        // order, since merging is a join; once the deltas outgrow the snapshot, they are
+        // folded into a new one.
+        let chunk = match updated.delta_from(crdt) {
+            Some(delta) => delta.encode(),
+            None => bytes.clone(),
+        };
         let mut meta = entry.meta.clone();
         meta.digest = *digest.as_bytes();
         meta.changes += 1;
-        meta.snapshot_bytes = bytes.len() as u64;
-        let mut batch = sled::Batch::default();
-        batch.insert(&records::snapshot_key(doc), bytes);
-        batch.insert(&records::meta_key(doc), encode_record(&meta));
+        let writes = if meta.incremental_bytes + chunk.len() as u64
+            > meta.snapshot_bytes.max(CRDT_COMPACT_MIN)
+        {
+            Writes::Batch(crdt_compaction(&self.shared.db, doc, bytes, &mut meta)?)
+        } else {
+            let key = records::incremental_key(doc, meta.next_incremental);
+            meta.next_incremental += 1;
+            meta.incremental_bytes += chunk.len() as u64;
+            let record = Incremental {
+                meta: meta.clone(),
+                changes: chunk,
+            };
+            Writes::One(key.to_vec(), encode_record(&record))
+        };
         *crdt = updated;
         entry.meta = meta;
         let space = entry.space;
-        let commit = Commit::changed(
-            Writes::Batch(batch),
-            (doc, space),
-            origin,
-            Version::Digest(digest),
-        );
+        let commit = Commit::changed(writes, (doc, space), origin, Version::Digest(digest));
         self.commit(state, doc, commit)?;
         Ok(digest)
     }

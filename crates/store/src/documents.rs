@@ -4,7 +4,7 @@
 use automerge::{ActorId, Automerge, ReadDoc};
 use ferry_crdt::Digest;
 
-use crate::loading::{compaction, read_space, version_of};
+use crate::loading::{read_space, version_of};
 use crate::records::{self, DocMeta};
 use crate::store::{Commit, Entry, Loaded, Store, Writes, encode_record, wrong_kind};
 use crate::{CrdtState, DocId, DocInfo, DocKind, Origin, SpaceId, StoreError, heads_digest};
@@ -171,44 +171,42 @@ impl Store {
             incremental_bytes: 0,
             next_incremental: 0,
         };
-        let mut batch = match &content {
+        // Written in this order, each a plain insert (a sled batch costs two synchronous log
+        // writes of its own): the space, its index entry and the content, then the metadata
+        // that makes the document exist. sled recovers a prefix of its log, so a crash leaves
+        // the document whole or absent, with at most an unused space, index entry or snapshot
+        // behind, which a later creation of that id overwrites.
+        let mut writes = vec![
+            (
+                records::space_of_key(doc).to_vec(),
+                space.as_bytes().to_vec(),
+            ),
+            (records::space_doc_key(space, doc).to_vec(), Vec::new()),
+        ];
+        match &content {
             Loaded::Automerge(am) => {
                 let heads = am.get_heads();
                 meta.heads = heads.iter().map(|h| h.0).collect();
                 meta.digest = *heads_digest(&heads).as_bytes();
                 meta.changes = am.stats().num_changes;
-                match saved {
-                    _ if heads.is_empty() => {
-                        let mut batch = sled::Batch::default();
-                        batch.insert(&records::meta_key(doc), encode_record(&meta));
-                        batch
-                    }
-                    // Loaded from these bytes: they are its snapshot as they are.
-                    Some(saved) => {
-                        meta.snapshot_bytes = saved.len() as u64;
-                        let mut batch = sled::Batch::default();
-                        batch.insert(&records::snapshot_key(doc), saved);
-                        batch.insert(&records::meta_key(doc), encode_record(&meta));
-                        batch
-                    }
-                    None => compaction(&self.shared.db, doc, am, &mut meta)?,
+                if !heads.is_empty() {
+                    // Loaded from `saved`: those bytes are its snapshot as they are.
+                    let snapshot = saved.unwrap_or_else(|| am.save());
+                    meta.snapshot_bytes = snapshot.len() as u64;
+                    writes.push((records::snapshot_key(doc).to_vec(), snapshot));
                 }
             }
             Loaded::Crdt(crdt) => {
                 let bytes = crdt.encode();
                 meta.digest = *Digest::of_bytes(&bytes).as_bytes();
-                let mut batch = sled::Batch::default();
                 if CrdtState::empty(kind).as_ref() != Some(crdt) {
                     meta.changes = 1;
                     meta.snapshot_bytes = bytes.len() as u64;
-                    batch.insert(&records::snapshot_key(doc), bytes);
+                    writes.push((records::snapshot_key(doc).to_vec(), bytes));
                 }
-                batch.insert(&records::meta_key(doc), encode_record(&meta));
-                batch
             }
-        };
-        batch.insert(&records::space_of_key(doc), space.as_bytes());
-        batch.insert(&records::space_doc_key(space, doc)[..], &[]);
+        }
+        writes.push((records::meta_key(doc).to_vec(), encode_record(&meta)));
         let version = version_of(&meta);
         state.cache.put(
             doc,
@@ -218,7 +216,7 @@ impl Store {
                 doc: content,
             },
         );
-        let commit = Commit::changed(Writes::Batch(batch), (doc, space), origin, version);
+        let commit = Commit::changed(Writes::InOrder(writes), (doc, space), origin, version);
         self.commit(state, doc, commit)?;
         Ok(None)
     }

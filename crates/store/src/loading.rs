@@ -29,6 +29,30 @@ pub(crate) fn compaction(
     Ok(batch)
 }
 
+/// A CRDT document's deltas are folded into a new snapshot once they outgrow both the
+/// snapshot and this many bytes: a few dozen updates of a small register, hundreds of a
+/// counter's.
+pub(crate) const CRDT_COMPACT_MIN: u64 = 4096;
+
+/// The batch that makes `state` (a CRDT document's encoded state) its snapshot and removes
+/// its deltas; updates `meta` to match.
+pub(crate) fn crdt_compaction(
+    db: &sled::Db,
+    doc: DocId,
+    state: Vec<u8>,
+    meta: &mut DocMeta,
+) -> Result<sled::Batch, StoreError> {
+    let mut batch = sled::Batch::default();
+    for key in db.scan_prefix(records::incremental_prefix(doc)).keys() {
+        batch.remove(key?);
+    }
+    meta.snapshot_bytes = state.len() as u64;
+    meta.incremental_bytes = 0;
+    batch.insert(&records::snapshot_key(doc), state);
+    batch.insert(&records::meta_key(doc), encode_record(meta));
+    Ok(batch)
+}
+
 /// Finds `doc` in the cache or loads it from sled.
 pub(crate) fn entry_in<'a>(
     cache: &'a mut LruCache<DocId, Entry>,
@@ -49,6 +73,8 @@ pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entr
     let meta = read_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
     let snapshot = db.get(records::snapshot_key(doc))?;
     let damaged = |what| StoreError::Damaged { doc, what };
+    let base = read_base_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
+    let incrementals = db.scan_prefix(records::incremental_prefix(doc));
     let loaded = match meta.kind {
         DocKind::Automerge => {
             let mut am = match &snapshot {
@@ -57,9 +83,7 @@ pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entr
                 }
                 None => Automerge::new(),
             };
-            let base = read_base_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
-            let records = db.scan_prefix(records::incremental_prefix(doc));
-            for (seq, item) in (base.next_incremental..).zip(records) {
+            for (seq, item) in (base.next_incremental..).zip(incrementals) {
                 let (key, value) = item?;
                 if key.get(17..) != Some(&seq.to_be_bytes()[..]) {
                     return Err(damaged("incremental records are not contiguous"));
@@ -76,10 +100,20 @@ pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entr
             Loaded::Automerge(Box::new(am))
         }
         kind => {
-            let crdt = match &snapshot {
+            let mut crdt = match &snapshot {
                 Some(bytes) => CrdtState::decode(kind, bytes).map_err(|_| damaged("state"))?,
                 None => CrdtState::empty(kind).ok_or(damaged("kind"))?,
             };
+            for (seq, item) in (base.next_incremental..).zip(incrementals) {
+                let (key, value) = item?;
+                if key.get(17..) != Some(&seq.to_be_bytes()[..]) {
+                    return Err(damaged("incremental records are not contiguous"));
+                }
+                let record = decode_incremental(doc, &value)?;
+                let delta = CrdtState::decode(kind, &record.changes)
+                    .map_err(|_| damaged("incremental state record"))?;
+                crdt.merge_owned(delta);
+            }
             if Digest::of_bytes(&crdt.encode()).as_bytes() != &meta.digest {
                 return Err(damaged("state does not match its digest"));
             }
@@ -115,9 +149,6 @@ pub(crate) fn read_meta(db: &sled::Db, doc: DocId) -> Result<Option<DocMeta>, St
     let Some(base) = read_base_meta(db, doc)? else {
         return Ok(None);
     };
-    if base.kind != DocKind::Automerge {
-        return Ok(Some(base));
-    }
     match db.scan_prefix(records::incremental_prefix(doc)).next_back() {
         None => Ok(Some(base)),
         Some(item) => {

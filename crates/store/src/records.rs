@@ -6,12 +6,18 @@
 //! | `f` | format version, `u32` little endian |
 //! | `d` doc | [`DocMeta`] as of the document's creation, last compaction or CRDT update |
 //! | `s` doc | snapshot: `Automerge::save()`, or the encoded CRDT state |
-//! | `i` doc seq(u64 BE) | [`Incremental`]: one commit's Automerge changes and the metadata after it |
+//! | `i` doc seq(u64 BE) | [`Incremental`]: one commit's Automerge changes, or one CRDT update's delta (its canonical encoding), and the metadata after it |
 //!
-//! An Automerge commit writes one record, its incremental, which carries the document's new
-//! metadata: one sled insert, never a batch (sled's batches cost half as much again as an
-//! insert). The document's current metadata is its last incremental's, or `d` if it has none.
-//! Compaction replaces the snapshot, removes the incrementals and rewrites `d`, in one batch.
+//! A commit to a document writes one record, its incremental, which carries the document's
+//! new metadata: one sled insert, never a batch. For an Automerge document it holds the
+//! commit's changes; for a CRDT document, the update's delta (a register's whole state), and
+//! the state is the snapshot joined with every delta. The document's current metadata is its
+//! last incremental's, or `d` if it has none. Compaction replaces the snapshot, removes the
+//! incrementals and rewrites `d`, in one batch.
+//! Creating a document writes `k`, `n`, `s` and then `d`, as plain inserts in that order: `d`
+//! makes the document exist, and sled recovers a prefix of its log, so a crash leaves the
+//! document whole or absent (sled makes each batch two synchronous log writes, too slow for
+//! a clone of thousands of documents).
 //! | `y` peer doc | [`SyncRecord`] |
 //! | `p` peer | [`PeerInfo`](crate::PeerInfo) |
 //! | `r` peer | when a sync session with the peer last finished reconciling: `u64` millis, little endian |
@@ -26,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Access, DocId, DocKind, PeerId, SpaceId, Version};
 
 /// The format this build writes; bump it with any change to the layout or a record.
-pub(crate) const FORMAT: u32 = 5;
+pub(crate) const FORMAT: u32 = 6;
 
 /// Records are small; anything larger than this in a record slot is damage.
 pub(crate) const RECORD_LIMIT: usize = 16 << 20;

@@ -191,9 +191,13 @@ impl Commit {
     }
 }
 
-/// A commit's records: one insert where one record says it all, a batch otherwise.
+/// A commit's records: one insert where one record says it all; inserts in order where the
+/// last one makes the commit (a crash between them leaves records that nothing reads yet); a
+/// batch where records must change together. sled makes each batch two synchronous log writes
+/// of its own, so batches are kept off the paths that run per document or per change.
 pub(crate) enum Writes {
     One(Vec<u8>, Vec<u8>),
+    InOrder(Vec<(Vec<u8>, Vec<u8>)>),
     Batch(sled::Batch),
 }
 
@@ -373,6 +377,9 @@ impl Store {
         };
         let applied = match commit.writes {
             Writes::One(key, value) => db.insert(key, value).map(drop),
+            Writes::InOrder(writes) => writes
+                .into_iter()
+                .try_for_each(|(key, value)| db.insert(key, value).map(drop)),
             Writes::Batch(batch) => db.apply_batch(batch),
         };
         if let Err(e) = applied {

@@ -7,6 +7,10 @@
 //! and checks that every printed key is there with its value. Some rounds kill right as the
 //! child announces a compaction, so kills land inside compactions too.
 //!
+//! Beside the writers, a maker thread takes in whole documents as sync does (`adopt`) and
+//! increments a counter, printing each document's id and each count once its call returned:
+//! every one must be there after the kill, and every document in the store must load.
+//!
 //! `FERRY_CRASH_ROUNDS` sets the number of kills (default 24).
 
 // Helpers fail loudly; that is what a test wants.
@@ -22,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
-use ferry_store::{DocId, DocKind, Durability, Store, StoreConfig};
+use ferry_store::{
+    CrdtState, DocId, DocKind, Durability, Origin, PeerId, SpaceId, Store, StoreConfig,
+};
 use rand::Rng;
 
 const DIR_VAR: &str = "FERRY_CRASH_DIR";
@@ -56,11 +62,46 @@ fn config(writers: usize) -> StoreConfig {
     }
 }
 
-/// The one document the rounds write to, made on first use.
+/// The one document the writers write to, made on first use.
 fn the_doc(store: &Store) -> DocId {
-    match store.list().unwrap().first() {
-        Some(doc) => *doc,
-        None => store.create(DocKind::Automerge).unwrap(),
+    let doc = DocId::from_bytes([1; 16]);
+    store
+        .create_with_id(doc, SpaceId::DEFAULT, DocKind::Automerge, Origin::Local)
+        .unwrap();
+    doc
+}
+
+/// The counter the maker increments, made on first use.
+fn the_counter(store: &Store) -> DocId {
+    let doc = DocId::from_bytes([2; 16]);
+    store
+        .create_with_id(doc, SpaceId::DEFAULT, DocKind::GCounter, Origin::Local)
+        .unwrap();
+    doc
+}
+
+fn count(store: &Store, counter: DocId) -> u128 {
+    match store.crdt(counter).unwrap() {
+        CrdtState::GCounter(c) => c.value(),
+        other => panic!("not a counter: {other:?}"),
+    }
+}
+
+/// Takes in whole documents from a made-up peer and increments the counter, printing each
+/// document made and each count reached once the call has returned.
+fn maker(store: &Store) {
+    let counter = the_counter(store);
+    let peer = Origin::Remote(PeerId::from_bytes([9; 16]));
+    loop {
+        let doc = DocId::random();
+        let mut theirs = automerge::Automerge::new();
+        theirs
+            .transact(|tx| tx.put(ROOT, "made", doc.to_string()))
+            .unwrap();
+        store.adopt((doc, SpaceId::DEFAULT), peer, theirs).unwrap();
+        println!("made {doc}");
+        store.increment(counter, 1).unwrap();
+        println!("counted {}", count(store, counter));
     }
 }
 
@@ -71,6 +112,7 @@ fn child(dir: &Path) {
     let keys: Vec<String> = store.read(doc, |d| d.keys(ROOT).collect()).unwrap();
     println!("ready");
     std::thread::scope(|scope| {
+        scope.spawn(|| maker(&store));
         for writer in 0..writers {
             let store = &store;
             // Continue numbering after whatever this writer committed before.
@@ -102,6 +144,8 @@ fn child(dir: &Path) {
 
 struct Round {
     committed: Vec<String>,
+    made: Vec<DocId>,
+    counted: u128,
     killed_in_compaction: bool,
 }
 
@@ -159,7 +203,18 @@ fn round(dir: &Path, writers: usize, aim: Aim) -> Round {
     lines.extend(rx.try_iter());
 
     let markers: Vec<&String> = lines.iter().filter(|l| l.starts_with("compact-")).collect();
+    let made = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("made ")?.parse().ok())
+        .collect();
+    let counted = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("counted ")?.parse().ok())
+        .max()
+        .unwrap_or(0);
     Round {
+        made,
+        counted,
         killed_in_compaction: markers.last().is_some_and(|m| *m == "compact-start"),
         committed: lines.into_iter().filter(|l| l.starts_with('w')).collect(),
     }
@@ -180,6 +235,8 @@ fn parent() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut promised = BTreeSet::new();
+    let mut made = Vec::new();
+    let mut counted = 0;
     let mut in_compaction = 0;
     for i in 0..rounds {
         let writers = if i % 2 == 0 { 1 } else { 4 };
@@ -191,6 +248,8 @@ fn parent() {
         let round = round(dir.path(), writers, aim);
         in_compaction += usize::from(round.killed_in_compaction);
         promised.extend(round.committed);
+        made.extend(round.made);
+        counted = counted.max(round.counted);
 
         // Every key a child printed is there, with its value, after the kill.
         let store = Store::open_with(dir.path(), config(1)).unwrap();
@@ -213,6 +272,30 @@ fn parent() {
             promised.len(),
             &missing[..missing.len().min(5)]
         );
+        // Every document taken in is there whole, the counter has every increment, and
+        // nothing in the store reads as damaged.
+        for doc in &made {
+            let value = store
+                .read(*doc, |d| {
+                    d.get(ROOT, "made").unwrap().map(|(v, _)| v.to_string())
+                })
+                .unwrap_or_else(|e| panic!("round {i}: document {doc} taken in is lost: {e}"));
+            assert_eq!(value, Some(format!("\"{doc}\"")), "round {i}");
+        }
+        let reached = count(&store, the_counter(&store));
+        assert!(
+            reached >= counted,
+            "round {i}: counted {counted}, reopened at {reached}"
+        );
+        for doc in store.list().unwrap() {
+            store
+                .info(doc)
+                .and_then(|info| match info.kind {
+                    DocKind::Automerge => store.read(doc, |_| ()),
+                    _ => store.crdt(doc).map(drop),
+                })
+                .unwrap_or_else(|e| panic!("round {i}: {doc} does not load: {e}"));
+        }
         let info = store.info(doc).unwrap();
         println!(
             "round {i:2}: {writers} writer(s), {aim:?}, killed in compaction: {}, keys so far: {}, \
@@ -224,8 +307,10 @@ fn parent() {
         std::io::stdout().flush().unwrap();
     }
     println!(
-        "{rounds} kills, {in_compaction} during a compaction, {} keys checked, in {:.1?}",
+        "{rounds} kills, {in_compaction} during a compaction, {} keys, {} documents taken in \
+         and {counted} increments checked, in {:.1?}",
         promised.len(),
+        made.len(),
         started.elapsed()
     );
     assert!(

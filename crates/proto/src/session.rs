@@ -15,6 +15,7 @@
 //! - `snapshot`: whole documents for a peer that lacks them;
 //! - `deletes`: tombstones of deleted documents, both ways;
 //! - `chunks`: parsing Automerge chunks from the peer;
+//! - `incoming`: a step's frames decoded ahead of their turn, snapshots checked in parallel;
 //! - `peer_doc`: what the session knows of the peer's copy of one document.
 
 mod access;
@@ -23,6 +24,7 @@ mod automerge_sync;
 mod chunks;
 mod crdt_sync;
 mod deletes;
+mod incoming;
 mod peer_doc;
 mod snapshot;
 
@@ -30,6 +32,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use ferry_store::{DocId, DocKind, PeerId, Store, StoreError};
 
+use self::incoming::{Decoded, Prechecked};
 use self::peer_doc::PeerDoc;
 use crate::message::{
     DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, Message, PROTOCOL_VERSION,
@@ -283,16 +286,24 @@ impl Session {
     /// and what they wrote is made durable once, before any frame they queued is released.
     pub fn handle_bytes(&mut self, bytes: &[u8], now_millis: u64) -> Result<(), SessionError> {
         self.reader.push(bytes);
-        let handled = loop {
-            let frame = match self.reader.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break Ok(()),
-                Err(e) => break self.fail(ErrorCode::Malformed, e.into()),
-            };
-            if let Err(e) = self.handle(&frame, now_millis) {
-                break Err(e);
+        let mut frames = Vec::new();
+        let broken = loop {
+            match self.reader.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
             }
         };
+        let mut handled = Ok(());
+        for decoded in incoming::decode_all(&frames, self.config.max_frame) {
+            handled = self.handle_decoded(decoded, now_millis);
+            if handled.is_err() {
+                break;
+            }
+        }
+        if let (Ok(()), Some(e)) = (&handled, broken) {
+            handled = self.fail(ErrorCode::Malformed, e.into());
+        }
         self.release(handled)
     }
 
@@ -305,11 +316,16 @@ impl Session {
     }
 
     fn handle(&mut self, frame: &[u8], now_millis: u64) -> Result<(), SessionError> {
+        let decoded = incoming::decode(frame, self.config.max_frame);
+        self.handle_decoded(decoded, now_millis)
+    }
+
+    fn handle_decoded(&mut self, decoded: Decoded, now_millis: u64) -> Result<(), SessionError> {
         if self.phase == Phase::Closed {
             return Err(SessionError::Closed);
         }
         self.now = now_millis;
-        let message = match Message::from_frame(frame, self.config.max_frame) {
+        let message = match decoded.message {
             Ok(message) => message,
             Err(e) => return self.fail(ErrorCode::Malformed, e.into()),
         };
@@ -339,7 +355,7 @@ impl Session {
                 ),
             };
         }
-        match self.dispatch(message) {
+        match self.dispatch(message, decoded.snapshot) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let code = match &e {
@@ -463,7 +479,7 @@ impl Session {
         self.docs.entry(doc).or_default()
     }
 
-    fn dispatch(&mut self, message: Message) -> Result<(), SessionError> {
+    fn dispatch(&mut self, message: Message, checked: Prechecked) -> Result<(), SessionError> {
         match message {
             // A replayed hello is harmless; another version mid-session is not.
             Message::Hello { version, .. } if version == PROTOCOL_VERSION => Ok(()),
@@ -476,7 +492,7 @@ impl Session {
                 kind,
                 space,
                 bytes,
-            } => self.on_snapshot((doc, space), kind, &bytes),
+            } => self.on_snapshot((doc, space), kind, &bytes, checked),
             Message::Heads {
                 doc,
                 heads,

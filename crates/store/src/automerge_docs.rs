@@ -188,10 +188,10 @@ impl Store {
     pub fn saved_form(&self, doc: DocId) -> Result<Option<(Vec<u8>, Vec<ChangeHash>)>, StoreError> {
         // Under the lock: a compaction rewrites the snapshot and removes the change records
         // in one batch, and this must read the one state or the other.
-        let state = self.lock();
+        let mut state = self.lock();
         let db = &self.shared.db;
-        let meta = match state.cache.peek(&doc) {
-            Some(entry) => entry.meta.clone(),
+        let meta = match state.cache.meta(&doc) {
+            Some((meta, _)) => meta,
             None => self
                 .read_meta(doc)?
                 .ok_or(StoreError::NoSuchDocument(doc))?,

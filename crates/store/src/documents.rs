@@ -4,9 +4,13 @@
 use automerge::{ActorId, Automerge, ReadDoc};
 use ferry_crdt::Digest;
 
-use crate::loading::{read_space, version_of};
+use std::sync::MutexGuard;
+
+use automerge::ChangeHash;
+
+use crate::loading::{guarded, read_space, version_of};
 use crate::records::{self, DocMeta};
-use crate::store::{Commit, Entry, Loaded, Store, Writes, encode_record, wrong_kind};
+use crate::store::{Commit, Entry, Loaded, State, Store, Writes, encode_record, wrong_kind};
 use crate::{CrdtState, DocId, DocInfo, DocKind, Origin, SpaceId, StoreError, heads_digest};
 
 impl Store {
@@ -75,24 +79,10 @@ impl Store {
         origin: Origin,
         am: Automerge,
     ) -> Result<bool, StoreError> {
-        self.adopt_saved((doc, space), origin, am, None)
-    }
-
-    /// [`Store::adopt`] of a document `am` that was loaded from `saved`: a new document keeps
-    /// `saved` as its snapshot rather than saving `am` again. `saved` must be exactly the bytes
-    /// `am` was loaded from (a load that did not reach the same heads would make the document
-    /// read as damaged).
-    pub fn adopt_saved(
-        &self,
-        (doc, space): (DocId, SpaceId),
-        origin: Origin,
-        am: Automerge,
-        saved: Option<Vec<u8>>,
-    ) -> Result<bool, StoreError> {
         let actor = ActorId::from(*self.replica_id().as_bytes());
         let loaded = Loaded::Automerge(Box::new(am.with_actor(actor)));
         let Some(Loaded::Automerge(mut theirs)) =
-            self.create_entry_saved((doc, space), DocKind::Automerge, origin, loaded, saved)?
+            self.create_entry((doc, space), DocKind::Automerge, origin, loaded)?
         else {
             return Ok(true);
         };
@@ -102,6 +92,65 @@ impl Store {
             am.merge(&mut theirs)?;
             Ok(am.get_heads() != before)
         })
+    }
+
+    /// [`Store::adopt`] of an Automerge document's saved bytes, checked beforehand (on any
+    /// thread) by [`CheckedSnapshot::check`]. A new document is created from those very bytes
+    /// and the heads the check found, without loading it again; one held here has them merged
+    /// in. Returns whether anything changed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use automerge::{Automerge, ROOT, transaction::Transactable};
+    /// use ferry_store::{CheckedSnapshot, DocId, Origin, PeerId, SpaceId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let mut theirs = Automerge::new();
+    /// theirs.transact(|tx| tx.put(ROOT, "title", "minutes"))
+    ///     .map_err(|f| f.error)?;
+    /// let checked = CheckedSnapshot::check(theirs.save()).expect("it loads");
+    /// assert_eq!(checked.heads(), theirs.get_heads());
+    /// let doc = DocId::random();
+    /// let from = Origin::Remote(PeerId::from_bytes([7; 16]));
+    /// assert!(store.adopt_snapshot((doc, SpaceId::DEFAULT), from, checked)?);
+    /// assert_eq!(store.read(doc, |d| d.get_heads())?, theirs.get_heads());
+    ///
+    /// assert!(CheckedSnapshot::check(b"not a document".to_vec()).is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn adopt_snapshot(
+        &self,
+        (doc, space): (DocId, SpaceId),
+        origin: Origin,
+        snapshot: CheckedSnapshot,
+    ) -> Result<bool, StoreError> {
+        let state = self.lock();
+        if self.gone(doc)?.is_some() {
+            return Err(StoreError::Gone(doc));
+        }
+        if self.held_meta(&state, doc)?.is_some() {
+            drop(state);
+            let theirs =
+                guarded(|| Automerge::load(&snapshot.bytes).ok()).ok_or(StoreError::Damaged {
+                    doc,
+                    what: "a checked snapshot that no longer loads",
+                })?;
+            return self.adopt((doc, space), origin, theirs);
+        }
+        let meta = DocMeta {
+            kind: DocKind::Automerge,
+            heads: snapshot.heads.iter().map(|h| h.0).collect(),
+            digest: *heads_digest(&snapshot.heads).as_bytes(),
+            changes: snapshot.changes,
+            snapshot_bytes: 0,
+            incremental_bytes: 0,
+            next_incremental: 0,
+        };
+        let content = (!snapshot.heads.is_empty()).then_some(snapshot.bytes);
+        self.write_new(state, (doc, space), origin, meta, content, None)?;
+        Ok(true)
     }
 
     /// Takes in the whole state of a CRDT document a peer sent: if `doc` is not here, it is
@@ -133,29 +182,16 @@ impl Store {
     /// content is handed back (or the kinds differ, an error).
     pub(crate) fn create_entry(
         &self,
-        id: (DocId, SpaceId),
-        kind: DocKind,
-        origin: Origin,
-        content: Loaded,
-    ) -> Result<Option<Loaded>, StoreError> {
-        self.create_entry_saved(id, kind, origin, content, None)
-    }
-
-    /// [`Store::create_entry`], keeping `saved` (the bytes an Automerge `content` was loaded
-    /// from) as the snapshot instead of saving the document again.
-    fn create_entry_saved(
-        &self,
         (doc, space): (DocId, SpaceId),
         kind: DocKind,
         origin: Origin,
         content: Loaded,
-        saved: Option<Vec<u8>>,
     ) -> Result<Option<Loaded>, StoreError> {
-        let mut state = self.lock();
+        let state = self.lock();
         if self.gone(doc)?.is_some() {
             return Err(StoreError::Gone(doc));
         }
-        if let Some(meta) = self.read_meta(doc)? {
+        if let Some(meta) = self.held_meta(&state, doc)? {
             return if meta.kind == kind {
                 Ok(Some(content))
             } else {
@@ -171,6 +207,52 @@ impl Store {
             incremental_bytes: 0,
             next_incremental: 0,
         };
+        let snapshot = match &content {
+            Loaded::Automerge(am) => {
+                let heads = am.get_heads();
+                meta.heads = heads.iter().map(|h| h.0).collect();
+                meta.digest = *heads_digest(&heads).as_bytes();
+                meta.changes = am.stats().num_changes;
+                (!heads.is_empty()).then(|| am.save())
+            }
+            Loaded::Crdt(crdt) => {
+                let bytes = crdt.encode();
+                meta.digest = *Digest::of_bytes(&bytes).as_bytes();
+                if CrdtState::empty(kind).as_ref() != Some(crdt) {
+                    meta.changes = 1;
+                    Some(bytes)
+                } else {
+                    None
+                }
+            }
+        };
+        self.write_new(state, (doc, space), origin, meta, snapshot, Some(content))?;
+        Ok(None)
+    }
+
+    /// `doc`'s metadata if it is here, from memory when it is at hand.
+    fn held_meta(
+        &self,
+        state: &MutexGuard<'_, State>,
+        doc: DocId,
+    ) -> Result<Option<DocMeta>, StoreError> {
+        match state.cache.peek_meta(&doc) {
+            Some(meta) => Ok(Some(meta.clone())),
+            None => self.read_meta(doc),
+        }
+    }
+
+    /// Writes a new document's records, `meta` (completed with the snapshot's size) last, and
+    /// keeps it loaded (`content`) or only its metadata.
+    fn write_new(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        (doc, space): (DocId, SpaceId),
+        origin: Origin,
+        mut meta: DocMeta,
+        snapshot: Option<Vec<u8>>,
+        content: Option<Loaded>,
+    ) -> Result<(), StoreError> {
         // Written in this order, each a plain insert (a sled batch costs two synchronous log
         // writes of its own): the space, its index entry and the content, then the metadata
         // that makes the document exist. sled recovers a prefix of its log, so a crash leaves
@@ -183,42 +265,25 @@ impl Store {
             ),
             (records::space_doc_key(space, doc).to_vec(), Vec::new()),
         ];
-        match &content {
-            Loaded::Automerge(am) => {
-                let heads = am.get_heads();
-                meta.heads = heads.iter().map(|h| h.0).collect();
-                meta.digest = *heads_digest(&heads).as_bytes();
-                meta.changes = am.stats().num_changes;
-                if !heads.is_empty() {
-                    // Loaded from `saved`: those bytes are its snapshot as they are.
-                    let snapshot = saved.unwrap_or_else(|| am.save());
-                    meta.snapshot_bytes = snapshot.len() as u64;
-                    writes.push((records::snapshot_key(doc).to_vec(), snapshot));
-                }
-            }
-            Loaded::Crdt(crdt) => {
-                let bytes = crdt.encode();
-                meta.digest = *Digest::of_bytes(&bytes).as_bytes();
-                if CrdtState::empty(kind).as_ref() != Some(crdt) {
-                    meta.changes = 1;
-                    meta.snapshot_bytes = bytes.len() as u64;
-                    writes.push((records::snapshot_key(doc).to_vec(), bytes));
-                }
-            }
+        if let Some(snapshot) = snapshot {
+            meta.snapshot_bytes = snapshot.len() as u64;
+            writes.push((records::snapshot_key(doc).to_vec(), snapshot));
         }
         writes.push((records::meta_key(doc).to_vec(), encode_record(&meta)));
         let version = version_of(&meta);
-        state.cache.put(
-            doc,
-            Entry {
-                meta,
-                space,
-                doc: content,
-            },
-        );
+        match content {
+            Some(doc_content) => state.cache.put(
+                doc,
+                Entry {
+                    meta,
+                    space,
+                    doc: doc_content,
+                },
+            ),
+            None => state.cache.remember(doc, &meta, space),
+        }
         let commit = Commit::changed(Writes::InOrder(writes), (doc, space), origin, version);
-        self.commit(state, doc, commit)?;
-        Ok(None)
+        self.commit(state, doc, commit)
     }
 
     /// Every document's id, in id order. Never fails on a damaged document: its id is listed
@@ -236,20 +301,7 @@ impl Store {
 
     /// What the store knows of `doc`, without loading it.
     pub fn info(&self, doc: DocId) -> Result<DocInfo, StoreError> {
-        // Under the lock: a document's metadata is its base record or its last incremental,
-        // two reads that a compaction committing between them would make go back in time.
-        // A loaded document's metadata is at hand.
-        let mut state = self.lock();
-        let (meta, space) = match state.cache.get(&doc) {
-            Some(entry) => (entry.meta.clone(), entry.space),
-            None => {
-                let meta = self
-                    .read_meta(doc)?
-                    .ok_or(StoreError::NoSuchDocument(doc))?;
-                (meta, read_space(&self.shared.db, doc)?)
-            }
-        };
-        drop(state);
+        let (meta, space) = self.meta_and_space(doc)?;
         Ok(DocInfo {
             id: doc,
             kind: meta.kind,
@@ -259,5 +311,60 @@ impl Store {
             changes: meta.changes,
             stored_bytes: meta.snapshot_bytes + meta.incremental_bytes,
         })
+    }
+
+    /// `doc`'s metadata and space: from memory when it is loaded or its metadata is kept,
+    /// else from sled (and then kept).
+    pub(crate) fn meta_and_space(&self, doc: DocId) -> Result<(DocMeta, SpaceId), StoreError> {
+        // Under the lock: a document's metadata is its base record or its last incremental,
+        // two reads that a compaction committing between them would make go back in time.
+        let mut state = self.lock();
+        if let Some(held) = state.cache.meta(&doc) {
+            return Ok(held);
+        }
+        let meta = self
+            .read_meta(doc)?
+            .ok_or(StoreError::NoSuchDocument(doc))?;
+        let space = read_space(&self.shared.db, doc)?;
+        state.cache.remember(doc, &meta, space);
+        Ok((meta, space))
+    }
+}
+
+/// An Automerge document's saved bytes that load whole, with the heads and change count
+/// loading them found: what [`Store::adopt_snapshot`] takes in. The check is the costly part
+/// of taking in a peer's document and needs nothing of the store, so a sync session runs it
+/// for many documents at once, on several threads.
+#[derive(Clone, Debug)]
+pub struct CheckedSnapshot {
+    bytes: Vec<u8>,
+    heads: Vec<ChangeHash>,
+    changes: u64,
+}
+
+impl CheckedSnapshot {
+    /// Loads `bytes` as a whole Automerge document (a panic in automerge is a failure like
+    /// any other) and keeps what the store needs of it; `None` if they do not load.
+    pub fn check(bytes: Vec<u8>) -> Option<Self> {
+        let (heads, changes) = guarded(|| {
+            Automerge::load(&bytes)
+                .ok()
+                .map(|am| (am.get_heads(), am.stats().num_changes))
+        })?;
+        Some(Self {
+            bytes,
+            heads,
+            changes,
+        })
+    }
+
+    /// The heads the document reaches.
+    pub fn heads(&self) -> &[ChangeHash] {
+        &self.heads
+    }
+
+    /// The saved bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }

@@ -34,6 +34,7 @@
 //! ```
 
 mod automerge_docs;
+mod cache;
 mod crdt_docs;
 mod deletes;
 mod directory;
@@ -54,6 +55,7 @@ mod time;
 mod values;
 mod version;
 
+pub use documents::CheckedSnapshot;
 pub use durability::Durability;
 pub use error::StoreError;
 pub use events::{ChangeFeed, FeedChanges, Origin, RecvError, StoreEvent, Subscription};

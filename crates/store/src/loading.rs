@@ -2,8 +2,8 @@
 
 use automerge::{ActorId, Automerge, ChangeHash};
 use ferry_crdt::{Digest, ReplicaId, decode};
-use lru::LruCache;
 
+use crate::cache::Cache;
 use crate::records::{self, DocMeta, FORMAT, Incremental, RECORD_LIMIT};
 use crate::store::{Entry, Loaded, encode_record};
 use crate::{CrdtState, DocId, DocKind, SpaceId, StoreError, Version};
@@ -55,7 +55,7 @@ pub(crate) fn crdt_compaction(
 
 /// Finds `doc` in the cache or loads it from sled.
 pub(crate) fn entry_in<'a>(
-    cache: &'a mut LruCache<DocId, Entry>,
+    cache: &'a mut Cache,
     db: &sled::Db,
     replica: ReplicaId,
     doc: DocId,
@@ -227,7 +227,7 @@ pub(crate) fn check_format(db: &sled::Db) -> Result<(), StoreError> {
 
 /// Runs automerge on stored bytes; a panic in it on damaged bytes is damage like any other,
 /// not the end of the process.
-fn guarded<T>(load: impl FnOnce() -> Option<T>) -> Option<T> {
+pub(crate) fn guarded<T>(load: impl FnOnce() -> Option<T>) -> Option<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
         .ok()
         .flatten()

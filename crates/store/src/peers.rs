@@ -109,8 +109,8 @@ impl Store {
 
     /// The space `doc` belongs to, if it is here (or was, and was deleted or forgotten).
     pub fn space_of(&self, doc: DocId) -> Result<Option<SpaceId>, StoreError> {
-        if let Some(entry) = self.lock().cache.peek(&doc) {
-            return Ok(Some(entry.space));
+        if let Some((_, space)) = self.lock().cache.meta(&doc) {
+            return Ok(Some(space));
         }
         match read_space(&self.shared.db, doc) {
             Ok(space) => Ok(Some(space)),

@@ -13,6 +13,7 @@ use lru::LruCache;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::cache::Cache;
 use crate::directory::Directory;
 use crate::durability::GroupCommit;
 use crate::events::Feeds;
@@ -31,6 +32,10 @@ pub struct StoreConfig {
     /// How many loaded documents to keep in memory; older ones are dropped and reloaded from
     /// disk when needed. Default: 256.
     pub cache_docs: NonZeroUsize,
+    /// How many more documents' metadata (version, space, size) to keep in memory, so that
+    /// sync can answer for documents that are not loaded without reading sled. Each takes
+    /// about 200 bytes. Default: 65,536.
+    pub cache_metas: NonZeroUsize,
     /// Incrementals are compacted into a new snapshot once they outgrow both the snapshot and
     /// this many bytes. Default: 64 KiB.
     pub compact_min_bytes: u64,
@@ -43,6 +48,7 @@ impl Default for StoreConfig {
         Self {
             durability: Durability::Immediate,
             cache_docs: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            cache_metas: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
             compact_min_bytes: 64 * 1024,
             event_capacity: 1024,
         }
@@ -101,7 +107,7 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct State {
-    pub(crate) cache: LruCache<DocId, Entry>,
+    pub(crate) cache: Cache,
     pub(crate) clock: Clock,
     /// The last few changes to recently changed counters, as deltas (see
     /// [`Store::crdt_delta`]).
@@ -224,7 +230,7 @@ impl Store {
             defer: false,
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    cache: LruCache::new(config.cache_docs),
+                    cache: Cache::new(config.cache_docs, config.cache_metas),
                     clock,
                     deltas: LruCache::new(
                         NonZeroUsize::new(DELTA_DOCS).unwrap_or(NonZeroUsize::MIN),

@@ -3,7 +3,9 @@
 //! Random sequences of create, local change, remote changes, compact, delete, and close and
 //! reopen run against a store and against in-memory documents that receive the same operations
 //! and never touch a disk. After every reopen, and at the end, every document must have the
-//! same contents, heads and change count as its model.
+//! same contents, heads and change count as its model. After every operation, what
+//! [`Store::info`] says of each document (kept in memory or read from disk) must match its
+//! model, and a deleted document must be gone.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 48, which CI runs).
 
@@ -17,7 +19,9 @@ use std::time::Duration;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ROOT, ReadDoc, ScalarValue, Value};
 use ferry_crdt::{Crdt, GCounter, ReplicaId};
-use ferry_store::{CrdtState, DocId, DocKind, Durability, Origin, PeerId, Store, StoreConfig};
+use ferry_store::{
+    CrdtState, DocId, DocKind, Durability, Origin, PeerId, Store, StoreConfig, Version,
+};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -73,6 +77,7 @@ struct Run {
     config: StoreConfig,
     store: Option<Store>,
     docs: BTreeMap<DocId, Model>,
+    deleted: Vec<DocId>,
     replica: ReplicaId,
     peer: PeerId,
 }
@@ -87,6 +92,7 @@ impl Run {
             config,
             store: Some(store),
             docs: BTreeMap::new(),
+            deleted: Vec::new(),
             replica,
             peer: PeerId::from_bytes([0xee; 16]),
         }
@@ -197,6 +203,7 @@ impl Run {
                 };
                 self.store().delete(doc).unwrap();
                 self.docs.remove(&doc);
+                self.deleted.push(doc);
             }
             Op::Reopen => {
                 self.store = None;
@@ -205,6 +212,28 @@ impl Run {
                 self.store = Some(store);
                 self.check()?;
             }
+        }
+        Ok(())
+    }
+
+    /// What the store says of each document without loading it is its model's version and
+    /// change count; a deleted document is not there.
+    fn check_info(&self) -> Result<(), TestCaseError> {
+        let store = self.store();
+        for (doc, model) in &self.docs {
+            let info = store.info(*doc).unwrap();
+            match model {
+                Model::Automerge { local, .. } => {
+                    prop_assert_eq!(&info.version, &Version::Heads(local.get_heads()));
+                    prop_assert_eq!(info.changes as usize, local.get_changes(&[]).len());
+                }
+                Model::Counter { local, .. } => {
+                    prop_assert_eq!(info.digest, local.digest().unwrap());
+                }
+            }
+        }
+        for doc in &self.deleted {
+            prop_assert!(store.info(*doc).is_err(), "deleted {doc} still has info");
         }
         Ok(())
     }
@@ -256,10 +285,11 @@ fn contents(doc: &Automerge) -> BTreeMap<String, i64> {
 fn config() -> impl Strategy<Value = StoreConfig> {
     (
         1..4usize,
+        1..4usize,
         prop_oneof![Just(0u64), Just(200), Just(64 * 1024)],
         any::<bool>(),
     )
-        .prop_map(|(cache, compact_min_bytes, batched)| StoreConfig {
+        .prop_map(|(cache, metas, compact_min_bytes, batched)| StoreConfig {
             durability: if batched {
                 Durability::Batched {
                     interval: Duration::from_millis(1),
@@ -268,6 +298,7 @@ fn config() -> impl Strategy<Value = StoreConfig> {
                 Durability::Immediate
             },
             cache_docs: NonZeroUsize::new(cache).unwrap(),
+            cache_metas: NonZeroUsize::new(metas).unwrap(),
             compact_min_bytes,
             ..StoreConfig::default()
         })
@@ -293,6 +324,7 @@ proptest! {
         let mut run = Run::new(config);
         for op in ops {
             run.apply(op)?;
+            run.check_info()?;
         }
         run.apply(Op::Reopen)?;
     }

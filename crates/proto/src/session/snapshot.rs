@@ -1,10 +1,9 @@
 //! Whole documents: a snapshot for a peer that lacks a document, and taking one in.
 
-use automerge::Automerge;
-use ferry_store::{DocId, DocInfo, DocKind, Origin, SpaceId};
+use ferry_store::{CheckedSnapshot, DocId, DocInfo, DocKind, Origin, SpaceId};
 
-use super::chunks::guarded;
 use super::crdt_sync::validate_state;
+use super::incoming::Prechecked;
 use super::{Event, Session, SessionError};
 use crate::message::{ErrorCode, Message};
 
@@ -54,6 +53,7 @@ impl Session {
         (doc, space): (DocId, SpaceId),
         kind: DocKind,
         bytes: &[u8],
+        checked: Prechecked,
     ) -> Result<(), SessionError> {
         self.awaiting.remove(&doc);
         // (A hidden document is one the peer may not write either: refused, as if not held.)
@@ -76,17 +76,20 @@ impl Session {
         let origin = Origin::Remote(self.peer);
         match kind {
             DocKind::Automerge => {
-                // Strict: a damaged or truncated document is refused whole.
-                let theirs = guarded(|| Automerge::load(bytes).ok())
-                    .ok_or(SessionError::Protocol("a snapshot that does not load"))?;
-                let their_heads = theirs.get_heads();
+                // Strict: a damaged or truncated document is refused whole. (Checked ahead,
+                // with the rest of its step's snapshots, when it came in a batch.)
+                let does_not_load = SessionError::Protocol("a snapshot that does not load");
+                let theirs = match checked {
+                    Prechecked::Loads(theirs) => theirs,
+                    Prechecked::DoesNotLoad => return Err(does_not_load),
+                    Prechecked::No => {
+                        CheckedSnapshot::check(bytes.to_vec()).ok_or(does_not_load)?
+                    }
+                };
+                let their_heads = theirs.heads().to_vec();
                 // Created with its content in one write (these very bytes, not saved again), or
                 // merged into the copy here.
-                let saved = Some(bytes.to_vec());
-                if self
-                    .store
-                    .adopt_saved((doc, space), origin, theirs, saved)?
-                {
+                if self.store.adopt_snapshot((doc, space), origin, theirs)? {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
                 self.answer_heads(doc, their_heads)

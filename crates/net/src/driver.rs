@@ -179,9 +179,20 @@ impl Outbound {
         peer: PeerId,
         session: &mut Session,
     ) {
+        // A step's frames go out as one piece, written as far as the stream takes it at
+        // each turn: one frame per turn would let a step's thousands of small frames
+        // (acknowledgements, say) wait behind the steps that follow.
+        let mut piece = Vec::new();
         while let Some(frame) = session.poll_transmit() {
-            self.len += frame.len();
-            self.frames.push_back(frame.into());
+            if piece.is_empty() {
+                piece = frame;
+            } else {
+                piece.extend_from_slice(&frame);
+            }
+        }
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.frames.push_back(piece.into());
         }
         while let Some(event) = session.poll_event() {
             progress.note(&event);

@@ -222,8 +222,8 @@ async fn pending_for(store: &Store, peer: PeerId) -> Result<BTreeSet<DocId>, Net
     tokio::task::spawn_blocking(move || {
         let mut pending = BTreeSet::new();
         for doc in store.docs_readable_by(peer)? {
-            match store.sync_status(peer, doc) {
-                Ok(status) if status.pending > 0 => {
+            match store.pending_for(peer, doc) {
+                Ok(changes) if changes > 0 => {
                     pending.insert(doc);
                 }
                 Ok(_) => {}

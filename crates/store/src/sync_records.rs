@@ -79,7 +79,15 @@ impl Store {
         doc: DocId,
         update: SyncUpdate,
     ) -> Result<(), StoreError> {
-        let mut record = self.sync_record(peer, doc)?.unwrap_or_default();
+        // An update that sets every field needs nothing of the record it replaces.
+        let whole = update.automerge_state.is_some()
+            && matches!(&update.acked, Some(Version::Heads(h)) if !h.is_empty())
+            && update.synced_at.is_some();
+        let mut record = if whole {
+            SyncRecord::default()
+        } else {
+            self.sync_record(peer, doc)?.unwrap_or_default()
+        };
         if let Some(state) = update.automerge_state {
             record.automerge_state = state;
         }
@@ -133,6 +141,31 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn sync_status(&self, peer: PeerId, doc: DocId) -> Result<DocSyncStatus, StoreError> {
+        let (pending, record) = self.pending_with_record(peer, doc)?;
+        // A document the peer held at the last completed reconciliation was in sync then.
+        let reconciled = self.reconciled(peer)?;
+        let last_sync_millis = match (pending, record.last_sync_millis, reconciled) {
+            (0, Some(at), Some(r)) => Some(at.max(r)),
+            (_, at, _) => at,
+        };
+        Ok(DocSyncStatus {
+            pending,
+            last_sync_millis,
+        })
+    }
+
+    /// The changes to `doc` that `peer` has not acknowledged: [`Store::sync_status`]'s
+    /// `pending`, for a caller that asks it of many documents and needs no times.
+    pub fn pending_for(&self, peer: PeerId, doc: DocId) -> Result<u64, StoreError> {
+        self.pending_with_record(peer, doc)
+            .map(|(pending, _)| pending)
+    }
+
+    fn pending_with_record(
+        &self,
+        peer: PeerId,
+        doc: DocId,
+    ) -> Result<(u64, SyncRecord), StoreError> {
         let info = self.info(doc)?;
         let record = self.sync_record(peer, doc)?.unwrap_or_default();
         let pending = match (&info.version, &record.acked) {
@@ -154,16 +187,7 @@ impl Store {
             // A state never acknowledged, or since changed: at least one change is pending.
             _ => info.changes.saturating_sub(record.acked_changes).max(1),
         };
-        // A document the peer held at the last completed reconciliation was in sync then.
-        let reconciled = self.reconciled(peer)?;
-        let last_sync_millis = match (pending, record.last_sync_millis, reconciled) {
-            (0, Some(at), Some(r)) => Some(at.max(r)),
-            (_, at, _) => at,
-        };
-        Ok(DocSyncStatus {
-            pending,
-            last_sync_millis,
-        })
+        Ok((pending, record))
     }
 
     /// Whether `peer` has acknowledged holding `change` of an Automerge document: whether the

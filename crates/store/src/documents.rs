@@ -127,10 +127,16 @@ impl Store {
         snapshot: CheckedSnapshot,
     ) -> Result<bool, StoreError> {
         let state = self.lock();
-        if self.gone(doc)?.is_some() {
+        // A document with no space here was never here: neither gone nor held (one read).
+        let never_here = state.cache.peek_meta(&doc).is_none()
+            && matches!(
+                read_space(&self.shared.db, doc),
+                Err(StoreError::NoSuchDocument(_))
+            );
+        if !never_here && self.gone(doc)?.is_some() {
             return Err(StoreError::Gone(doc));
         }
-        if self.held_meta(&state, doc)?.is_some() {
+        if !never_here && self.held_meta(&state, doc)?.is_some() {
             drop(state);
             let theirs =
                 guarded(|| Automerge::load(&snapshot.bytes).ok()).ok_or(StoreError::Damaged {

@@ -90,7 +90,14 @@ impl Store {
         space: SpaceId,
     ) -> Result<Access, StoreError> {
         let space = self.space_of(doc)?.unwrap_or(space);
-        Ok(self.directory().access(peer, doc, Some(space)))
+        Ok(self.access_as(peer, doc, space))
+    }
+
+    /// `peer`'s access to `doc` as a document of `space`, from what is in memory: its override
+    /// for the document, else its grant on `space`. For a caller that knows the document's
+    /// space (or that it has none here: see [`Store::space_of`]).
+    pub fn access_as(&self, peer: PeerId, doc: DocId, space: SpaceId) -> Access {
+        self.directory().access(peer, doc, Some(space))
     }
 
     /// Whether `peer` may write `doc` in some space here: through an override for the
@@ -107,7 +114,8 @@ impl Store {
         }
     }
 
-    /// The space `doc` belongs to, if it is here (or was, and was deleted or forgotten).
+    /// The space `doc` belongs to, if it is here (or was, and was deleted or forgotten). `None`
+    /// means the document has never been here: neither held nor gone.
     pub fn space_of(&self, doc: DocId) -> Result<Option<SpaceId>, StoreError> {
         if let Some((_, space)) = self.lock().cache.meta(&doc) {
             return Ok(Some(space));

@@ -7,7 +7,7 @@
 //! - [`Session::listed_in_sync`]: reconciliation showed the peer holds the version listed at
 //!   the session's start, which is in sync unless it has changed here since.
 
-use automerge::ChangeHash;
+use automerge::{ChangeHash, sync};
 use ferry_store::{DocId, DocKind, StoreError, SyncUpdate, Version, heads_digest};
 
 use super::{Event, Session, SessionError};
@@ -22,11 +22,18 @@ impl Session {
         doc: DocId,
         version: Version,
     ) -> Result<(), SessionError> {
+        // Automerge's sync state keeps only the shared heads when saved: the record is known
+        // without reading the old one, and a state not loaded yet loads it from there.
         let automerge_state = match &version {
             Version::Heads(heads) => {
-                let state = self.sync_state(doc)?;
-                state.shared_heads = heads.clone();
-                Some(state.encode())
+                let known = self.peer_doc(doc);
+                known.shared_on_load = None;
+                if let Some(state) = &mut known.sync {
+                    state.shared_heads = heads.clone();
+                }
+                let mut saved = sync::State::new();
+                saved.shared_heads = heads.clone();
+                Some(saved.encode())
             }
             Version::Digest(_) => None,
         };

@@ -252,6 +252,9 @@ impl Session {
             let mut state = record
                 .and_then(|r| sync::State::decode(&r.automerge_state).ok())
                 .unwrap_or_default();
+            if let Some(heads) = self.peer_doc(doc).shared_on_load.take() {
+                state.shared_heads = heads;
+            }
             // Changes from a peer that may not write are neither wanted nor stored: automerge
             // tells the peer so, and it sends none.
             state.set_read_only(!self.may_write(doc)?);

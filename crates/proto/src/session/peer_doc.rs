@@ -11,6 +11,9 @@ use ferry_crdt::Digest;
 pub(super) struct PeerDoc {
     /// Automerge's sync state with the peer, loaded from the sync record on first use.
     pub(super) sync: Option<sync::State>,
+    /// Heads the peer holds once a snapshot sent to it loads, for automerge's sync state when
+    /// it is loaded (until then, there is no reason to read the sync record).
+    pub(super) shared_on_load: Option<Vec<ChangeHash>>,
     /// A `Heads` message for the document went to the peer.
     pub(super) heads_sent: bool,
     /// The peer refused this side's changes to the document.

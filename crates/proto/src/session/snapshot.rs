@@ -1,6 +1,6 @@
 //! Whole documents: a snapshot for a peer that lacks a document, and taking one in.
 
-use ferry_store::{CheckedSnapshot, DocId, DocInfo, DocKind, Origin, SpaceId};
+use ferry_store::{Access, CheckedSnapshot, DocId, DocInfo, DocKind, Origin, SpaceId};
 
 use super::crdt_sync::validate_state;
 use super::incoming::Prechecked;
@@ -17,9 +17,14 @@ impl Session {
                     Some(saved) => saved,
                     None => self.store.read(doc, |am| (am.save(), am.get_heads()))?,
                 };
-                // Once the peer has loaded it, it holds these heads.
-                self.sync_state(doc)?.shared_heads = heads.clone();
-                self.peer_doc(doc).sent_heads = Some(heads);
+                // Once the peer has loaded it, it holds these heads (automerge's sync state
+                // learns them when it is next used; a snapshot needs no read of it).
+                let known = self.peer_doc(doc);
+                match &mut known.sync {
+                    Some(state) => state.shared_heads = heads.clone(),
+                    None => known.shared_on_load = Some(heads.clone()),
+                }
+                known.sent_heads = Some(heads);
                 bytes
             }
             _ => self.store.crdt(doc)?.encode(),
@@ -56,21 +61,26 @@ impl Session {
         checked: Prechecked,
     ) -> Result<(), SessionError> {
         self.awaiting.remove(&doc);
+        // One read for the usual case, a document never here: it has no space here, so it is
+        // neither held nor gone, and the space the peer names decides.
+        let here = self.store.space_of(doc)?;
         // (A hidden document is one the peer may not write either: refused, as if not held.)
-        if !self.may_write_in(doc, space)? {
+        if self.store.access_as(self.peer, doc, here.unwrap_or(space)) != Access::ReadWrite {
             self.send(&Message::Refused {
                 doc,
                 code: ErrorCode::ReadOnly,
             });
             return Ok(());
         }
-        if let Some(held) = self.holds(doc)?
-            && held != kind
-        {
+        let held = match here {
+            Some(_) => self.holds(doc)?,
+            None => None,
+        };
+        if held.is_some_and(|held| held != kind) {
             return Err(SessionError::Protocol("a snapshot of another kind"));
         }
         // Deleted or forgotten here: not taken in again.
-        if self.send_tombstone(doc)? {
+        if here.is_some() && self.send_tombstone(doc)? {
             return Ok(());
         }
         let origin = Origin::Remote(self.peer);
@@ -100,8 +110,7 @@ impl Session {
                     return Ok(());
                 }
                 // Created with the state in one write; the merge below then acknowledges.
-                if self.holds(doc)?.is_none()
-                    && self.store.adopt_state((doc, space), kind, origin, bytes)?
+                if held.is_none() && self.store.adopt_state((doc, space), kind, origin, bytes)?
                 {
                     self.events.push_back(Event::DocUpdated { doc });
                 }

@@ -406,6 +406,48 @@ fn live_changes_are_pushed_as_they_happen() {
 }
 
 #[test]
+fn a_document_made_during_a_session_is_pushed_whole_without_a_round_of_heads() {
+    let (a, b) = friends();
+    let new = |store: &Store, peer, role| {
+        Session::new(store.clone(), peer, role, SessionConfig::default()).unwrap()
+    };
+    let sa = new(&a.store, b.store.peer_id(), Role::Initiator);
+    let sb = new(&b.store, a.store.peer_id(), Role::Responder);
+    let (_, [mut sa, sb]) = pump([sa, sb], Faults::default());
+
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "n", 7)).unwrap();
+    sa.doc_changed(doc).unwrap();
+    let (run, _) = pump([sa, sb], Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(get(&b.store, doc, "n"), Some(7));
+    // Announced and sent whole, then acknowledged: no heads, no want, no automerge sync.
+    let sent: Vec<&str> = messages(&run.sent[0]).iter().map(kind_name).collect();
+    assert_eq!(sent, ["Pushing", "Snapshot"]);
+    assert_eq!(
+        messages(&run.sent[1])
+            .iter()
+            .map(kind_name)
+            .collect::<Vec<_>>(),
+        ["Ack"]
+    );
+    assert_eq!(pending(&a, &b, doc), 0);
+}
+
+fn kind_name(m: &Message) -> &'static str {
+    match m {
+        Message::Pushing { .. } => "Pushing",
+        Message::Snapshot { .. } => "Snapshot",
+        Message::Ack { .. } => "Ack",
+        Message::Heads { .. } => "Heads",
+        Message::Want { .. } => "Want",
+        Message::Sync { .. } => "Sync",
+        Message::Changes { .. } => "Changes",
+        _ => "other",
+    }
+}
+
+#[test]
 fn a_live_counter_push_is_a_delta_not_the_whole_state() {
     let (a, b) = friends();
     // A read count kept by 1,000 replicas: each increment used to push every entry.

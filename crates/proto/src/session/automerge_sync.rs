@@ -7,6 +7,7 @@ use automerge::{Automerge, ChangeHash, ReadDoc};
 use ferry_store::{DocId, DocKind, Origin, StoreError, Version, heads_digest};
 
 use super::chunks::{frontier, guarded, parse_changes, validate_changes};
+use super::peer_doc::PeerDoc;
 use super::{Event, Session, SessionError};
 use crate::message::{ErrorCode, Message};
 use crate::reconcile::{Entry, ShortDigest, short};
@@ -71,7 +72,9 @@ impl Session {
     /// Pushes a local change: changes since what the peer holds if that is known, else
     /// automerge's sync.
     pub(super) fn push_changes(&mut self, doc: DocId) -> Result<(), SessionError> {
-        if let Some(base) = self.peer_doc(doc).peer_has() {
+        // (Read without making an entry: an entry is what says the session has dealt with
+        // the document, below.)
+        if let Some(base) = self.docs.get(&doc).and_then(PeerDoc::peer_has) {
             match self.send_changes_since(doc, &base, None)? {
                 Pushed::Sent | Pushed::Nothing => return Ok(()),
                 Pushed::Unknown => {}

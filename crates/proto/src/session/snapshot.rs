@@ -110,8 +110,7 @@ impl Session {
                     return Ok(());
                 }
                 // Created with the state in one write; the merge below then acknowledges.
-                if held.is_none() && self.store.adopt_state((doc, space), kind, origin, bytes)?
-                {
+                if held.is_none() && self.store.adopt_state((doc, space), kind, origin, bytes)? {
                     self.events.push_back(Event::DocUpdated { doc });
                 }
                 self.merge_state(doc, bytes, None)

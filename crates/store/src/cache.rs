@@ -15,26 +15,40 @@ use crate::{DocId, SpaceId};
 /// A document is in one of the two at most. Metadata changes only through a loaded document's
 /// entry (every write loads it first), or with the document removed from both (deletion, a
 /// failed commit), so the metadata kept here is always what sled holds.
+///
+/// Both grow as they fill, up to their bounds: a process holding many small stores (a load
+/// generator, an app with a store per account) does not pay for 65,536 slots in each.
 pub(crate) struct Cache {
     docs: LruCache<DocId, Entry>,
     metas: LruCache<DocId, (DocMeta, SpaceId)>,
+    max_docs: usize,
+    max_metas: usize,
 }
 
 impl Cache {
     pub(crate) fn new(docs: NonZeroUsize, metas: NonZeroUsize) -> Self {
         Self {
-            docs: LruCache::new(docs),
-            metas: LruCache::new(metas),
+            docs: LruCache::unbounded(),
+            metas: LruCache::unbounded(),
+            max_docs: docs.get(),
+            max_metas: metas.get(),
         }
     }
 
     /// Keeps `entry` loaded. The document it pushes out keeps its metadata here.
     pub(crate) fn put(&mut self, doc: DocId, entry: Entry) {
         self.metas.pop(&doc);
-        if let Some((old, evicted)) = self.docs.push(doc, entry)
-            && old != doc
+        if self.docs.put(doc, entry).is_none()
+            && self.docs.len() > self.max_docs
+            && let Some((old, evicted)) = self.docs.pop_lru()
         {
-            self.metas.put(old, (evicted.meta, evicted.space));
+            self.keep_meta(old, (evicted.meta, evicted.space));
+        }
+    }
+
+    fn keep_meta(&mut self, doc: DocId, meta: (DocMeta, SpaceId)) {
+        if self.metas.put(doc, meta).is_none() && self.metas.len() > self.max_metas {
+            self.metas.pop_lru();
         }
     }
 
@@ -77,7 +91,7 @@ impl Cache {
     /// under the store's lock.
     pub(crate) fn remember(&mut self, doc: DocId, meta: &DocMeta, space: SpaceId) {
         if !self.docs.contains(&doc) {
-            self.metas.put(doc, (meta.clone(), space));
+            self.keep_meta(doc, (meta.clone(), space));
         }
     }
 }

@@ -133,10 +133,14 @@ impl Store {
                 read_space(&self.shared.db, doc),
                 Err(StoreError::NoSuchDocument(_))
             );
-        if !never_here && self.gone(doc)?.is_some() {
+        let held = if never_here {
+            None
+        } else if self.gone(doc)?.is_some() {
             return Err(StoreError::Gone(doc));
-        }
-        if !never_here && self.held_meta(&state, doc)?.is_some() {
+        } else {
+            self.held_meta(&state, doc)?
+        };
+        if held.is_some() {
             drop(state);
             let theirs =
                 guarded(|| Automerge::load(&snapshot.bytes).ok()).ok_or(StoreError::Damaged {

@@ -21,6 +21,11 @@
 //!
 //! Run: `cargo bench -p ferry-net --bench storm` (all of them), or name scenarios:
 //! `cargo bench -p ferry-net --bench storm -- own idle`.
+//!
+//! Each line ends with the UDP datagrams the machine dropped meanwhile for a full receive
+//! buffer: with drops, the time includes QUIC's loss recovery. To see where time goes,
+//! `FERRY_STORM_TRACE=1` prints `shared`'s progress every 50 ms (and the connection state of the
+//! last devices waiting), and `FERRY_STORM_LOG=ferry_net=debug` logs connections and sessions.
 
 #![allow(clippy::unwrap_used)]
 
@@ -36,6 +41,21 @@ use ferry_proto::{Message, PROTOCOL_VERSION, Prefix, Range};
 use ferry_store::{Access, DocKind, Identity, PeerId, PeerInfo, SpaceId, Store, StoreEvent};
 
 fn main() {
+    // `FERRY_STORM_LOG=ferry_net=debug`, say: the devices log to stderr, the relay to a file
+    // under target/bench-storm (its path is printed).
+    if let Ok(filter) = std::env::var("FERRY_STORM_LOG") {
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false);
+        if std::env::var("FERRY_STORM_ROLE").as_deref() == Ok("relay") {
+            let path = format!("{BASE}/relay-{}.log", std::process::id());
+            eprintln!("relay log: {path}");
+            let file = std::fs::File::create(path).unwrap();
+            logs.with_writer(std::sync::Mutex::new(file)).init();
+        } else {
+            logs.with_writer(std::io::stderr).init();
+        }
+    }
     if std::env::var("FERRY_STORM_ROLE").as_deref() == Ok("relay") {
         relay();
         return;
@@ -72,10 +92,11 @@ fn env(name: &str, default: usize) -> usize {
 
 /// Where stores live: under `target/`, on the build disk, so every flush is a real fsync.
 fn base() -> tempfile::TempDir {
-    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-storm");
-    std::fs::create_dir_all(base).unwrap();
-    tempfile::tempdir_in(base).unwrap()
+    std::fs::create_dir_all(BASE).unwrap();
+    tempfile::tempdir_in(BASE).unwrap()
 }
+
+const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-storm");
 
 /// Keep-alive interval, `FERRY_STORM_KEEPALIVE` seconds (default 5, ferry's default), for the
 /// relay and the devices.
@@ -259,6 +280,7 @@ struct Clock {
     started: Instant,
     relay_cpu: f64,
     own_cpu: f64,
+    drops: u64,
 }
 
 /// What a scenario took: time, the relay's and the devices' CPU seconds, the relay's peak RSS.
@@ -267,17 +289,19 @@ struct Taken {
     cpu: f64,
     mine: f64,
     peak: f64,
+    drops: u64,
 }
 
 impl std::fmt::Display for Taken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:>7.2} s  relay CPU {:>6.1} s  relay peak RSS {:>6.0} MB  devices' CPU {:>6.1} s",
+            "{:>7.2} s  relay CPU {:>6.1} s  relay peak RSS {:>6.0} MB  devices' CPU {:>6.1} s  UDP drops {}",
             self.took.as_secs_f64(),
             self.cpu,
             self.peak,
-            self.mine
+            self.mine,
+            self.drops
         )
     }
 }
@@ -288,6 +312,7 @@ impl Clock {
             started: Instant::now(),
             relay_cpu: relay.cpu_seconds(),
             own_cpu: cpu_seconds("self"),
+            drops: udp_receive_drops(),
         }
     }
 
@@ -297,8 +322,25 @@ impl Clock {
             cpu: relay.cpu_seconds() - self.relay_cpu,
             mine: cpu_seconds("self") - self.own_cpu,
             peak: relay.rss_mb().1,
+            drops: udp_receive_drops() - self.drops,
         }
     }
+}
+
+/// UDP datagrams this machine dropped because a socket's receive buffer was full
+/// (`RcvbufErrors` in /proc/net/snmp): a lossy run's times include QUIC's loss recovery.
+fn udp_receive_drops() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 // ---- devices ----------------------------------------------------------------------------------
@@ -426,16 +468,37 @@ async fn shared() {
     let clock = Clock::start(&relay);
     online(&mut devices).await;
     let whole = per_space * per_device;
+    // Only devices still short are looked at again, so the polling costs little.
+    let mut short: Vec<&Device> = devices.iter().collect();
+    let trace = std::env::var_os("FERRY_STORM_TRACE").is_some();
     until(
         "every device holds its space",
         Duration::from_secs(600),
         || {
-            devices.iter().all(|d| {
+            short.retain(|d| {
                 d.store
                     .docs_in(d.space)
-                    .map(|docs| docs.len() >= whole)
-                    .unwrap_or(false)
-            })
+                    .map(|docs| docs.len() < whole)
+                    .unwrap_or(true)
+            });
+            if trace {
+                eprintln!(
+                    "{:>6.2} s  {} devices short",
+                    clock.started.elapsed().as_secs_f64(),
+                    short.len()
+                );
+                if short.len() <= 20 {
+                    for d in &short {
+                        eprintln!(
+                            "    {} holds {} {:?}",
+                            d.store.peer_id(),
+                            d.store.docs_in(d.space).map(|v| v.len()).unwrap_or(0),
+                            d.node.as_ref().map(|n| n.states())
+                        );
+                    }
+                }
+            }
+            short.is_empty()
         },
     )
     .await;

@@ -34,6 +34,12 @@ pub struct NetConfig {
     pub connect_timeout: Duration,
     /// Reconnect timing.
     pub backoff: BackoffConfig,
+    /// The UDP socket's receive and send buffer sizes asked of the system, in bytes. Default
+    /// 4 MiB. A relay that many devices reach at once needs room for their packets between two
+    /// reads: packets that find the buffer full are dropped, and QUIC then recovers them only
+    /// after its loss timers, seconds later for a handshake. The system caps what it grants
+    /// (Linux at `net.core.rmem_max` and `wmem_max`); a node granted less says so in its log.
+    pub udp_buffer: usize,
 }
 
 impl Default for NetConfig {
@@ -45,6 +51,7 @@ impl Default for NetConfig {
             idle_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             backoff: BackoffConfig::default(),
+            udp_buffer: 4 << 20,
         }
     }
 }

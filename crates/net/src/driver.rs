@@ -74,6 +74,7 @@ pub(crate) async fn drive(
         .await
         .map_err(|_| NetError::Panicked { peer })?
         .map_err(|source| NetError::Session { peer, source })?;
+    tracing::debug!(%peer, ?role, "session open");
     let mut out = Outbound::default();
     out.take(&ctx.events, progress, peer, &mut session);
 

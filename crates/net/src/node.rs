@@ -144,11 +144,25 @@ impl Node {
         let credentials = Credentials::of(&store)?;
         let mut server = tls::server_config(&store, &credentials)?;
         server.transport_config(Arc::new(transport(&config)));
-        let endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|source| NetError::Bind {
+        let socket =
+            udp_socket(config.listen, config.udp_buffer).map_err(|source| NetError::Bind {
                 addr: config.listen,
                 source,
             })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| NetError::Bind {
+            addr: config.listen,
+            source: std::io::Error::other("no async runtime"),
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| NetError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
             source,
@@ -676,6 +690,27 @@ impl Inner {
     }
 }
 
+/// Binds the endpoint's UDP socket at `addr`, asking for `buffer` bytes of receive and send
+/// buffer (the system may grant less, which is logged: the node works, but drops packets
+/// sooner under load).
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_recv_buffer_size(buffer)?;
+    socket.set_send_buffer_size(buffer)?;
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size()?;
+    if granted < buffer {
+        tracing::info!(
+            asked = buffer,
+            granted,
+            "the system granted a smaller UDP receive buffer than asked (on Linux, raise \
+             net.core.rmem_max): under load, packets are dropped sooner"
+        );
+    }
+    Ok(socket.into())
+}
+
 /// Accepts connections until the endpoint closes; each runs its session on its own task.
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
@@ -694,6 +729,7 @@ async fn accept_loop(inner: Arc<Inner>) {
             };
             match peer_of(&conn) {
                 Ok(peer) => {
+                    tracing::debug!(%peer, "incoming connection");
                     node.run_connection(peer, (conn, Progress::new()), Role::Responder, None)
                         .await
                 }

@@ -382,12 +382,14 @@ async fn online(devices: &mut [Device]) {
     }
 }
 
+/// Takes every device offline, all at once: each shutdown waits up to a second for its
+/// connection to drain.
 async fn offline(devices: &mut [Device]) {
-    for d in devices {
-        if let Some(node) = d.node.take() {
-            node.shutdown().await;
-        }
+    let mut shutdowns = tokio::task::JoinSet::new();
+    for node in devices.iter_mut().filter_map(|d| d.node.take()) {
+        shutdowns.spawn(async move { node.shutdown().await });
     }
+    while shutdowns.join_next().await.is_some() {}
 }
 
 /// Waits (polling) until `done`, or panics after `limit`; returns the time taken.
@@ -465,21 +467,34 @@ async fn shared() {
         }
     }
     assert_eq!(relay.ask("sync"), "ok");
+    // A device is counted again only when its store reports a change and it is still short,
+    // so that watching costs the devices' process little.
+    let mut news: Vec<_> = devices.iter().map(|d| d.store.subscribe()).collect();
     let clock = Clock::start(&relay);
     online(&mut devices).await;
     let whole = per_space * per_device;
-    // Only devices still short are looked at again, so the polling costs little.
-    let mut short: Vec<&Device> = devices.iter().collect();
+    let mut short: Vec<usize> = (0..devices.len()).collect();
+    let mut first = true;
     let trace = std::env::var_os("FERRY_STORM_TRACE").is_some();
     until(
         "every device holds its space",
         Duration::from_secs(600),
         || {
-            short.retain(|d| {
-                d.store
-                    .docs_in(d.space)
-                    .map(|docs| docs.len() < whole)
-                    .unwrap_or(true)
+            let all = std::mem::take(&mut first);
+            short.retain(|&i| {
+                let d = &devices[i];
+                let mut changed = all;
+                loop {
+                    match news[i].try_recv() {
+                        Ok(Some(_)) | Err(ferry_store::RecvError::Lagged { .. }) => changed = true,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                !changed
+                    || d.store
+                        .docs_in(d.space)
+                        .map(|docs| docs.len() < whole)
+                        .unwrap_or(true)
             });
             if trace {
                 eprintln!(
@@ -488,7 +503,7 @@ async fn shared() {
                     short.len()
                 );
                 if short.len() <= 20 {
-                    for d in &short {
+                    for d in short.iter().map(|&i| &devices[i]) {
                         eprintln!(
                             "    {} holds {} {:?}",
                             d.store.peer_id(),

@@ -116,6 +116,7 @@ pub(crate) async fn drive(
                     conn.close(CloseCode::Resync.into(), b"access widened");
                     return Ok(());
                 }
+                progress.fed(news.docs.len());
                 changed.extend(news.docs);
                 None
             }

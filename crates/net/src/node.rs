@@ -738,3 +738,102 @@ async fn accept_loop(inner: Arc<Inner>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use automerge::ROOT;
+    use automerge::transaction::Transactable;
+    use ferry_store::{Access, DocKind, PeerInfo, SpaceId, Store};
+
+    use super::*;
+
+    async fn start(store: &Store) -> Node {
+        let config = NetConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..NetConfig::default()
+        };
+        Node::start(store.clone(), config).await.unwrap()
+    }
+
+    /// `on` knows `peer`, dials it at `addr` if given, and lets it read and write `space`.
+    fn grant(on: &Store, peer: &Store, addr: Option<SocketAddr>, space: SpaceId) {
+        let mut info = PeerInfo::new(peer.peer_id(), "peer");
+        info.addresses = addr.into_iter().collect();
+        on.put_peer(&info).unwrap();
+        on.grant(peer.peer_id(), space, Access::ReadWrite).unwrap();
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_wakes_only_the_sessions_of_peers_that_may_read_its_space() {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let [relay, phone, laptop, other] =
+            [0, 1, 2, 3].map(|i| Store::open(dirs[i].path()).unwrap());
+        let node = start(&relay).await;
+        let (ours, theirs) = (SpaceId::random(), SpaceId::random());
+        for (device, space) in [(&phone, ours), (&laptop, ours), (&other, theirs)] {
+            grant(&relay, device, None, space);
+            grant(device, &relay, Some(node.local_addr()), space);
+        }
+        let devices = [
+            start(&phone).await,
+            start(&laptop).await,
+            start(&other).await,
+        ];
+        let session = |device: &Store| node.inner.live_session(device.peer_id());
+        eventually("every device's session caught up on the relay", || {
+            [&phone, &laptop, &other]
+                .iter()
+                .all(|d| session(d).is_some_and(|(_, p)| p.is_caught_up()))
+        })
+        .await;
+        let fed = |device: &Store| session(device).map(|(_, p)| p.fed_so_far()).unwrap();
+        let before = [fed(&phone), fed(&laptop), fed(&other)];
+
+        let docs: Vec<_> = (0..20)
+            .map(|i| {
+                let doc = phone.create_in(ours, DocKind::Automerge).unwrap();
+                phone.change(doc, |tx| tx.put(ROOT, "n", i)).unwrap();
+                doc
+            })
+            .collect();
+        eventually("the phone's documents on the laptop", || {
+            docs.iter().all(|doc| laptop.info(*doc).is_ok())
+        })
+        .await;
+        // The laptop's session was woken for them; the other user's never was, nor was the
+        // phone's, since the documents came from the phone.
+        assert!(
+            fed(&laptop) > before[1],
+            "the laptop's session was never woken"
+        );
+        assert_eq!(
+            fed(&other),
+            before[2],
+            "a session woken for a space its peer may not read"
+        );
+        assert_eq!(
+            fed(&phone),
+            before[0],
+            "the writer's own session woken for its changes"
+        );
+        assert!(docs.iter().all(|doc| other.info(*doc).is_err()));
+
+        for device in devices {
+            device.shutdown().await;
+        }
+        node.shutdown().await;
+    }
+}

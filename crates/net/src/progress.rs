@@ -3,6 +3,7 @@
 //! documents sees every one.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ferry_proto::Event;
@@ -16,6 +17,8 @@ pub(crate) struct Progress {
     state: Mutex<State>,
     /// Bumped on everything the session does; waiters tell quiet from it.
     activity: watch::Sender<u64>,
+    /// Changed documents the store's feed has brought the session.
+    fed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +45,7 @@ impl Progress {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             activity: watch::Sender::new(0),
+            fed: AtomicU64::new(0),
         })
     }
 
@@ -109,6 +113,17 @@ impl Progress {
         state.observers.retain(|o| o.strong_count() > 0);
         state.observers.push(Arc::downgrade(&observed));
         observed
+    }
+
+    /// Records that the store's feed brought the session `docs` changed documents.
+    pub(crate) fn fed(&self, docs: usize) {
+        self.fed.fetch_add(docs as u64, Ordering::Relaxed);
+    }
+
+    /// How many changed documents the store's feed has brought the session: each one woke it.
+    #[cfg(test)]
+    pub(crate) fn fed_so_far(&self) -> u64 {
+        self.fed.load(Ordering::Relaxed)
     }
 
     /// A receiver that wakes whenever the session does something.

@@ -484,11 +484,10 @@ async fn shared() {
             short.retain(|&i| {
                 let d = &devices[i];
                 let mut changed = all;
-                loop {
-                    match news[i].try_recv() {
-                        Ok(Some(_)) | Err(ferry_store::RecvError::Lagged { .. }) => changed = true,
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(_)) | Err(ferry_store::RecvError::Lagged { .. }) =
+                    news[i].try_recv()
+                {
+                    changed = true;
                 }
                 !changed
                     || d.store

@@ -104,6 +104,7 @@ fn keep_alive() -> Duration {
     Duration::from_secs(env("FERRY_STORM_KEEPALIVE", 5) as u64)
 }
 
+/// Nodes ask for `FERRY_STORM_UDP_BUFFER` bytes of socket buffer (default 4 MiB, ferry's).
 fn net() -> NetConfig {
     NetConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -113,6 +114,7 @@ fn net() -> NetConfig {
             min: Duration::from_millis(200),
             max: Duration::from_secs(5),
         },
+        udp_buffer: env("FERRY_STORM_UDP_BUFFER", 4 << 20),
         ..NetConfig::default()
     }
 }

@@ -617,3 +617,44 @@ async fn a_one_off_sync_waits_for_an_acknowledgement_slower_than_its_quiet_windo
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+/// Keep-alives hold an idle connection open past the idle timeout: neither side drops it, and
+/// no reconnection happens behind the app's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_outlives_the_idle_timeout_on_both_sides() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let quick = |listen| NetConfig {
+        keep_alive: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(1),
+        ..config(listen)
+    };
+    let node_b = Node::start(b.clone(), quick(loopback())).await.unwrap();
+    trust(&b, &a, None, Access::ReadWrite);
+    trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
+    let node_a = Node::start(a.clone(), quick(loopback())).await.unwrap();
+    let connected = |node: &Node, peer: PeerId| {
+        matches!(
+            node.states().get(&peer),
+            Some(ConnectionState::Connected { .. })
+        )
+    };
+    eventually("connected both ways", || {
+        connected(&node_a, b.peer_id()) && connected(&node_b, a.peer_id())
+    })
+    .await;
+    let (mut events_a, mut events_b) = (node_a.subscribe(), node_b.subscribe());
+    // Four idle timeouts with nothing to sync.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for events in [&mut events_a, &mut events_b] {
+        while let Ok(event) = events.try_recv() {
+            assert!(
+                !matches!(event, NetEvent::Connection { .. }),
+                "the idle connection changed state: {event:?}"
+            );
+        }
+    }
+    assert!(connected(&node_a, b.peer_id()) && connected(&node_b, a.peer_id()));
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}

@@ -13,7 +13,7 @@ use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 use ferry_net::{BackoffConfig, CloseCode, ConnectionState, NetConfig, NetEvent, Node, tls};
 use ferry_store::{Access, CrdtState, DocId, DocInfo, DocKind, PeerId, Store};
-use support::{PATIENCE, config, eventually, loopback, open, same, start, trust};
+use support::{PATIENCE, config, connected, eventually, loopback, open, same, start, trust};
 
 fn get(store: &Store, doc: DocId, key: &str) -> Option<i64> {
     store
@@ -378,12 +378,6 @@ async fn when_both_dial_at_once_one_connection_stays() {
         trust(&b, &a, Some(node_a.local_addr()), Access::ReadWrite);
         node_a.dial(b.peer_id());
         node_b.dial(a.peer_id());
-        let connected = |node: &Node, peer: PeerId| {
-            matches!(
-                node.states().get(&peer),
-                Some(ConnectionState::Connected { .. })
-            )
-        };
         eventually("connected", || {
             connected(&node_a, b.peer_id()) && connected(&node_b, a.peer_id())
         })
@@ -463,10 +457,7 @@ async fn network_changed_retries_at_once() {
     let nudged = Instant::now();
     node_a.network_changed();
     eventually("connected after the nudge", || {
-        matches!(
-            node_a.states().get(&b.peer_id()),
-            Some(ConnectionState::Connected { .. })
-        )
+        connected(&node_a, b.peer_id())
     })
     .await;
     assert!(nudged.elapsed() < Duration::from_secs(5));
@@ -523,10 +514,7 @@ async fn a_serving_node_syncs_once_over_a_connection_it_keeps() {
     assert!(report.sent.contains(&doc), "{report:?}");
     assert!(report.pending.is_empty(), "{report:?}");
     assert!(same(&a, &b, doc));
-    assert!(matches!(
-        node_a.states().get(&b.peer_id()),
-        Some(ConnectionState::Connected { .. })
-    ));
+    assert!(connected(&node_a, b.peer_id()));
     // And again, over the same live connection: nothing moves.
     let again = node_a
         .sync_once(b.peer_id(), Duration::from_millis(200))
@@ -633,12 +621,6 @@ async fn an_idle_connection_outlives_the_idle_timeout_on_both_sides() {
     trust(&b, &a, None, Access::ReadWrite);
     trust(&a, &b, Some(node_b.local_addr()), Access::ReadWrite);
     let node_a = Node::start(a.clone(), quick(loopback())).await.unwrap();
-    let connected = |node: &Node, peer: PeerId| {
-        matches!(
-            node.states().get(&peer),
-            Some(ConnectionState::Connected { .. })
-        )
-    };
     eventually("connected both ways", || {
         connected(&node_a, b.peer_id()) && connected(&node_b, a.peer_id())
     })

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_net::{BackoffConfig, NetConfig, Node};
-use ferry_store::{Access, DocId, PeerInfo, SpaceId, Store};
+use ferry_net::{BackoffConfig, ConnectionState, NetConfig, Node};
+use ferry_store::{Access, DocId, PeerId, PeerInfo, SpaceId, Store};
 
 /// The longest any wait in these tests may take.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -49,6 +49,14 @@ pub fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>, access: Access) {
     info.addresses = addr.into_iter().collect();
     a.put_peer(&info).unwrap();
     a.grant(b.peer_id(), SpaceId::DEFAULT, access).unwrap();
+}
+
+/// Whether `node` has a connection to `peer` with its session running.
+pub fn connected(node: &Node, peer: PeerId) -> bool {
+    matches!(
+        node.states().get(&peer),
+        Some(ConnectionState::Connected { .. })
+    )
 }
 
 /// Waits until `done` holds, polling; panics after [`PATIENCE`].

@@ -98,10 +98,16 @@ fn base() -> tempfile::TempDir {
 
 const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-storm");
 
-/// Keep-alive interval, `FERRY_STORM_KEEPALIVE` seconds (default 5, ferry's default), for the
-/// relay and the devices.
+/// Keep-alive interval, `FERRY_STORM_KEEPALIVE` seconds (default ferry's, 15), for the relay
+/// and the devices.
 fn keep_alive() -> Duration {
-    Duration::from_secs(env("FERRY_STORM_KEEPALIVE", 5) as u64)
+    let default = NetConfig::default().keep_alive.as_secs() as usize;
+    Duration::from_secs(env("FERRY_STORM_KEEPALIVE", default) as u64)
+}
+
+/// The idle timeout that goes with [`keep_alive`]: three of them, as ferry's default.
+fn idle_timeout() -> Duration {
+    keep_alive() * 3
 }
 
 /// Nodes ask for `FERRY_STORM_UDP_BUFFER` bytes of socket buffer (default 4 MiB, ferry's).
@@ -109,7 +115,7 @@ fn net() -> NetConfig {
     NetConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         keep_alive: keep_alive(),
-        idle_timeout: (keep_alive() * 4).max(Duration::from_secs(20)),
+        idle_timeout: idle_timeout(),
         backoff: BackoffConfig {
             min: Duration::from_millis(200),
             max: Duration::from_secs(5),
@@ -611,8 +617,7 @@ async fn crowd() {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(keep_alive()));
-    let idle = (keep_alive() * 4).max(Duration::from_secs(20));
-    transport.max_idle_timeout(Some(idle.try_into().unwrap()));
+    transport.max_idle_timeout(Some(idle_timeout().try_into().unwrap()));
     let transport = std::sync::Arc::new(transport);
     let opening = [
         Message::Hello {

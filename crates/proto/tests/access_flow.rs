@@ -8,6 +8,10 @@
 //! - After enough complete rounds, each replica holds at least what the final grants let reach
 //!   it: everything written in a space by a replica that reaches it along hops a → b where b
 //!   lets a write that space and a lets b read it.
+//!   Each of those writes is in what it holds (keys, increments, the latest register stamp).
+//! - Two replicas whose final grants let each write to the other and read from it converge on
+//!   that space's documents (the same heads and digests); where only one way is open, the
+//!   receiving end holds every document of the space that the other holds.
 //! - With grants that never changed, it holds exactly that: nothing a replica may not see
 //!   reaches it, and nothing a read-only peer wrote is stored, not even relayed.
 //!
@@ -250,6 +254,25 @@ proptest! {
                 }
             }
         }
+        // Along every edge the final grants open, everything held at one end is held at the
+        // other; where they open it both ways, both ends converged on the same document.
+        for (a, ra) in replicas.iter().enumerate() {
+            for (b, rb) in replicas.iter().enumerate() {
+                for (doc, _, space) in &docs {
+                    if a == b || !flows(a, b, *space) {
+                        continue;
+                    }
+                    let Ok(here) = ra.store.info(*doc) else { continue };
+                    let there = rb.store.info(*doc);
+                    prop_assert!(there.is_ok(), "{} held at {} but not at {}, which {} lets read it", doc, a, b, a);
+                    let there = there.unwrap();
+                    if flows(b, a, *space) {
+                        prop_assert_eq!(&here.version, &there.version, "{} at {} and {}", doc, a, b);
+                        prop_assert_eq!(here.digest, there.digest, "{} at {} and {}", doc, a, b);
+                    }
+                }
+            }
+        }
         for (x, r) in replicas.iter().enumerate() {
             for (doc, kind, space) in &docs {
                 let reaches = &reaches[*space];
@@ -263,6 +286,7 @@ proptest! {
                     // what they allow.
                     if created {
                         prop_assert!(r.store.info(*doc).is_ok(), "{} missing at replica {}", doc, x);
+                        at_least(r, *doc, *kind, &held, x)?;
                     }
                     continue;
                 }
@@ -326,4 +350,65 @@ proptest! {
             }
         }
     }
+}
+
+/// Under grants that changed, `held` (the writes the final grants bring to replica `x`) is a
+/// lower bound of what `x` holds of `doc`: every key written, counted increments, and a
+/// last-writer-wins value at least as recent as the latest write. (Multi-value registers and
+/// decrements may have been superseded by writes that came through earlier grants.)
+fn at_least(
+    r: &Replica,
+    doc: DocId,
+    kind: DocKind,
+    held: &[&Write],
+    x: usize,
+) -> Result<(), TestCaseError> {
+    if kind != DocKind::Automerge {
+        return crdt_at_least(r, doc, held, x);
+    }
+    let keys: BTreeMap<String, i64> = r
+        .store
+        .read(doc, |d| {
+            d.keys(ROOT)
+                .map(|k| {
+                    let v = d.get(ROOT, &k).unwrap().unwrap().0.as_i64().unwrap();
+                    (k, v)
+                })
+                .collect()
+        })
+        .unwrap();
+    for w in held {
+        if let Effect::Key(k, v) = &w.effect {
+            prop_assert_eq!(keys.get(k), Some(v), "{} at replica {}", doc, x);
+        }
+    }
+    Ok(())
+}
+
+/// [`at_least`] for the CRDT kinds.
+fn crdt_at_least(r: &Replica, doc: DocId, held: &[&Write], x: usize) -> Result<(), TestCaseError> {
+    match r.store.crdt(doc).unwrap() {
+        CrdtState::GCounter(c) => {
+            let sum: i128 = held
+                .iter()
+                .map(|w| match w.effect {
+                    Effect::Add(a) => a,
+                    _ => 0,
+                })
+                .sum();
+            prop_assert!(c.value() as i128 >= sum, "{} at replica {}", doc, x);
+        }
+        CrdtState::LwwRegister(reg) => {
+            let latest = held
+                .iter()
+                .filter_map(|w| match &w.effect {
+                    Effect::Lww(stamp, _) => Some(*stamp),
+                    _ => None,
+                })
+                .max();
+            prop_assert!(reg.stamp() >= latest, "{} at replica {}", doc, x);
+        }
+        _ => {}
+    }
+    Ok(())
 }

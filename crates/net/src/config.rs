@@ -38,6 +38,11 @@ pub struct NetConfig {
     pub connect_timeout: Duration,
     /// Reconnect timing.
     pub backoff: BackoffConfig,
+    /// A session idle this long (nothing read, written or pushed) forgets what it keeps in
+    /// memory of the peer's copies of documents; the store's sync records keep what matters,
+    /// and the next change is pushed from them. Default 30 s. So a relay's idle devices cost
+    /// it little memory, however many documents they synced.
+    pub forget_after: Duration,
     /// The UDP socket's receive and send buffer sizes asked of the system, in bytes. Default
     /// 4 MiB. A relay that many devices reach at once needs room for their packets between two
     /// reads: packets that find the buffer full are dropped, and QUIC then recovers them only
@@ -55,6 +60,7 @@ impl Default for NetConfig {
             idle_timeout: Duration::from_secs(45),
             connect_timeout: Duration::from_secs(5),
             backoff: BackoffConfig::default(),
+            forget_after: Duration::from_secs(30),
             udp_buffer: 4 << 20,
         }
     }

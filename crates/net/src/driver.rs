@@ -8,6 +8,7 @@ use ferry_proto::{Role, Session, SessionConfig, SessionError};
 use ferry_store::{DocId, PeerId, Store, wall_millis};
 use quinn::{Connection, SendStream};
 use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
 
 use crate::progress::Progress;
 use crate::{CloseCode, NetError, NetEvent};
@@ -18,6 +19,9 @@ pub(crate) struct SessionContext {
     pub(crate) store: Store,
     pub(crate) config: SessionConfig,
     pub(crate) events: broadcast::Sender<NetEvent>,
+    /// How long a session stays idle before it forgets its peer state
+    /// ([`Session::forget_idle`]).
+    pub(crate) forget_after: Duration,
 }
 
 /// Most stream segments taken in one read: everything that has arrived, up to this many, goes
@@ -83,6 +87,12 @@ pub(crate) async fn drive(
         Until::Stopped(stop) => Some(stop.clone()),
     };
     let mut segments = vec![bytes::Bytes::new(); READ_SEGMENTS];
+    // Idle for `forget_after`, the session forgets its peer state. The timer is reset only
+    // when it fires early, not at every step, and sleeps while there is nothing to forget.
+    let mut last_step = Instant::now();
+    let mut rested = false;
+    let idle = tokio::time::sleep(ctx.forget_after);
+    tokio::pin!(idle);
     loop {
         let backlog = session.has_backlog();
         let (room, reading) = (out.len() < OUT_LOW, out.len() < OUT_HIGH);
@@ -133,6 +143,21 @@ pub(crate) async fn drive(
                 (session, result) = step(peer, session, Session::work).await?;
                 Some(result)
             }
+            () = &mut idle, if !rested => {
+                let due = last_step + ctx.forget_after;
+                if Instant::now() < due || !out.is_empty() || !changed.is_empty() {
+                    idle.as_mut().reset(due.max(Instant::now() + ctx.forget_after / 4));
+                    continue;
+                }
+                let forgot;
+                (session, forgot) = step(peer, session, Session::forget_idle).await?;
+                progress.set_remembered(session.remembered());
+                if forgot {
+                    tracing::trace!(%peer, "idle session forgot its peer state");
+                }
+                rested = true;
+                None
+            }
             () = stopped(stop.as_deref()) => {
                 out.write_all(peer, &mut send).await?;
                 let _ = send.finish();
@@ -141,6 +166,9 @@ pub(crate) async fn drive(
             }
         };
         if let Some(result) = stepped {
+            progress.set_remembered(session.remembered());
+            last_step = Instant::now();
+            rested = false;
             out.take(&ctx.events, progress, peer, &mut session);
             if let Err(error) = result {
                 // The error frame is the last one queued.

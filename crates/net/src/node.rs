@@ -296,6 +296,7 @@ impl Inner {
             store: self.store.clone(),
             config: self.config.session.clone(),
             events: self.events.clone(),
+            forget_after: self.config.forget_after,
         }
     }
 
@@ -750,9 +751,13 @@ mod tests {
     use super::*;
 
     async fn start(store: &Store) -> Node {
+        start_with(store, NetConfig::default()).await
+    }
+
+    async fn start_with(store: &Store, config: NetConfig) -> Node {
         let config = NetConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            ..NetConfig::default()
+            ..config
         };
         Node::start(store.clone(), config).await.unwrap()
     }
@@ -834,6 +839,62 @@ mod tests {
         for device in devices {
             device.shutdown().await;
         }
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_session_forgets_its_peer_state_and_changes_still_flow_both_ways() {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let [relay, phone] = [0, 1].map(|i| Store::open(dirs[i].path()).unwrap());
+        let forgetful = NetConfig {
+            forget_after: Duration::from_millis(300),
+            ..NetConfig::default()
+        };
+        let node = start_with(&relay, forgetful).await;
+        let space = SpaceId::random();
+        grant(&relay, &phone, None, space);
+        grant(&phone, &relay, Some(node.local_addr()), space);
+        let docs: Vec<_> = (0..20)
+            .map(|i| {
+                let doc = phone.create_in(space, DocKind::Automerge).unwrap();
+                phone.change(doc, |tx| tx.put(ROOT, "n", i)).unwrap();
+                doc
+            })
+            .collect();
+        let device = start(&phone).await;
+        eventually("the phone's documents on the relay", || {
+            docs.iter().all(|doc| relay.info(*doc).is_ok())
+        })
+        .await;
+        let session = || node.inner.live_session(phone.peer_id()).unwrap().1;
+        assert!(session().remembered() > 0, "no peer state to forget");
+        eventually("the relay's idle session forgetting its peer state", || {
+            session().remembered() == 0
+        })
+        .await;
+
+        // Both ways, a change still arrives over the same connection.
+        phone.change(docs[3], |tx| tx.put(ROOT, "n", 300)).unwrap();
+        relay.change(docs[4], |tx| tx.put(ROOT, "n", 400)).unwrap();
+        let n = |store: &Store, doc| {
+            store
+                .read(doc, |d| {
+                    automerge::ReadDoc::get(d, ROOT, "n")
+                        .unwrap()
+                        .map(|(v, _)| v.as_i64().unwrap())
+                })
+                .unwrap()
+        };
+        eventually("the phone's change on the relay", || {
+            n(&relay, docs[3]) == Some(300)
+        })
+        .await;
+        eventually("the relay's change on the phone", || {
+            n(&phone, docs[4]) == Some(400)
+        })
+        .await;
+
+        device.shutdown().await;
         node.shutdown().await;
     }
 }

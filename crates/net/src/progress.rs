@@ -19,6 +19,8 @@ pub(crate) struct Progress {
     activity: watch::Sender<u64>,
     /// Changed documents the store's feed has brought the session.
     fed: AtomicU64,
+    /// Documents the session keeps peer state for (`Session::remembered`).
+    remembered: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +48,7 @@ impl Progress {
             state: Mutex::new(State::default()),
             activity: watch::Sender::new(0),
             fed: AtomicU64::new(0),
+            remembered: AtomicU64::new(0),
         })
     }
 
@@ -124,6 +127,17 @@ impl Progress {
     #[cfg(test)]
     pub(crate) fn fed_so_far(&self) -> u64 {
         self.fed.load(Ordering::Relaxed)
+    }
+
+    /// Records how many documents the session keeps peer state for.
+    pub(crate) fn set_remembered(&self, docs: usize) {
+        self.remembered.store(docs as u64, Ordering::Relaxed);
+    }
+
+    /// How many documents the session keeps peer state for, as of its last step.
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> u64 {
+        self.remembered.load(Ordering::Relaxed)
     }
 
     /// A receiver that wakes whenever the session does something.

@@ -348,6 +348,19 @@ impl FrameReader {
         }
     }
 
+    /// Whether no byte of a frame waits for the rest of it.
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    /// Frees the buffer's memory if no byte waits in it: after a large frame, the room it
+    /// needed is not kept for an idle peer.
+    pub fn release(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = BytesMut::new();
+        }
+    }
+
     /// Appends bytes from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);

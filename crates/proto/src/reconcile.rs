@@ -323,6 +323,15 @@ impl Reconciler {
         self.finished
     }
 
+    /// Frees the listing once the walk has ended: nothing reads it after the last turn's
+    /// findings are handled.
+    pub(crate) fn release(&mut self) {
+        if self.finished {
+            self.listed = Vec::new();
+            self.outstanding = Vec::new();
+        }
+    }
+
     /// This side's entry for `doc`, if listed.
     pub(crate) fn entry(&self, doc: DocId) -> Option<&Entry> {
         let at = self.listed.binary_search_by(|e| e.doc.cmp(&doc)).ok()?;

@@ -256,6 +256,47 @@ impl Session {
         self.reconciler.is_finished()
     }
 
+    /// Frees what the session keeps in memory between exchanges, if none is under way (the
+    /// session is open and reconciled, with nothing queued, awaited or half-read): what it
+    /// knows of the peer's copy of each document, the listing reconciliation walked, and its
+    /// buffers. Returns whether it did.
+    ///
+    /// What outlasts a session is in the store's sync records, and a later change is pushed
+    /// from them as a new session would push it: the changes since the version the peer last
+    /// acknowledged. The peer's refusals are kept, so refused changes are not offered again.
+    /// A driver calls this once a session has been idle for a while, so that an idle peer
+    /// costs little memory.
+    pub fn forget_idle(&mut self) -> bool {
+        let busy = self.phase != Phase::Open
+            || !self.reconciler.is_finished()
+            || !self.backlog.is_empty()
+            || !self.awaiting.is_empty()
+            || !self.out.is_empty()
+            || !self.reader.is_empty();
+        if busy {
+            return false;
+        }
+        self.docs.retain(|_, d| d.refused);
+        for known in self.docs.values_mut() {
+            *known = PeerDoc {
+                refused: true,
+                ..PeerDoc::default()
+            };
+        }
+        self.docs.shrink_to_fit();
+        self.reconciler.release();
+        self.reader.release();
+        self.out.shrink_to_fit();
+        self.events.shrink_to_fit();
+        true
+    }
+
+    /// How many documents the session keeps state for: what it knows of the peer's copy of
+    /// each, until [`Session::forget_idle`].
+    pub fn remembered(&self) -> usize {
+        self.docs.len()
+    }
+
     /// The next frame to send, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {

@@ -67,11 +67,14 @@ enum Op {
         at: usize,
     },
     /// Edit on `a` while a session with `b` is open: the edit goes out through `doc_changed`.
+    /// With `forget`, both sessions first forget what they keep of each other in memory, as
+    /// after a while idle.
     Live {
         a: usize,
         b: usize,
         doc: usize,
         n: u8,
+        forget: bool,
     },
 }
 
@@ -91,8 +94,8 @@ fn op_with_deletes() -> impl Strategy<Value = Op> {
         6 => op(),
         1 => (any::<usize>(), any::<usize>()).prop_map(|(at, doc)| Op::Delete { at, doc }),
         2 => (any::<usize>(), any::<usize>()).prop_map(|(at, doc)| Op::EditShared { at, doc }),
-        2 => (any::<usize>(), any::<usize>(), any::<usize>(), 1..20u8)
-            .prop_map(|(a, b, doc, n)| Op::Live { a, b, doc, n }),
+        2 => (any::<usize>(), any::<usize>(), any::<usize>(), 1..20u8, any::<bool>())
+            .prop_map(|(a, b, doc, n, forget)| Op::Live { a, b, doc, n, forget }),
         1 => any::<usize>().prop_map(|at| Op::Reopen { at }),
     ]
 }
@@ -239,6 +242,7 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                 b,
                 doc,
                 n: amount,
+                forget,
             } => {
                 let (a, b) = (a % n, b % n);
                 let store = &replicas[a].store;
@@ -260,6 +264,11 @@ fn converge(n: usize, leaf: usize, ops: Vec<Op>, batched: bool) -> Result<(), Te
                 prop_assert!(run.error.is_none(), "session error: {:?}", run.error);
                 if store.info(doc).is_err() {
                     continue; // the catch-up brought the peer's tombstone
+                }
+                if forget {
+                    for session in &mut sessions {
+                        prop_assert!(session.forget_idle(), "a caught-up session is busy");
+                    }
                 }
                 counter += 1;
                 edit(

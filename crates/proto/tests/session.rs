@@ -434,6 +434,49 @@ fn a_document_made_during_a_session_is_pushed_whole_without_a_round_of_heads() {
     assert_eq!(pending(&a, &b, doc), 0);
 }
 
+#[test]
+fn an_idle_session_forgets_its_peer_state_and_still_pushes_changes_alone() {
+    let (a, b) = friends();
+    let docs: Vec<DocId> = (0..5)
+        .map(|i| {
+            let doc = a.store.create(DocKind::Automerge).unwrap();
+            a.store.change(doc, |tx| tx.put(ROOT, "n", i)).unwrap();
+            doc
+        })
+        .collect();
+    let counter = a.store.create(DocKind::GCounter).unwrap();
+    a.store.increment(counter, 3).unwrap();
+    let new = |store: &Store, peer, role| {
+        Session::new(store.clone(), peer, role, SessionConfig::default()).unwrap()
+    };
+    let mut sa = new(&a.store, b.store.peer_id(), Role::Initiator);
+    // Before the walk has ended there is work under way: nothing is forgotten.
+    assert!(!sa.forget_idle());
+    let sb = new(&b.store, a.store.peer_id(), Role::Responder);
+    let (run, [mut sa, mut sb]) = pump([sa, sb], Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(sa.remembered() >= docs.len(), "{}", sa.remembered());
+
+    assert!(sa.forget_idle());
+    assert!(sb.forget_idle());
+    assert_eq!((sa.remembered(), sb.remembered()), (0, 0));
+
+    // A change after the rest goes out alone, from the version the peer acknowledged: no
+    // round of heads, no automerge sync; and a counter as a delta.
+    a.store.change(docs[2], |tx| tx.put(ROOT, "n", 70)).unwrap();
+    a.store.increment(counter, 1).unwrap();
+    sa.docs_changed([docs[2], counter]).unwrap();
+    let (run, _) = pump([sa, sb], Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(get(&b.store, docs[2], "n"), Some(70));
+    let sent = messages(&run.sent[0]);
+    assert!(matches!(sent[0], Message::Changes { .. }), "{sent:?}");
+    assert!(matches!(sent[1], Message::Delta { .. }), "{sent:?}");
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(pending(&a, &b, docs[2]), 0);
+    assert_eq!(pending(&a, &b, counter), 0);
+}
+
 fn kind_name(m: &Message) -> &'static str {
     match m {
         Message::Pushing { .. } => "Pushing",

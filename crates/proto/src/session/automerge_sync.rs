@@ -79,6 +79,20 @@ impl Session {
                 Pushed::Sent | Pushed::Nothing => return Ok(()),
                 Pushed::Unknown => {}
             }
+        } else if !self.docs.contains_key(&doc)
+            && let Some(acked) = self.acked_heads(doc)?
+        {
+            // Not dealt with in this session (or forgotten since, see `forget_idle`), but
+            // acknowledged before: the peer holds at least those heads, and maybe more from
+            // elsewhere, so a small push of what came since is a good guess.
+            match self.send_changes_since(doc, &acked, Some(GUESS_BYTES))? {
+                Pushed::Sent => {
+                    self.peer_doc(doc).peer_heads = Some(acked);
+                    return Ok(());
+                }
+                Pushed::Nothing => return Ok(()),
+                Pushed::Unknown => {}
+            }
         }
         if self.is_new_to_peer(doc)? {
             // Most likely a document the peer has never seen (made here, or just arrived from

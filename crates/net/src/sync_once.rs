@@ -216,17 +216,18 @@ fn lock(observed: &Mutex<Observed>) -> std::sync::MutexGuard<'_, Observed> {
     observed.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The documents `peer` may read that hold changes it has not acknowledged.
+/// The documents `peer` may read that hold changes it has not acknowledged: told from the
+/// sync records' heads and digests, without loading a document.
 async fn pending_for(store: &Store, peer: PeerId) -> Result<BTreeSet<DocId>, NetError> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let mut pending = BTreeSet::new();
         for doc in store.docs_readable_by(peer)? {
-            match store.pending_for(peer, doc) {
-                Ok(changes) if changes > 0 => {
+            match store.is_in_sync(peer, doc) {
+                Ok(false) => {
                     pending.insert(doc);
                 }
-                Ok(_) => {}
+                Ok(true) => {}
                 // A damaged document is not synced; it is not this report's to count. Nor is
                 // one deleted or forgotten here.
                 Err(

@@ -692,6 +692,8 @@ fn live_pushes_are_acknowledged_and_the_status_drops_to_zero() {
     sa.doc_changed(counter).unwrap();
     assert_eq!(pending(&a, &b, doc), 3);
     assert_eq!(pending(&a, &b, counter), 1);
+    let in_sync = |d| a.store.is_in_sync(b.store.peer_id(), d).unwrap();
+    assert!(!in_sync(doc) && !in_sync(counter));
     let (run, _) = pump([sa, sb], Faults::default());
     assert!(run.error.is_none(), "{:?}", run.error);
     assert_eq!(get(&b.store, doc, "n"), Some(3));
@@ -705,6 +707,7 @@ fn live_pushes_are_acknowledged_and_the_status_drops_to_zero() {
         let status = a.store.sync_status(b.store.peer_id(), d).unwrap();
         assert_eq!(status.pending, 0);
         assert_eq!(status.last_sync_millis, Some(1_000));
+        assert!(in_sync(d));
     }
 }
 

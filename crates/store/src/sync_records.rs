@@ -154,6 +154,31 @@ impl Store {
         })
     }
 
+    /// Whether `peer` has acknowledged holding exactly this replica's version of `doc`:
+    /// [`Store::sync_status`]'s `pending == 0`, answered from the stored heads or digest
+    /// alone, without loading the document or counting changes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ferry_store::{DocKind, PeerId, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let doc = store.create(DocKind::GCounter)?;
+    /// assert!(!store.is_in_sync(PeerId::from_bytes([1; 16]), doc)?); // never synced
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_in_sync(&self, peer: PeerId, doc: DocId) -> Result<bool, StoreError> {
+        let info = self.info(doc)?;
+        let record = self.sync_record(peer, doc)?.unwrap_or_default();
+        Ok(match (&info.version, &record.acked) {
+            (Version::Heads(heads), Some(Version::Heads(acked))) => same_heads(heads, acked),
+            (Version::Digest(digest), Some(Version::Digest(acked))) => digest == acked,
+            _ => false,
+        })
+    }
+
     /// The changes to `doc` that `peer` has not acknowledged: [`Store::sync_status`]'s
     /// `pending`, for a caller that asks it of many documents and needs no times.
     pub fn pending_for(&self, peer: PeerId, doc: DocId) -> Result<u64, StoreError> {

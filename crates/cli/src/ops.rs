@@ -293,6 +293,7 @@ async fn status(replica: &Replica) -> anyhow::Result<Status> {
             peer: p.peer,
             name: p.name.clone(),
             connection: (&p.connection).into(),
+            last_sync_millis: p.last_sync.map(ferry::millis_of),
             docs: p
                 .docs
                 .iter()

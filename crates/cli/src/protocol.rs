@@ -246,6 +246,9 @@ pub(crate) struct PeerStatus {
     pub(crate) peer: PeerId,
     pub(crate) name: String,
     pub(crate) connection: Connection,
+    /// When a sync last compared every document the peer may read.
+    pub(crate) last_sync_millis: Option<u64>,
+    /// The documents with changes the peer has not acknowledged.
     pub(crate) docs: Vec<DocStatus>,
 }
 

@@ -145,6 +145,15 @@ fn status_text(status: &Status) -> String {
             },
             connection_text(&p.connection)
         );
+        let last = match p.last_sync_millis {
+            Some(at) => format!("last synced {}", ago(at)),
+            None => "never synced".to_owned(),
+        };
+        if p.docs.is_empty() {
+            let _ = writeln!(out, "  in sync, {last}");
+        } else {
+            let _ = writeln!(out, "  {} documents waiting, {last}", p.docs.len());
+        }
         for d in &p.docs {
             let last = match d.last_sync_millis {
                 Some(at) => format!("last synced {}", ago(at)),

@@ -534,8 +534,12 @@ impl Replica {
         Events::new(self.inner.events.subscribe())
     }
 
-    /// Sync with every known peer: its connection, and per document it may read, the changes
-    /// it has not acknowledged and when it last held the whole document.
+    /// Sync with every known peer: its connection, when a sync last compared everything, and
+    /// the documents with changes it has not acknowledged, with their counts.
+    ///
+    /// Its cost follows what changed: the first call reads, per peer, the sync record of each
+    /// document the peer may read; later calls check only the documents that changed, or whose
+    /// sync with the peer did, since (see [`Store::unacked`](ferry_store::Store::unacked)).
     pub async fn sync_status(&self) -> Result<SyncStatus, Error> {
         let states = match self.inner.node.lock().await.as_ref() {
             Some(serving) => serving.node.states(),
@@ -552,24 +556,16 @@ fn status(
 ) -> Result<SyncStatus, Error> {
     let mut peers = Vec::new();
     for info in store.peers()? {
-        let mut statuses = Vec::new();
-        for doc in store.docs_readable_by(info.id)? {
-            let status = match store.sync_status(info.id, doc) {
-                Ok(status) => status,
-                // A damaged document has no status to show; the others still do. Nor has one
-                // deleted or forgotten here.
-                Err(
-                    ferry_store::StoreError::Damaged { .. }
-                    | ferry_store::StoreError::NoSuchDocument(_),
-                ) => continue,
-                Err(e) => return Err(Error::from_store(e)),
-            };
-            statuses.push(DocStatus {
+        let docs = store
+            .unacked(info.id)
+            .map_err(Error::from_store)?
+            .into_iter()
+            .map(|(doc, status)| DocStatus {
                 doc,
                 pending: status.pending,
                 last_sync: status.last_sync_millis.map(time_of),
-            });
-        }
+            })
+            .collect();
         peers.push(PeerStatus {
             peer: info.id,
             name: info.name,
@@ -577,7 +573,11 @@ fn status(
                 .get(&info.id)
                 .copied()
                 .unwrap_or(ConnectionState::Disconnected { next_retry: None }),
-            docs: statuses,
+            last_sync: store
+                .reconciled(info.id)
+                .map_err(Error::from_store)?
+                .map(time_of),
+            docs,
         });
     }
     Ok(SyncStatus { peers })

@@ -40,14 +40,25 @@ pub struct PeerStatus {
     pub name: String,
     /// Its connection.
     pub connection: ConnectionState,
-    /// Every document it may read, in id order.
+    /// When a sync with it last finished comparing every document it may read; from then on,
+    /// a document not in [`PeerStatus::docs`] was in sync.
+    pub last_sync: Option<SystemTime>,
+    /// The documents it may read that hold changes it has not acknowledged, in id order. A
+    /// document it holds as this replica does is not listed: the list is as long as what
+    /// waits, however many documents the peer may read.
     pub docs: Vec<DocStatus>,
 }
 
 impl PeerStatus {
-    /// The status of one document with this peer.
+    /// The status of one document with changes waiting for this peer; `None` if the peer
+    /// holds all of it (or may not read it).
     pub fn doc(&self, doc: DocId) -> Option<&DocStatus> {
         self.docs.iter().find(|d| d.doc == doc)
+    }
+
+    /// Whether nothing waits for this peer.
+    pub fn is_in_sync(&self) -> bool {
+        self.docs.is_empty()
     }
 }
 
@@ -56,7 +67,7 @@ impl PeerStatus {
 pub struct DocStatus {
     /// The document.
     pub doc: DocId,
-    /// This replica's changes the peer has not acknowledged; 0 when it holds them all.
+    /// This replica's changes the peer has not acknowledged (at least 1).
     pub pending: u64,
     /// When the peer was last seen to hold the whole document.
     pub last_sync: Option<SystemTime>,

@@ -52,6 +52,7 @@ mod spaces;
 mod store;
 mod sync_records;
 mod time;
+mod unacked;
 mod values;
 mod version;
 

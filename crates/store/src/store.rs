@@ -19,6 +19,7 @@ use crate::durability::GroupCommit;
 use crate::events::Feeds;
 use crate::loading::{check_format, entry_in, read_meta};
 use crate::records::DocMeta;
+use crate::unacked::Unacked;
 use crate::{
     ChangeFeed, CrdtState, DocId, DocKind, Durability, Identity, Origin, PeerId, SpaceId,
     StoreError, StoreEvent, Subscription, Version,
@@ -104,6 +105,8 @@ pub(crate) struct Shared {
     /// already running when its peer was removed must not write a record for it afterwards;
     /// the lock also makes removing a peer and writing one of its records exclusive.
     pub(crate) removed_peers: Mutex<HashSet<PeerId>>,
+    /// Per peer asked about, the documents that may wait for its acknowledgement.
+    pub(crate) unacked: Unacked,
 }
 
 pub(crate) struct State {
@@ -153,6 +156,9 @@ impl Shared {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .readers(doc, space);
+        // The change's own author is a candidate too: it holds the change only once its
+        // acknowledgement is recorded.
+        self.unacked.changed(doc, &readers);
         for peer in readers.into_iter().filter(|p| Some(*p) != from) {
             self.feeds.tell(peer, |changes| {
                 changes.docs.insert(doc);
@@ -244,6 +250,7 @@ impl Store {
                 directory: RwLock::new(directory),
                 group,
                 removed_peers: Mutex::new(HashSet::new()),
+                unacked: Unacked::default(),
             }),
         })
     }
@@ -335,11 +342,17 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
-        self.shared
-            .directory
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The directory, to change: once the change is made (when the guard drops), the index of
+    /// unacknowledged documents starts over, since who may read what may have changed.
+    pub(crate) fn directory_mut(&self) -> DirectoryMut<'_> {
+        DirectoryMut {
+            guard: self
+                .shared
+                .directory
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            unacked: &self.shared.unacked,
+        }
     }
 
     pub(crate) fn new_automerge(&self) -> Automerge {
@@ -454,5 +467,33 @@ pub(crate) fn wrong_kind(doc: DocId, expected: &'static [DocKind], found: DocKin
         doc,
         expected,
         found,
+    }
+}
+
+/// The directory, held to change; see [`Store::directory_mut`].
+pub(crate) struct DirectoryMut<'a> {
+    guard: RwLockWriteGuard<'a, Directory>,
+    unacked: &'a Unacked,
+}
+
+impl std::ops::Deref for DirectoryMut<'_> {
+    type Target = Directory;
+
+    fn deref(&self) -> &Directory {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for DirectoryMut<'_> {
+    fn deref_mut(&mut self) -> &mut Directory {
+        &mut self.guard
+    }
+}
+
+impl Drop for DirectoryMut<'_> {
+    fn drop(&mut self) {
+        // Still under the directory's lock, so no question lists the peer's documents
+        // between the change and this.
+        self.unacked.clear();
     }
 }

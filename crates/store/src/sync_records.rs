@@ -65,6 +65,8 @@ impl Store {
         self.shared
             .db
             .insert(records::sync_key(peer, doc), encode_record(record))?;
+        // What the peer acknowledged changed: checked at the next question.
+        self.shared.unacked.changed(doc, &[peer]);
         Ok(())
     }
 

@@ -196,3 +196,61 @@ async fn a_bulk_clone_with_sync_once_brings_every_document() {
     node_empty.shutdown().await;
     node_full.shutdown().await;
 }
+
+/// Megabytes of photos in the large-document test: `FERRY_LARGE_DOC_MB` (default 20, the size
+/// that once did not sync at all: over the 16 MiB frame limit).
+fn large_doc_mb() -> u64 {
+    std::env::var("FERRY_LARGE_DOC_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_of_twenty_one_megabyte_photos_syncs_over_quic() {
+    use automerge::ScalarValue;
+
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (full, empty) = (open(da.path()), open(db.path()));
+    let survey = full.create(DocKind::Automerge).unwrap();
+    let mb = large_doc_mb();
+    for i in 0..mb {
+        let mut photo = vec![0u8; 1 << 20];
+        blake3::Hasher::new()
+            .update(&i.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut photo);
+        full.change(survey, |tx| {
+            tx.put(ROOT, format!("photo{i}"), ScalarValue::Bytes(photo))
+        })
+        .unwrap();
+    }
+    let saved = full.read(survey, |d| d.save().len()).unwrap();
+    assert!(saved > 16 << 20 || mb < 17, "{saved} bytes");
+    let node_full = start(&full).await;
+    grant(&full, &empty, None, &[SpaceId::DEFAULT], Access::ReadWrite);
+    grant(
+        &empty,
+        &full,
+        Some(&node_full),
+        &[SpaceId::DEFAULT],
+        Access::ReadWrite,
+    );
+    let node_empty = Node::start_without_dialing(empty.clone(), config(loopback()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let report = node_empty
+        .sync_once(full.peer_id(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    eprintln!("{saved} bytes synced in {:.2?}", started.elapsed());
+    assert_eq!(report.received.len(), 1);
+    assert!(same(&full, &empty, survey));
+    assert!(
+        full.sync_status(empty.peer_id(), survey).unwrap().pending == 0,
+        "not acknowledged"
+    );
+    node_empty.shutdown().await;
+    node_full.shutdown().await;
+}

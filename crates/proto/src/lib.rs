@@ -47,7 +47,8 @@ mod reconcile;
 mod session;
 
 pub use message::{
-    DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, LENGTH_PREFIX, Message, PROTOCOL_VERSION,
+    CAP_SNAPSHOT_PARTS, CAPABILITIES, DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader,
+    LENGTH_PREFIX, Message, PROTOCOL_VERSION,
 };
 pub use reconcile::{Item, Prefix, Range, ShortDigest, short};
 pub use session::{Event, Role, Session, SessionConfig, SessionError};

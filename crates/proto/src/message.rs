@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// Hello capability bit: the sender takes whole documents in parts ([`Message::SnapshotPart`]),
+/// so a document of any size reaches it.
+pub const CAP_SNAPSHOT_PARTS: u64 = 1;
+
+/// The capabilities this build announces in its hello.
+pub const CAPABILITIES: u64 = CAP_SNAPSHOT_PARTS;
+
 /// The largest frame a session accepts unless configured otherwise: 16 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
 
@@ -39,6 +46,9 @@ pub enum ErrorCode {
     /// allows ([`SessionConfig::max_clock_skew_millis`](crate::SessionConfig)); nothing of it
     /// was stored.
     FutureStamp,
+    /// A document larger than the receiver takes in (its store's `max_doc_bytes`); nothing
+    /// of it was stored.
+    TooLarge,
 }
 
 /// Defines the messages once: each with its frame type byte and its fields in wire order. From
@@ -127,7 +137,7 @@ messages! {
     1 => Hello {
         /// The protocol version.
         version: u32,
-        /// Capability bits; none are defined in version 1.
+        /// Capability bits: [`CAP_SNAPSHOT_PARTS`] (1).
         capabilities: u64,
     },
     /// A fatal error: the sender closes the session after it.
@@ -243,6 +253,28 @@ messages! {
         bytes: Vec<u8>,
         /// The sender's digest (shortened), which the delta leads to.
         result: ShortDigest,
+    },
+    /// Part of a whole document too large to send in one `Snapshot` frame, sent only to a
+    /// peer whose hello has [`CAP_SNAPSHOT_PARTS`]. A document's parts go in order, one
+    /// document at a time (other documents' frames may come between them); the receiver
+    /// takes the document in once the last part completes `total` bytes whose blake3 hash is
+    /// `digest`, exactly as if one `Snapshot` had carried them.
+    15 => SnapshotPart {
+        /// The document.
+        doc: DocId,
+        /// Its kind.
+        kind: DocKind,
+        /// Its space.
+        space: SpaceId,
+        /// The whole snapshot's length in bytes.
+        total: u64,
+        /// The blake3 hash of the whole snapshot.
+        digest: [u8; 32],
+        /// Where these bytes start in the whole.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
     },
 }
 

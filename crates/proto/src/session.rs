@@ -35,7 +35,7 @@ use ferry_store::{DocId, DocKind, PeerId, Store, StoreError};
 use self::incoming::{Decoded, Prechecked};
 use self::peer_doc::PeerDoc;
 use crate::message::{
-    DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, Message, PROTOCOL_VERSION,
+    CAPABILITIES, DEFAULT_MAX_FRAME, ErrorCode, FrameError, FrameReader, Message, PROTOCOL_VERSION,
 };
 use crate::reconcile::{Finding, ReconcileError, Reconciler, TOMBSTONE};
 
@@ -63,6 +63,11 @@ pub struct SessionConfig {
     /// the next step ([`Session::work`]). A clone of 100,000 documents so goes out in bounded
     /// pieces, and the driver reads the peer's acknowledgements in between. Default 1 MiB.
     pub step_bytes: usize,
+    /// A whole document whose bytes exceed this goes to a peer that takes parts
+    /// ([`CAP_SNAPSHOT_PARTS`](crate::CAP_SNAPSHOT_PARTS)) in `SnapshotPart` frames of this
+    /// many bytes, sent as steps have room, so it needs no frame of its size and other
+    /// documents' frames go between its parts. Default 1 MiB; at most `max_frame` less 128.
+    pub part_bytes: usize,
     /// How far ahead of this side's wall time (the `now` the driver passes) a register's
     /// stamp from the peer may be. A state stamped later is refused with
     /// [`ErrorCode::FutureStamp`]: otherwise one peer with a clock set years ahead would win
@@ -76,6 +81,7 @@ impl Default for SessionConfig {
             max_frame: DEFAULT_MAX_FRAME,
             leaf: 16,
             step_bytes: 1 << 20,
+            part_bytes: 1 << 20,
             max_clock_skew_millis: 10 * 60 * 1000,
         }
     }
@@ -132,6 +138,9 @@ pub enum SessionError {
     /// The store failed.
     #[error("store")]
     Store(#[from] StoreError),
+    /// A document arriving in parts could not be written or read back beside the store.
+    #[error("assembling a document")]
+    Assembly(#[source] ferry_store::PartError),
     /// The peer ended the session with an error.
     #[error("the peer closed the session: {code:?}: {detail}")]
     Peer {
@@ -187,6 +196,12 @@ pub struct Session {
     docs: HashMap<DocId, PeerDoc>,
     /// Documents that changed before the peer's hello, to push once it arrives.
     changed_early: BTreeSet<DocId>,
+    /// The capabilities the peer's hello announced.
+    peer_caps: u64,
+    /// A whole document going to the peer in parts, if any: one at a time.
+    sending: Option<snapshot::Sending>,
+    /// A whole document coming from the peer in parts, if any.
+    receiving: Option<snapshot::Receiving>,
     /// The time the driver gave with the frame being handled.
     now: u64,
 }
@@ -226,11 +241,14 @@ impl Session {
             events: VecDeque::new(),
             docs: HashMap::new(),
             changed_early: BTreeSet::new(),
+            peer_caps: 0,
+            sending: None,
+            receiving: None,
             now: 0,
         };
         session.send(&Message::Hello {
             version: PROTOCOL_VERSION,
-            capabilities: 0,
+            capabilities: CAPABILITIES,
         });
         if role == Role::Initiator {
             let (round, ranges) = session.reconciler.start();
@@ -270,6 +288,8 @@ impl Session {
         let busy = self.phase != Phase::Open
             || !self.reconciler.is_finished()
             || !self.backlog.is_empty()
+            || self.sending.is_some()
+            || self.receiving.is_some()
             || !self.awaiting.is_empty()
             || !self.out.is_empty()
             || !self.reader.is_empty();
@@ -308,7 +328,7 @@ impl Session {
     /// Whether whole documents are queued for the peer: call [`Session::work`] when the
     /// frames sent so far have left.
     pub fn has_backlog(&self) -> bool {
-        !self.backlog.is_empty() && self.phase == Phase::Open
+        (!self.backlog.is_empty() || self.sending.is_some()) && self.phase == Phase::Open
     }
 
     /// Sends the next part of the backlog (about [`SessionConfig::step_bytes`]); its frames
@@ -376,8 +396,12 @@ impl Session {
         }
         if self.phase == Phase::AwaitHello {
             return match message {
-                Message::Hello { version, .. } if version == PROTOCOL_VERSION => {
+                Message::Hello {
+                    version,
+                    capabilities,
+                } if version == PROTOCOL_VERSION => {
                     self.phase = Phase::Open;
+                    self.peer_caps = capabilities;
                     self.events.push_back(Event::Connected { version });
                     // Changed since this side listed its documents: pushed now, as they would
                     // have been had the hello come first.
@@ -401,7 +425,7 @@ impl Session {
             Err(e) => {
                 let code = match &e {
                     SessionError::NoAccess(_) => ErrorCode::NoAccess,
-                    SessionError::Store(_) => ErrorCode::Internal,
+                    SessionError::Store(_) | SessionError::Assembly(_) => ErrorCode::Internal,
                     SessionError::OutOfOrder(_) => ErrorCode::OutOfOrder,
                     _ => ErrorCode::Malformed,
                 };
@@ -484,6 +508,10 @@ impl Session {
     /// checked again: the peer may have lost it since the document was queued.
     fn send_backlog(&mut self) -> Result<(), SessionError> {
         while self.phase == Phase::Open && self.out_bytes < self.config.step_bytes {
+            if self.sending.is_some() {
+                self.send_parts()?;
+                continue;
+            }
             let Some(doc) = self.backlog.pop_first() else {
                 break;
             };
@@ -534,6 +562,21 @@ impl Session {
                 space,
                 bytes,
             } => self.on_snapshot((doc, space), kind, &bytes, checked),
+            Message::SnapshotPart {
+                doc,
+                kind,
+                space,
+                total,
+                digest,
+                offset,
+                bytes,
+            } => self.on_snapshot_part(
+                (doc, space),
+                kind,
+                snapshot::Whole { total, digest },
+                offset,
+                &bytes,
+            ),
             Message::Heads {
                 doc,
                 heads,

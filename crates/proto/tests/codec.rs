@@ -108,6 +108,24 @@ fn message() -> impl Strategy<Value = Message> {
             bytes,
             result
         }),
+        (
+            (doc(), kind(), space()),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            bytes()
+        )
+            .prop_map(|((doc, kind, space), total, digest, offset, bytes)| {
+                Message::SnapshotPart {
+                    doc,
+                    kind,
+                    space,
+                    total,
+                    digest,
+                    offset,
+                    bytes,
+                }
+            }),
         (doc(), kind(), space()).prop_map(|(doc, kind, space)| Message::Deleted {
             doc,
             kind,

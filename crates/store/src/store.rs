@@ -42,6 +42,10 @@ pub struct StoreConfig {
     pub compact_min_bytes: u64,
     /// Events a subscriber may fall behind by before it is told it lagged. Default: 1024.
     pub event_capacity: usize,
+    /// The largest document taken in whole from a peer, in bytes as sent (an Automerge
+    /// document's saved form, a counter's or register's state); a larger one is refused with
+    /// an error before a byte of it is kept. Default: 1 GiB.
+    pub max_doc_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +56,7 @@ impl Default for StoreConfig {
             cache_metas: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
             compact_min_bytes: 64 * 1024,
             event_capacity: 1024,
+            max_doc_bytes: 1 << 30,
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct Store {
 
 pub(crate) struct Shared {
     pub(crate) db: sled::Db,
+    /// The store's directory.
+    pub(crate) dir: std::path::PathBuf,
     pub(crate) identity: Identity,
     pub(crate) config: StoreConfig,
     pub(crate) state: Mutex<State>,
@@ -227,6 +234,8 @@ impl Store {
         let identity = Identity::load_or_create(dir)?;
         let db = open_db(&dir.join("db"))?;
         check_format(&db)?;
+        // Documents half-arrived when the process last ended: they come again, whole.
+        crate::partials::clear_leftovers(dir).map_err(sled::Error::Io)?;
         let directory = Directory::load(&db)?;
 
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
@@ -243,6 +252,7 @@ impl Store {
                     ),
                 }),
                 db,
+                dir: dir.to_path_buf(),
                 identity,
                 config,
                 events,

@@ -1,11 +1,59 @@
-//! Whole documents: a snapshot for a peer that lacks a document, and taking one in.
+//! Whole documents: a snapshot for a peer that lacks a document, and taking one in; in parts
+//! when it is larger than `SessionConfig::part_bytes` and the peer takes parts.
 
-use ferry_store::{Access, CheckedSnapshot, DocId, DocInfo, DocKind, Origin, SpaceId};
+use ferry_store::{
+    Access, Assembly, CheckedSnapshot, DocId, DocInfo, DocKind, Origin, PartError, SpaceId,
+};
 
 use super::crdt_sync::validate_state;
 use super::incoming::Prechecked;
 use super::{Event, Session, SessionError};
-use crate::message::{ErrorCode, Message};
+use crate::message::{CAP_SNAPSHOT_PARTS, ErrorCode, Message};
+
+/// Room in a frame for a `SnapshotPart`'s fields besides its bytes.
+const PART_OVERHEAD: usize = 128;
+
+/// A whole document going to the peer in parts.
+pub(super) struct Sending {
+    doc: DocId,
+    kind: DocKind,
+    space: SpaceId,
+    digest: [u8; 32],
+    bytes: Vec<u8>,
+    /// Bytes sent so far.
+    offset: usize,
+}
+
+impl std::fmt::Debug for Sending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sending")
+            .field("doc", &self.doc)
+            .field("offset", &self.offset)
+            .field("total", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a `SnapshotPart` says of the whole it belongs to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Whole {
+    pub(super) total: u64,
+    pub(super) digest: [u8; 32],
+}
+
+/// A whole document coming from the peer in parts.
+#[derive(Debug)]
+pub(super) enum Receiving {
+    /// Assembled in a file beside the store.
+    Assembling {
+        /// (Boxed: it holds a hasher's state, some 2 KiB.)
+        assembly: Box<Assembly>,
+        kind: DocKind,
+        space: SpaceId,
+    },
+    /// Refused at its first part: its other parts are passed over.
+    Skipping { doc: DocId, digest: [u8; 32] },
+}
 
 impl Session {
     pub(super) fn send_snapshot(&mut self, info: &DocInfo) -> Result<(), SessionError> {
@@ -29,6 +77,18 @@ impl Session {
             }
             _ => self.store.crdt(doc)?.encode(),
         };
+        if bytes.len() > self.part_size() && self.peer_caps & CAP_SNAPSHOT_PARTS != 0 {
+            // Goes out in parts as steps have room (`send_parts`).
+            self.sending = Some(Sending {
+                doc,
+                kind,
+                space,
+                digest: *blake3::hash(&bytes).as_bytes(),
+                bytes,
+                offset: 0,
+            });
+            return Ok(());
+        }
         self.send(&Message::Snapshot {
             doc,
             kind,
@@ -37,6 +97,139 @@ impl Session {
         });
 
         Ok(())
+    }
+
+    /// The most bytes of a document one `SnapshotPart` carries, and the size above which a
+    /// document goes in parts: `part_bytes`, or less where frames are smaller.
+    fn part_size(&self) -> usize {
+        let frame_room = (self.config.max_frame as usize).saturating_sub(PART_OVERHEAD);
+        self.config.part_bytes.clamp(1, frame_room.max(1))
+    }
+
+    /// Sends parts of the document under way until this step's frames reach `step_bytes`.
+    /// Access is checked again first: a peer that lost it since gets nothing more (and the
+    /// tombstone, if the document was deleted and it may still read it).
+    pub(super) fn send_parts(&mut self) -> Result<(), SessionError> {
+        let Some(mut sending) = self.sending.take() else {
+            return Ok(());
+        };
+        if self.visible(sending.doc)?.is_none() {
+            self.send_tombstone(sending.doc)?;
+            return Ok(());
+        }
+        let part = self.part_size();
+        let total = sending.bytes.len();
+        while self.out_bytes < self.config.step_bytes && sending.offset < total {
+            let end = (sending.offset + part).min(total);
+            self.send(&Message::SnapshotPart {
+                doc: sending.doc,
+                kind: sending.kind,
+                space: sending.space,
+                total: total as u64,
+                digest: sending.digest,
+                offset: sending.offset as u64,
+                bytes: sending.bytes[sending.offset..end].to_vec(),
+            });
+            sending.offset = end;
+        }
+        if sending.offset < total {
+            self.sending = Some(sending);
+        }
+        Ok(())
+    }
+
+    /// A part of a whole document: assembled beside the store, and taken in as a `Snapshot`
+    /// once complete. Its first part is checked as a `Snapshot` would be (may the peer write
+    /// the document's space here, is it within the store's size limit) before a byte is kept.
+    pub(super) fn on_snapshot_part(
+        &mut self,
+        (doc, space): (DocId, SpaceId),
+        kind: DocKind,
+        whole: Whole,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), SessionError> {
+        if offset == 0 {
+            // A new document: whatever was under way is dropped (its file with it).
+            self.receiving = None;
+            let here = self.store.space_of(doc)?;
+            let refused = if self.store.access_as(self.peer, doc, here.unwrap_or(space))
+                != Access::ReadWrite
+            {
+                Some(ErrorCode::ReadOnly)
+            } else {
+                match self
+                    .store
+                    .assemble(self.peer, doc, whole.total, whole.digest)
+                {
+                    Ok(assembly) => {
+                        self.receiving = Some(Receiving::Assembling {
+                            assembly: Box::new(assembly),
+                            kind,
+                            space,
+                        });
+                        None
+                    }
+                    Err(PartError::TooLarge { .. }) => Some(ErrorCode::TooLarge),
+                    Err(e) => return Err(SessionError::Assembly(e)),
+                }
+            };
+            if let Some(code) = refused {
+                self.awaiting.remove(&doc);
+                self.send(&Message::Refused { doc, code });
+                self.receiving = Some(Receiving::Skipping {
+                    doc,
+                    digest: whole.digest,
+                });
+                return Ok(());
+            }
+        }
+        let complete = match &mut self.receiving {
+            Some(Receiving::Skipping { doc: d, digest })
+                if *d == doc && *digest == whole.digest =>
+            {
+                return Ok(());
+            }
+            Some(Receiving::Assembling {
+                assembly,
+                kind: k,
+                space: s,
+            }) if assembly.doc() == doc
+                && assembly.digest() == whole.digest
+                && *k == kind
+                && *s == space =>
+            {
+                assembly.append(offset, bytes).map_err(|e| match e {
+                    PartError::Io(_) => SessionError::Assembly(e),
+                    _ => SessionError::Protocol("a snapshot part out of place"),
+                })?;
+                assembly.is_complete()
+            }
+            _ => {
+                return Err(SessionError::OutOfOrder(
+                    "a snapshot part of no document under way",
+                ));
+            }
+        };
+        if !complete {
+            return Ok(());
+        }
+        let Some(Receiving::Assembling { assembly, .. }) = self.receiving.take() else {
+            return Ok(());
+        };
+        let bytes = assembly.finish().map_err(|e| match e {
+            PartError::Io(_) => SessionError::Assembly(e),
+            _ => SessionError::Protocol("a document whose parts do not match its digest"),
+        })?;
+        if kind == DocKind::Automerge {
+            let checked = match CheckedSnapshot::check(bytes) {
+                Some(checked) => Prechecked::Loads(checked),
+                None => Prechecked::DoesNotLoad,
+            };
+            self.on_snapshot((doc, space), kind, &[], checked)
+        } else {
+            self.on_snapshot((doc, space), kind, &bytes, Prechecked::No)
+        }
     }
 
     pub(super) fn on_want(&mut self, doc: DocId) -> Result<(), SessionError> {
@@ -105,7 +298,9 @@ impl Session {
                 self.answer_heads(doc, their_heads)
             }
             _ => {
-                validate_state(kind, bytes, self.config.max_frame)?;
+                // (Parts may have carried a state larger than one frame.)
+                let limit = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                validate_state(kind, bytes, self.config.max_frame.max(limit))?;
                 if self.refuse_future_stamp(doc, kind, bytes) {
                     return Ok(());
                 }

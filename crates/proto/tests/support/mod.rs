@@ -21,6 +21,21 @@ impl Replica {
         }
     }
 
+    /// The store's directory.
+    pub fn store_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// A replica whose store is opened with `config`.
+    pub fn with_config(config: ferry_store::StoreConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            store: Store::open_with(dir.path(), config.clone()).unwrap(),
+            config,
+            _dir: dir,
+        }
+    }
+
     /// A replica with the fixed identity `tests/keys/replica-{i}.key` (`i` below 5), so its
     /// peer id and actor id are the same in every run.
     pub fn seeded(i: usize) -> Self {

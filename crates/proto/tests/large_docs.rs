@@ -1,0 +1,352 @@
+//! Whole documents larger than a frame: sent in parts, assembled beside the receiver's store,
+//! taken in once whole and checked; refused when over the receiver's size limit; other
+//! documents' frames go between the parts.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use automerge::transaction::Transactable;
+use automerge::{ROOT, ReadDoc, ScalarValue};
+use ferry_proto::{ErrorCode, Message, Role, Session, SessionConfig};
+use ferry_store::{Access, DocId, DocKind, Store, StoreConfig};
+use support::{Faults, Replica, pump, trust};
+
+/// Frames of at most 64 KiB, so a document of a few hundred KiB is "large" here.
+fn small_frames() -> SessionConfig {
+    SessionConfig {
+        max_frame: 64 * 1024,
+        part_bytes: 16 * 1024,
+        step_bytes: 32 * 1024,
+        ..support::config()
+    }
+}
+
+/// `len` bytes that do not compress, the same for the same seed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
+}
+
+/// A document of `photos` "photos" of `size` bytes each, as Automerge bytes values.
+fn album(store: &Store, photos: u64, size: usize) -> DocId {
+    let doc = store.create(DocKind::Automerge).unwrap();
+    for i in 0..photos {
+        let photo = noise(i, size);
+        store
+            .change(doc, |tx| {
+                tx.put(ROOT, format!("photo{i}"), ScalarValue::Bytes(photo))
+            })
+            .unwrap();
+    }
+    doc
+}
+
+fn friends(b: Replica) -> (Replica, Replica) {
+    let a = Replica::new();
+    trust(&a, &b, Access::ReadWrite);
+    trust(&b, &a, Access::ReadWrite);
+    (a, b)
+}
+
+fn sessions(a: &Replica, b: &Replica, config: &SessionConfig) -> [Session; 2] {
+    [
+        Session::new(
+            a.store.clone(),
+            b.store.peer_id(),
+            Role::Initiator,
+            config.clone(),
+        )
+        .unwrap(),
+        Session::new(
+            b.store.clone(),
+            a.store.peer_id(),
+            Role::Responder,
+            config.clone(),
+        )
+        .unwrap(),
+    ]
+}
+
+fn messages(frames: &[Vec<u8>]) -> Vec<Message> {
+    frames
+        .iter()
+        .map(|f| Message::from_frame(f, u32::MAX).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_document_larger_than_a_frame_arrives_in_parts_and_whole() {
+    let (a, b) = friends(Replica::new());
+    let config = small_frames();
+    let doc = album(&a.store, 5, 60 * 1024); // 300 KiB: five frames' worth
+    let (run, _) = pump(sessions(&a, &b, &config), Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+
+    assert_eq!(
+        b.store.info(doc).unwrap().version,
+        a.store.info(doc).unwrap().version
+    );
+    let photo = b
+        .store
+        .read(doc, |d| {
+            d.get(ROOT, "photo3")
+                .unwrap()
+                .unwrap()
+                .0
+                .as_bytes()
+                .map(<[u8]>::to_vec)
+        })
+        .unwrap();
+    assert_eq!(photo, Some(noise(3, 60 * 1024)));
+    // No frame over the limit, and the document went in parts: no whole snapshot of it.
+    assert!(run.sent[0].iter().all(|f| f.len() <= 4 + 64 * 1024));
+    let sent = messages(&run.sent[0]);
+    let parts = sent
+        .iter()
+        .filter(|m| matches!(m, Message::SnapshotPart { .. }))
+        .count();
+    assert!(parts >= 300 / 16, "{parts} parts");
+    assert!(
+        !sent
+            .iter()
+            .any(|m| matches!(m, Message::Snapshot { doc: d, .. } if *d == doc))
+    );
+    // Acknowledged: nothing pending, and nothing left of the assembly beside b's store.
+    assert_eq!(
+        a.store.sync_status(b.store.peer_id(), doc).unwrap().pending,
+        0
+    );
+}
+
+#[test]
+fn documents_just_under_and_just_over_the_part_size() {
+    let (a, b) = friends(Replica::new());
+    let config = small_frames();
+    // Two single-key documents whose saved forms straddle the part size.
+    let mut docs = Vec::new();
+    for len in [15 * 1024, 17 * 1024] {
+        let doc = a.store.create(DocKind::Automerge).unwrap();
+        a.store
+            .change(doc, |tx| {
+                tx.put(ROOT, "b", ScalarValue::Bytes(noise(len as u64, len)))
+            })
+            .unwrap();
+        docs.push(doc);
+    }
+    let saved: Vec<usize> = docs
+        .iter()
+        .map(|d| a.store.read(*d, |am| am.save().len()).unwrap())
+        .collect();
+    assert!(saved[0] <= 16 * 1024 && saved[1] > 16 * 1024, "{saved:?}");
+    let (run, _) = pump(sessions(&a, &b, &config), Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    let sent = messages(&run.sent[0]);
+    let whole = |doc: DocId| {
+        sent.iter()
+            .any(|m| matches!(m, Message::Snapshot { doc: d, .. } if *d == doc))
+    };
+    assert!(whole(docs[0]) && !whole(docs[1]));
+    for doc in docs {
+        assert_eq!(
+            b.store.info(doc).unwrap().digest,
+            a.store.info(doc).unwrap().digest
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_does_not_take_parts_gets_the_whole_snapshot() {
+    let (a, b) = friends(Replica::new());
+    let config = small_frames();
+    let doc = album(&a.store, 1, 20 * 1024);
+    let mut sa = sessions(&a, &b, &config).into_iter().next().unwrap();
+    // An older peer: its hello names no capability.
+    let hello = Message::Hello {
+        version: ferry_proto::PROTOCOL_VERSION,
+        capabilities: 0,
+    };
+    sa.handle_frame(&hello.to_frame(), 1_000).unwrap();
+    let reply = Message::Reconcile {
+        round: 1,
+        ranges: vec![ferry_proto::Range::Items {
+            prefix: ferry_proto::Prefix::ROOT,
+            items: Vec::new(),
+        }],
+    };
+    sa.handle_frame(&reply.to_frame(), 1_000).unwrap();
+    while sa.has_backlog() {
+        sa.work().unwrap();
+    }
+    let sent = messages(&std::iter::from_fn(|| sa.poll_transmit()).collect::<Vec<_>>());
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Message::Snapshot { doc: d, .. } if *d == doc)),
+        "{sent:?}"
+    );
+    assert!(
+        !sent
+            .iter()
+            .any(|m| matches!(m, Message::SnapshotPart { .. }))
+    );
+}
+
+#[test]
+fn a_document_over_the_receivers_limit_is_refused_and_the_rest_still_syncs() {
+    let b = Replica::with_config(StoreConfig {
+        max_doc_bytes: 100 * 1024,
+        ..StoreConfig::default()
+    });
+    let (a, b) = friends(b);
+    let config = small_frames();
+    let big = album(&a.store, 4, 60 * 1024);
+    let small = album(&a.store, 1, 1024);
+    let (run, _) = pump(sessions(&a, &b, &config), Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(
+        b.store.info(big).is_err(),
+        "a document over the limit was stored"
+    );
+    assert!(b.store.info(small).is_ok());
+    let refused = messages(&run.sent[1])
+        .into_iter()
+        .any(|m| matches!(m, Message::Refused { doc, code: ErrorCode::TooLarge } if doc == big));
+    assert!(refused, "no TooLarge refusal");
+    assert!(run.events[0].iter().any(|e| matches!(e, ferry_proto::Event::Refused { doc, code: ErrorCode::TooLarge } if *doc == big)));
+    // Nothing of it kept beside the store either.
+    let incoming = b.store_dir().join("incoming");
+    let files = walk(&incoming);
+    assert!(files.is_empty(), "{files:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            if e.path().is_dir() {
+                walk(&e.path())
+            } else {
+                vec![e.path()]
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_part_changed_in_flight_ends_the_session_and_stores_nothing() {
+    let (a, b) = friends(Replica::new());
+    let config = small_frames();
+    let doc = album(&a.store, 3, 40 * 1024);
+    let [mut sa, mut sb] = sessions(&a, &b, &config);
+    let mut error = None;
+    let mut flipped = false;
+    'run: for _ in 0..1000 {
+        let mut moved = false;
+        for (from, to) in [(0, 1), (1, 0)] {
+            let (s, r) = if from == 0 {
+                (&mut sa, &mut sb)
+            } else {
+                (&mut sb, &mut sa)
+            };
+            if s.has_backlog() {
+                s.work().unwrap();
+            }
+            let frames: Vec<Vec<u8>> = std::iter::from_fn(|| s.poll_transmit()).collect();
+            for mut frame in frames {
+                moved = true;
+                if let Ok(Message::SnapshotPart { offset, .. }) =
+                    Message::from_frame(&frame, u32::MAX)
+                    && offset > 0
+                    && !flipped
+                {
+                    let at = frame.len() - 10;
+                    frame[at] ^= 0x40;
+                    flipped = true;
+                }
+                if let Err(e) = r.handle_frame(&frame, 1_000) {
+                    error = Some(e.to_string());
+                    break 'run;
+                }
+            }
+            let _ = to;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(flipped);
+    let error = error.expect("a flipped part went unnoticed");
+    assert!(error.contains("digest"), "{error}");
+    assert!(b.store.info(doc).is_err());
+    assert!(walk(&b.store_dir().join("incoming")).is_empty());
+}
+
+#[test]
+fn small_changes_go_between_the_parts_of_a_large_document() {
+    let (a, b) = friends(Replica::new());
+    let config = small_frames();
+    let note = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(note, |tx| tx.put(ROOT, "n", 0)).unwrap();
+    let (_, [mut sa, mut sb]) = pump(sessions(&a, &b, &config), Faults::default());
+    let doc = album(&a.store, 6, 60 * 1024);
+    sa.doc_changed(doc).unwrap();
+    // Frames move both ways a turn at a time; once the first part of the large document has
+    // gone, the note changes.
+    let mut sent = Vec::new();
+    let mut changed = false;
+    loop {
+        let mut moved = false;
+        if sa.has_backlog() {
+            sa.work().unwrap();
+        }
+        for frame in std::iter::from_fn(|| sa.poll_transmit()).collect::<Vec<_>>() {
+            moved = true;
+            sb.handle_frame(&frame, 1_000).unwrap();
+            let part = matches!(
+                Message::from_frame(&frame, u32::MAX),
+                Ok(Message::SnapshotPart { .. })
+            );
+            sent.push(frame);
+            if part && !changed {
+                a.store.change(note, |tx| tx.put(ROOT, "n", 1)).unwrap();
+                sa.doc_changed(note).unwrap();
+                changed = true;
+            }
+        }
+        for frame in std::iter::from_fn(|| sb.poll_transmit()).collect::<Vec<_>>() {
+            moved = true;
+            sa.handle_frame(&frame, 1_000).unwrap();
+        }
+        if !moved {
+            break;
+        }
+    }
+    let sent = messages(&sent);
+    let change_at = sent
+        .iter()
+        .position(|m| matches!(m, Message::Changes { doc: d, .. } if *d == note))
+        .unwrap();
+    let last_part = sent
+        .iter()
+        .rposition(|m| matches!(m, Message::SnapshotPart { .. }))
+        .unwrap();
+    assert!(
+        change_at < last_part,
+        "the small change waited for the whole document"
+    );
+    assert_eq!(
+        b.store.info(doc).unwrap().digest,
+        a.store.info(doc).unwrap().digest
+    );
+    assert_eq!(
+        b.store.info(note).unwrap().digest,
+        a.store.info(note).unwrap().digest
+    );
+}

@@ -356,7 +356,8 @@ impl Session {
             }
         };
         let mut handled = Ok(());
-        for decoded in incoming::decode_all(&frames, self.config.max_frame) {
+        let limits = self.store.limits();
+        for decoded in incoming::decode_all(&frames, self.config.max_frame, limits) {
             handled = self.handle_decoded(decoded, now_millis);
             if handled.is_err() {
                 break;
@@ -377,7 +378,7 @@ impl Session {
     }
 
     fn handle(&mut self, frame: &[u8], now_millis: u64) -> Result<(), SessionError> {
-        let decoded = incoming::decode(frame, self.config.max_frame);
+        let decoded = incoming::decode(frame, self.config.max_frame, self.store.limits());
         self.handle_decoded(decoded, now_millis)
     }
 

@@ -350,3 +350,65 @@ fn small_changes_go_between_the_parts_of_a_large_document() {
         a.store.info(note).unwrap().digest
     );
 }
+
+/// Whether `b` refused `doc` as too large in `run`, and `a` heard of it.
+fn refused_as_too_large(run: &support::Run, doc: DocId) -> bool {
+    let said = messages(&run.sent[1])
+        .into_iter()
+        .any(|m| matches!(m, Message::Refused { doc: d, code: ErrorCode::TooLarge } if d == doc));
+    let heard = run.events[0].iter().any(|e| {
+        matches!(e, ferry_proto::Event::Refused { doc: d, code: ErrorCode::TooLarge } if *d == doc)
+    });
+    said && heard
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_before_it_is_loaded() {
+    let b = Replica::with_config(StoreConfig {
+        max_doc_bytes: 8 << 20,
+        ..StoreConfig::default()
+    });
+    let (a, b) = friends(b);
+    // 64 MiB of zeros, which automerge's save compresses to a frame's worth: small on the
+    // wire, a thousand times larger once loaded.
+    let bomb = a.store.create(DocKind::Automerge).unwrap();
+    a.store
+        .change(bomb, |tx| {
+            tx.put(ROOT, "zeros", ScalarValue::Bytes(vec![0; 64 << 20]))
+        })
+        .unwrap();
+    let saved = a.store.read(bomb, |d| d.save().len()).unwrap();
+    assert!(saved < 1 << 20, "{saved} bytes saved");
+    let fine = album(&a.store, 1, 1024);
+    let (run, _) = pump(sessions(&a, &b, &support::config()), Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(b.store.info(bomb).is_err(), "the bomb was stored");
+    assert!(refused_as_too_large(&run, bomb));
+    assert!(b.store.info(fine).is_ok());
+}
+
+#[test]
+fn a_document_with_more_operations_than_the_receiver_allows_is_refused() {
+    let b = Replica::with_config(StoreConfig {
+        max_doc_ops: 500,
+        ..StoreConfig::default()
+    });
+    let (a, b) = friends(b);
+    let many = a.store.create(DocKind::Automerge).unwrap();
+    a.store
+        .change(many, |tx| {
+            let list = tx.put_object(ROOT, "list", automerge::ObjType::List)?;
+            for i in 0..1000 {
+                tx.insert(&list, i, i as i64)?;
+            }
+            Ok::<_, automerge::AutomergeError>(())
+        })
+        .unwrap();
+    let few = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(few, |tx| tx.put(ROOT, "n", 1)).unwrap();
+    let (run, _) = pump(sessions(&a, &b, &support::config()), Faults::default());
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(b.store.info(many).is_err());
+    assert!(refused_as_too_large(&run, many));
+    assert!(b.store.info(few).is_ok());
+}

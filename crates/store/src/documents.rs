@@ -341,6 +341,17 @@ impl Store {
     }
 }
 
+/// Why a peer's Automerge bytes were not taken in.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum Unloadable {
+    /// They would cost more than the store's limits once loaded.
+    #[error(transparent)]
+    Exceeds(crate::Exceeds),
+    /// They do not load whole.
+    #[error("the document does not load")]
+    DoesNotLoad,
+}
+
 /// An Automerge document's saved bytes that load whole, with the heads and change count
 /// loading them found: what [`Store::adopt_snapshot`] takes in. The check is the costly part
 /// of taking in a peer's document and needs nothing of the store, so a sync session runs it
@@ -366,6 +377,17 @@ impl CheckedSnapshot {
             heads,
             changes,
         })
+    }
+
+    /// [`CheckedSnapshot::check`] for bytes from a peer: refused with
+    /// [`Unloadable::Exceeds`] before anything is loaded if they would cost more than
+    /// `limits` (see [`within_limits`](crate::within_limits)).
+    pub fn check_within(bytes: Vec<u8>, limits: crate::Limits) -> Result<Self, Unloadable> {
+        crate::within_limits(&bytes, limits).map_err(|e| match e {
+            crate::Exceeds::Malformed => Unloadable::DoesNotLoad,
+            e => Unloadable::Exceeds(e),
+        })?;
+        Self::check(bytes).ok_or(Unloadable::DoesNotLoad)
     }
 
     /// The heads the document reaches.

@@ -34,6 +34,7 @@
 //! ```
 
 mod automerge_docs;
+mod bounds;
 mod cache;
 mod crdt_docs;
 mod deletes;
@@ -57,7 +58,8 @@ mod unacked;
 mod values;
 mod version;
 
-pub use documents::CheckedSnapshot;
+pub use bounds::{Exceeds, Limits, within_limits};
+pub use documents::{CheckedSnapshot, Unloadable};
 pub use durability::Durability;
 pub use error::StoreError;
 pub use events::{ChangeFeed, FeedChanges, Origin, RecvError, StoreEvent, Subscription};

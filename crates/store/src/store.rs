@@ -46,6 +46,10 @@ pub struct StoreConfig {
     /// document's saved form, a counter's or register's state); a larger one is refused with
     /// an error before a byte of it is kept. Default: 1 GiB.
     pub max_doc_bytes: u64,
+    /// The most operations an Automerge document taken in from a peer may hold (each costs
+    /// memory when loaded, and a few bytes can claim billions); a larger one is refused before
+    /// it is loaded. Default: 10,000,000.
+    pub max_doc_ops: u64,
 }
 
 impl Default for StoreConfig {
@@ -57,6 +61,7 @@ impl Default for StoreConfig {
             compact_min_bytes: 64 * 1024,
             event_capacity: 1024,
             max_doc_bytes: 1 << 30,
+            max_doc_ops: 10_000_000,
         }
     }
 }
@@ -263,6 +268,15 @@ impl Store {
                 unacked: Unacked::default(),
             }),
         })
+    }
+
+    /// What a peer's document may cost this store once loaded
+    /// ([`StoreConfig::max_doc_bytes`], [`StoreConfig::max_doc_ops`]).
+    pub fn limits(&self) -> crate::Limits {
+        crate::Limits {
+            bytes: self.shared.config.max_doc_bytes,
+            ops: self.shared.config.max_doc_ops,
+        }
     }
 
     /// The replica's identity: key pair, peer id, replica id.

@@ -375,7 +375,7 @@ impl Session {
                 return Ok(());
             }
             for chunk in message.changes.iter() {
-                validate_changes(chunk)?;
+                validate_changes(chunk, self.store.limits())?;
             }
         }
         let mut their_heads = message.heads.clone();

@@ -4,6 +4,8 @@ use std::collections::HashSet;
 
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad};
 
+use ferry_store::Limits;
+
 use super::SessionError;
 
 /// Automerge's chunk types (the byte after 4 magic and 4 checksum bytes).
@@ -25,9 +27,16 @@ pub(super) fn guarded<T>(parse: impl FnOnce() -> Option<T>) -> Option<T> {
 /// good prefix of damaged bytes. An entry is a run of chunks (version 2 messages put every
 /// change in one entry). Change chunks are parsed one by one, so dependencies outside the
 /// message are fine (and loading them into an empty document would log an error for each); a
-/// document chunk must load whole.
-pub(super) fn validate_changes(mut bytes: &[u8]) -> Result<(), SessionError> {
+/// document chunk must load whole. Compressed chunks and document chunks must stay within the
+/// store's `limits` once inflated and loaded (checked before either is).
+pub(super) fn validate_changes(mut bytes: &[u8], limits: Limits) -> Result<(), SessionError> {
     let bad = || SessionError::Protocol("changes that do not parse");
+    if let Err(e) = ferry_store::within_limits(bytes, limits) {
+        return Err(match e {
+            ferry_store::Exceeds::Malformed => bad(),
+            _ => SessionError::Protocol("changes that inflate past this replica's limits"),
+        });
+    }
     while !bytes.is_empty() {
         // A chunk: magic (4), checksum (4), type (1), data length (uLEB128), data.
         let mut rest = bytes.get(CHUNK_HEADER..).ok_or_else(bad)?;

@@ -5,7 +5,7 @@
 //! the session. Nothing here touches the store or the session: a frame's turn comes as before.
 
 use bytes::Bytes;
-use ferry_store::{CheckedSnapshot, DocKind};
+use ferry_store::{CheckedSnapshot, DocKind, Limits, Unloadable};
 
 use crate::message::{FrameError, Message};
 
@@ -25,6 +25,8 @@ pub(super) enum Prechecked {
     Loads(CheckedSnapshot),
     /// They do not load.
     DoesNotLoad,
+    /// They would cost more than the store's limits once loaded: not loaded.
+    TooLarge,
 }
 
 /// One frame, decoded.
@@ -33,8 +35,8 @@ pub(super) struct Decoded {
     pub(super) snapshot: Prechecked,
 }
 
-/// Decodes one frame, checking an Automerge snapshot's bytes.
-pub(super) fn decode(frame: &[u8], limit: u32) -> Decoded {
+/// Decodes one frame, checking an Automerge snapshot's bytes (within `limits`).
+pub(super) fn decode(frame: &[u8], limit: u32, limits: Limits) -> Decoded {
     match Message::from_frame(frame, limit) {
         Ok(Message::Snapshot {
             doc,
@@ -42,10 +44,7 @@ pub(super) fn decode(frame: &[u8], limit: u32) -> Decoded {
             space,
             bytes,
         }) => {
-            let snapshot = match CheckedSnapshot::check(bytes) {
-                Some(checked) => Prechecked::Loads(checked),
-                None => Prechecked::DoesNotLoad,
-            };
+            let snapshot = prechecked(bytes, limits);
             Decoded {
                 message: Ok(Message::Snapshot {
                     doc,
@@ -63,23 +62,34 @@ pub(super) fn decode(frame: &[u8], limit: u32) -> Decoded {
     }
 }
 
+/// Checks a peer's Automerge bytes within `limits`.
+pub(super) fn prechecked(bytes: Vec<u8>, limits: Limits) -> Prechecked {
+    match CheckedSnapshot::check_within(bytes, limits) {
+        Ok(checked) => Prechecked::Loads(checked),
+        Err(Unloadable::DoesNotLoad) => Prechecked::DoesNotLoad,
+        Err(Unloadable::Exceeds(_)) => Prechecked::TooLarge,
+    }
+}
+
 /// Decodes `frames` in order, on up to [`MAX_THREADS`] threads when there are enough of them.
-pub(super) fn decode_all(frames: &[Bytes], limit: u32) -> Vec<Decoded> {
+pub(super) fn decode_all(frames: &[Bytes], limit: u32, limits: Limits) -> Vec<Decoded> {
     let bytes: usize = frames.iter().map(Bytes::len).sum();
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_THREADS);
     if threads < 2 || frames.len() < PARALLEL_MIN_FRAMES || bytes < PARALLEL_MIN_BYTES {
-        return frames.iter().map(|f| decode(f, limit)).collect();
+        return frames.iter().map(|f| decode(f, limit, limits)).collect();
     }
     let per_thread = frames.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let mut parts = frames.chunks(per_thread);
         let first = parts.next().unwrap_or_default();
         let others: Vec<_> = parts
-            .map(|part| scope.spawn(move || part.iter().map(|f| decode(f, limit)).collect()))
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|f| decode(f, limit, limits)).collect())
+            })
             .collect();
-        let mut decoded: Vec<Decoded> = first.iter().map(|f| decode(f, limit)).collect();
+        let mut decoded: Vec<Decoded> = first.iter().map(|f| decode(f, limit, limits)).collect();
         for other in others {
             match other.join() {
                 Ok(part) => decoded.extend::<Vec<Decoded>>(part),
@@ -124,8 +134,12 @@ mod tests {
     fn many_frames_decode_in_order_with_each_snapshot_checked() {
         let mut frames: Vec<Bytes> = (0..200).map(|i| snapshot_frame(i, i % 7 == 3)).collect();
         frames.insert(50, vec![0, 1, 2].into()); // not a frame
-        let sequential: Vec<Decoded> = frames.iter().map(|f| decode(f, 1 << 20)).collect();
-        let parallel = decode_all(&frames, 1 << 20);
+        let limits = Limits {
+            bytes: 1 << 30,
+            ops: 1 << 30,
+        };
+        let sequential: Vec<Decoded> = frames.iter().map(|f| decode(f, 1 << 20, limits)).collect();
+        let parallel = decode_all(&frames, 1 << 20, limits);
         assert_eq!(parallel.len(), frames.len());
         for (i, (a, b)) in sequential.iter().zip(&parallel).enumerate() {
             assert_eq!(
@@ -139,6 +153,7 @@ mod tests {
                     assert_eq!(x.bytes(), y.bytes());
                 }
                 (Prechecked::DoesNotLoad, Prechecked::DoesNotLoad)
+                | (Prechecked::TooLarge, Prechecked::TooLarge)
                 | (Prechecked::No, Prechecked::No) => {}
                 (x, y) => panic!("frame {i}: {x:?} and {y:?}"),
             }

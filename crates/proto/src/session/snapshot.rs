@@ -1,12 +1,10 @@
 //! Whole documents: a snapshot for a peer that lacks a document, and taking one in; in parts
 //! when it is larger than `SessionConfig::part_bytes` and the peer takes parts.
 
-use ferry_store::{
-    Access, Assembly, CheckedSnapshot, DocId, DocInfo, DocKind, Origin, PartError, SpaceId,
-};
+use ferry_store::{Access, Assembly, DocId, DocInfo, DocKind, Origin, PartError, SpaceId};
 
 use super::crdt_sync::validate_state;
-use super::incoming::Prechecked;
+use super::incoming::{Prechecked, prechecked};
 use super::{Event, Session, SessionError};
 use crate::message::{CAP_SNAPSHOT_PARTS, ErrorCode, Message};
 
@@ -222,10 +220,7 @@ impl Session {
             _ => SessionError::Protocol("a document whose parts do not match its digest"),
         })?;
         if kind == DocKind::Automerge {
-            let checked = match CheckedSnapshot::check(bytes) {
-                Some(checked) => Prechecked::Loads(checked),
-                None => Prechecked::DoesNotLoad,
-            };
+            let checked = prechecked(bytes, self.store.limits());
             self.on_snapshot((doc, space), kind, &[], checked)
         } else {
             self.on_snapshot((doc, space), kind, &bytes, Prechecked::No)
@@ -282,11 +277,21 @@ impl Session {
                 // Strict: a damaged or truncated document is refused whole. (Checked ahead,
                 // with the rest of its step's snapshots, when it came in a batch.)
                 let does_not_load = SessionError::Protocol("a snapshot that does not load");
+                let checked = match checked {
+                    Prechecked::No => prechecked(bytes.to_vec(), self.store.limits()),
+                    checked => checked,
+                };
                 let theirs = match checked {
                     Prechecked::Loads(theirs) => theirs,
-                    Prechecked::DoesNotLoad => return Err(does_not_load),
-                    Prechecked::No => {
-                        CheckedSnapshot::check(bytes.to_vec()).ok_or(does_not_load)?
+                    Prechecked::DoesNotLoad | Prechecked::No => return Err(does_not_load),
+                    // A bomb, or merely more than this store takes: refused, nothing loaded
+                    // or stored, and the session goes on.
+                    Prechecked::TooLarge => {
+                        self.send(&Message::Refused {
+                            doc,
+                            code: ErrorCode::TooLarge,
+                        });
+                        return Ok(());
                     }
                 };
                 let their_heads = theirs.heads().to_vec();

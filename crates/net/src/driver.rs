@@ -33,6 +33,9 @@ const READ_SEGMENTS: usize = 64;
 /// and the peer's frames are read in between.
 const PUSH_BATCH: usize = 256;
 
+/// How often a session waiting on a document's check looks whether it is done.
+const LOAD_POLL: Duration = Duration::from_millis(5);
+
 /// How long an error frame gets to reach the peer before the connection is closed.
 const ERROR_GRACE: Duration = Duration::from_millis(500);
 
@@ -136,6 +139,13 @@ pub(crate) async fn drive(
                     .collect();
                 let result;
                 (session, result) = step(peer, session, move |s| s.docs_changed(batch)).await?;
+                Some(result)
+            }
+            // A document checked on a thread of its own: looked at every few milliseconds,
+            // and taken in by the first step after it is done.
+            () = tokio::time::sleep(LOAD_POLL), if session.is_loading() => {
+                let result;
+                (session, result) = step(peer, session, Session::work).await?;
                 Some(result)
             }
             () = std::future::ready(()), if room && backlog => {

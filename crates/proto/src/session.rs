@@ -202,6 +202,9 @@ pub struct Session {
     sending: Option<snapshot::Sending>,
     /// A whole document coming from the peer in parts, if any.
     receiving: Option<snapshot::Receiving>,
+    /// Documents assembled from parts, being checked (loaded) on threads of their own, so the
+    /// session goes on meanwhile; taken in at the first step after each is done.
+    loading: Vec<snapshot::Loading>,
     /// The time the driver gave with the frame being handled.
     now: u64,
 }
@@ -244,6 +247,7 @@ impl Session {
             peer_caps: 0,
             sending: None,
             receiving: None,
+            loading: Vec::new(),
             now: 0,
         };
         session.send(&Message::Hello {
@@ -290,6 +294,7 @@ impl Session {
             || !self.backlog.is_empty()
             || self.sending.is_some()
             || self.receiving.is_some()
+            || !self.loading.is_empty()
             || !self.awaiting.is_empty()
             || !self.out.is_empty()
             || !self.reader.is_empty();
@@ -329,6 +334,13 @@ impl Session {
     /// frames sent so far have left.
     pub fn has_backlog(&self) -> bool {
         (!self.backlog.is_empty() || self.sending.is_some()) && self.phase == Phase::Open
+    }
+
+    /// Whether a document that arrived in parts is being checked on a thread of its own: the
+    /// driver calls [`Session::work`] every few milliseconds meanwhile, and the first call
+    /// after the check is done takes the document in.
+    pub fn is_loading(&self) -> bool {
+        !self.loading.is_empty() && self.phase == Phase::Open
     }
 
     /// Sends the next part of the backlog (about [`SessionConfig::step_bytes`]); its frames
@@ -479,7 +491,9 @@ impl Session {
     /// whose flush is still running, or an acknowledgement of what the step wrote), go out
     /// only then. If the flush fails, they are dropped and the session ends.
     fn release(&mut self, step: Result<(), SessionError>) -> Result<(), SessionError> {
-        let step = step.and_then(|()| self.send_backlog());
+        let step = step
+            .and_then(|()| self.take_in_loaded())
+            .and_then(|()| self.send_backlog());
         if let Err(e) = self.store.wait_durable() {
             self.out.clear();
             self.out_bytes = 0;

@@ -320,6 +320,12 @@ fn small_changes_go_between_the_parts_of_a_large_document() {
                 changed = true;
             }
         }
+        if sb.is_loading() {
+            // The large document is checked on a thread of its own meanwhile.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            sb.work().unwrap();
+            moved = true;
+        }
         for frame in std::iter::from_fn(|| sb.poll_transmit()).collect::<Vec<_>>() {
             moved = true;
             sa.handle_frame(&frame, 1_000).unwrap();

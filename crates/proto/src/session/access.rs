@@ -65,6 +65,11 @@ impl Session {
         if self.holds(doc)?.is_some() || self.send_tombstone(doc)? {
             return Ok(());
         }
+        // Already on its way whole (asked for, announced, or arriving in parts): what it
+        // lacks then is sent once it is here and its heads are answered.
+        if self.awaiting.contains(&doc) {
+            return Ok(());
+        }
         let wanted = match space {
             Some(space) => self.may_write_in(doc, space)?,
             None => self.store.may_write_somewhere(self.peer, doc),

@@ -32,6 +32,21 @@ impl std::fmt::Debug for Sending {
     }
 }
 
+/// A document assembled from parts, being checked on a thread of its own.
+pub(super) struct Loading {
+    doc: DocId,
+    space: SpaceId,
+    check: std::thread::JoinHandle<Prechecked>,
+}
+
+impl std::fmt::Debug for Loading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loading")
+            .field("doc", &self.doc)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a `SnapshotPart` says of the whole it belongs to.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Whole {
@@ -220,11 +235,32 @@ impl Session {
             _ => SessionError::Protocol("a document whose parts do not match its digest"),
         })?;
         if kind == DocKind::Automerge {
-            let checked = prechecked(bytes, self.store.limits());
-            self.on_snapshot((doc, space), kind, &[], checked)
+            // Loading a large document takes seconds: on a thread of its own, so the peer's
+            // other frames are handled meanwhile (see `take_in_loaded`).
+            let limits = self.store.limits();
+            let check = std::thread::Builder::new()
+                .name("ferry-load".into())
+                .spawn(move || prechecked(bytes, limits))
+                .map_err(|e| SessionError::Assembly(PartError::Io(e)))?;
+            self.loading.push(Loading { doc, space, check });
+            Ok(())
         } else {
             self.on_snapshot((doc, space), kind, &bytes, Prechecked::No)
         }
+    }
+
+    /// Takes in the documents whose check on a thread of their own is done, in the order they
+    /// arrived, as a `Snapshot` carrying them would have been.
+    pub(super) fn take_in_loaded(&mut self) -> Result<(), SessionError> {
+        while self.phase == super::Phase::Open
+            && self.loading.first().is_some_and(|l| l.check.is_finished())
+        {
+            let Loading { doc, space, check } = self.loading.remove(0);
+            // A panic there is a document that does not load, like any other.
+            let checked = check.join().unwrap_or(Prechecked::DoesNotLoad);
+            self.on_snapshot((doc, space), DocKind::Automerge, &[], checked)?;
+        }
+        Ok(())
     }
 
     pub(super) fn on_want(&mut self, doc: DocId) -> Result<(), SessionError> {

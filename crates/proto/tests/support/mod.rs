@@ -202,6 +202,14 @@ pub fn pump(mut sessions: [Session; 2], faults: Faults) -> (Run, [Session; 2]) {
             }
         }
         if !moved {
+            // A document checked on a thread of its own: wait for it, then go on.
+            if let Some(s) = sessions.iter_mut().find(|s| s.is_loading()) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                if let Err(e) = s.work() {
+                    run.error.get_or_insert(e.to_string());
+                }
+                continue;
+            }
             break;
         }
         run.turns += 1;
@@ -252,6 +260,11 @@ pub fn pump_cut(
             }
         }
         if !moved {
+            if let Some(s) = sessions.iter_mut().find(|s| s.is_loading()) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                s.work().unwrap();
+                continue;
+            }
             return delivered;
         }
     }

@@ -1,0 +1,201 @@
+//! A large document over QUIC on loopback, measured next to its anchor in one run:
+//!
+//! - **clone**: `sync_once` of a document of `FERRY_LARGE_MB` one-megabyte photos (default
+//!   100, as Automerge bytes values) to an empty replica, against `save()` + `load()` of the
+//!   same document in memory;
+//! - **live**: while another empty replica takes the document in over a live connection, the
+//!   holder changes a small document both hold every 10 ms; the time from its durable commit
+//!   until the other replica has it durable (p50, p99).
+//!
+//! Peak RSS is the whole process's (both replicas live in it), read from `/proc/self/status`
+//! after resetting the peak (`/proc/self/clear_refs`) before each scenario.
+//!
+//! Run: `cargo bench -p ferry-net --bench large` (`FERRY_LARGE_MB=20` for a quicker run).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT, ScalarValue};
+use ferry_net::{NetConfig, Node};
+use ferry_store::{Access, DocKind, PeerInfo, SpaceId, Store, StoreEvent};
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>) {
+    let mut info = PeerInfo::new(b.peer_id(), "peer");
+    info.addresses = addr.into_iter().collect();
+    a.put_peer(&info).unwrap();
+    a.grant(b.peer_id(), SpaceId::DEFAULT, Access::ReadWrite)
+        .unwrap();
+}
+
+fn net() -> NetConfig {
+    NetConfig {
+        listen: loopback(),
+        ..NetConfig::default()
+    }
+}
+
+/// Resident memory now and at its peak, in MB.
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Where stores live: under `target/`, on the build disk, so every flush is a real fsync.
+fn base() -> tempfile::TempDir {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-large");
+    std::fs::create_dir_all(dir).unwrap();
+    tempfile::tempdir_in(dir).unwrap()
+}
+
+fn main() {
+    let mb: u64 = std::env::var("FERRY_LARGE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = base();
+    let holder = Store::open(dir.path().join("holder")).unwrap();
+    let note = holder.create(DocKind::Automerge).unwrap();
+    holder.change(note, |tx| tx.put(ROOT, "n", 0)).unwrap();
+    let survey = holder.create(DocKind::Automerge).unwrap();
+    for i in 0..mb {
+        let mut photo = vec![0u8; 1 << 20];
+        blake3::Hasher::new()
+            .update(&i.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut photo);
+        holder
+            .change(survey, |tx| {
+                tx.put(ROOT, format!("photo{i}"), ScalarValue::Bytes(photo))
+            })
+            .unwrap();
+    }
+
+    // The anchor: save and load the same document in memory.
+    let started = Instant::now();
+    let saved = holder.read(survey, Automerge::save).unwrap();
+    let loaded = Automerge::load(&saved).unwrap();
+    let anchor = started.elapsed();
+    let size = saved.len();
+    drop((saved, loaded));
+    println!(
+        "anchor  save() + load() of {:.1} MB: {:.2} s",
+        size as f64 / 1e6,
+        anchor.as_secs_f64()
+    );
+
+    runtime.block_on(async {
+        let node = Node::start(holder.clone(), net()).await.unwrap();
+
+        // Clone with sync_once.
+        let empty = Store::open(dir.path().join("clone")).unwrap();
+        trust(&holder, &empty, None);
+        trust(&empty, &holder, Some(node.local_addr()));
+        let taker = Node::start_without_dialing(empty.clone(), net())
+            .await
+            .unwrap();
+        reset_peak();
+        let (rss_before, _) = rss_mb();
+        let started = Instant::now();
+        let report = taker
+            .sync_once(holder.peer_id(), Duration::from_millis(200))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(report.received.contains(&survey));
+        assert_eq!(
+            empty.info(survey).unwrap().digest,
+            holder.info(survey).unwrap().digest
+        );
+        let (_, peak) = rss_mb();
+        println!(
+            "clone   {:.1} MB document with sync_once: {:.2} s = {:.2} x the anchor  peak RSS {:.0} MB ({:.0} before; both sides in this process)  (targets: <= 2 x; per side <= 3 x {:.0} + 100 MB)",
+            size as f64 / 1e6,
+            took.as_secs_f64(),
+            took.as_secs_f64() / anchor.as_secs_f64(),
+            peak,
+            rss_before,
+            size as f64 / 1e6,
+        );
+        taker.shutdown().await;
+        drop(empty);
+
+        // Live changes to a small document while the large one transfers.
+        let other = Store::open(dir.path().join("live")).unwrap();
+        trust(&holder, &other, None);
+        trust(&other, &holder, Some(node.local_addr()));
+        // The small document first, alone.
+        other
+            .adopt_snapshot(
+                (note, SpaceId::DEFAULT),
+                ferry_store::Origin::Local,
+                ferry_store::CheckedSnapshot::check(holder.read(note, Automerge::save).unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+        let mut events = other.subscribe();
+        let live = Node::start(other.clone(), net()).await.unwrap();
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        let mut i = 0i64;
+        while other.info(survey).is_err() && started.elapsed() < Duration::from_secs(600) {
+            i += 1;
+            let written = Instant::now();
+            holder.change(note, |tx| tx.put(ROOT, "n", i)).unwrap();
+            let target = holder.info(note).unwrap().version;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                    Ok(Ok(StoreEvent::Changed { doc, version, .. }))
+                        if doc == note && version == target =>
+                    {
+                        break;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(ferry_store::RecvError::Lagged { .. })) => {}
+                    Ok(Err(e)) => panic!("{e}"),
+                    Err(_) => panic!("a live change took over 30 s"),
+                }
+            }
+            latencies.push(written.elapsed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let transfer = started.elapsed();
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        println!(
+            "live    while the {:.1} MB document transfers ({:.2} s): {} changes, p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (target: p99 <= 50 ms)",
+            size as f64 / 1e6,
+            transfer.as_secs_f64(),
+            latencies.len(),
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+            latencies.last().unwrap().as_secs_f64() * 1e3,
+        );
+        live.shutdown().await;
+        node.shutdown().await;
+    });
+}

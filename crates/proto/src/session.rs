@@ -200,6 +200,8 @@ pub struct Session {
     peer_caps: u64,
     /// A whole document going to the peer in parts, if any: one at a time.
     sending: Option<snapshot::Sending>,
+    /// A large document being made ready to go in parts, if any.
+    preparing: Option<snapshot::Preparing>,
     /// A whole document coming from the peer in parts, if any.
     receiving: Option<snapshot::Receiving>,
     /// Documents assembled from parts, being checked (loaded) on threads of their own, so the
@@ -246,6 +248,7 @@ impl Session {
             changed_early: BTreeSet::new(),
             peer_caps: 0,
             sending: None,
+            preparing: None,
             receiving: None,
             loading: Vec::new(),
             now: 0,
@@ -294,6 +297,7 @@ impl Session {
             || !self.backlog.is_empty()
             || self.sending.is_some()
             || self.receiving.is_some()
+            || self.preparing.is_some()
             || !self.loading.is_empty()
             || !self.awaiting.is_empty()
             || !self.out.is_empty()
@@ -333,14 +337,17 @@ impl Session {
     /// Whether whole documents are queued for the peer: call [`Session::work`] when the
     /// frames sent so far have left.
     pub fn has_backlog(&self) -> bool {
-        (!self.backlog.is_empty() || self.sending.is_some()) && self.phase == Phase::Open
+        let waiting =
+            self.sending.is_some() || (!self.backlog.is_empty() && self.preparing.is_none());
+        waiting && self.phase == Phase::Open
     }
 
-    /// Whether a document that arrived in parts is being checked on a thread of its own: the
+    /// Whether a document that arrived in parts is being checked on a thread of its own, or a
+    /// large one made ready to send on one: the
     /// driver calls [`Session::work`] every few milliseconds meanwhile, and the first call
     /// after the check is done takes the document in.
     pub fn is_loading(&self) -> bool {
-        !self.loading.is_empty() && self.phase == Phase::Open
+        (!self.loading.is_empty() || self.preparing.is_some()) && self.phase == Phase::Open
     }
 
     /// Sends the next part of the backlog (about [`SessionConfig::step_bytes`]); its frames
@@ -526,6 +533,13 @@ impl Session {
             if self.sending.is_some() {
                 self.send_parts()?;
                 continue;
+            }
+            // One large document at a time: the rest wait until it is ready and sent.
+            if self.preparing.is_some() {
+                if self.take_prepared()? {
+                    continue;
+                }
+                break;
             }
             let Some(doc) = self.backlog.pop_first() else {
                 break;

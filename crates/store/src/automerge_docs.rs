@@ -186,6 +186,15 @@ impl Store {
     /// document, rather than loading it only to save it again.
     #[allow(clippy::type_complexity)]
     pub fn saved_form(&self, doc: DocId) -> Result<Option<(Vec<u8>, Vec<ChangeHash>)>, StoreError> {
+        let stored = self.stored_form(doc)?;
+        Ok(stored.compact.then_some((stored.bytes, stored.heads)))
+    }
+
+    /// An Automerge document as it is stored, whatever the weight of its change records (see
+    /// [`Store::saved_form`]): read under the store's lock, but neither loaded nor saved under
+    /// it, so a caller can compact a large document with `load` and `save` on a thread of its
+    /// own while the store serves others.
+    pub fn stored_form(&self, doc: DocId) -> Result<StoredForm, StoreError> {
         // Under the lock: a compaction rewrites the snapshot and removes the change records
         // in one batch, and this must read the one state or the other.
         let mut state = self.lock();
@@ -199,9 +208,7 @@ impl Store {
         if meta.kind != DocKind::Automerge {
             return Err(wrong_kind(doc, DocKind::Automerge.alone(), meta.kind));
         }
-        if meta.incremental_bytes > meta.snapshot_bytes / 8 + SAVED_FORM_SLACK {
-            return Ok(None);
-        }
+        let compact = meta.incremental_bytes <= meta.snapshot_bytes / 8 + SAVED_FORM_SLACK;
         let mut bytes = match db.get(records::snapshot_key(doc))? {
             Some(snapshot) => snapshot.to_vec(),
             None => Vec::new(),
@@ -211,7 +218,11 @@ impl Store {
         }
         drop(state);
         let heads = meta.heads.iter().map(|h| ChangeHash(*h)).collect();
-        Ok(Some((bytes, heads)))
+        Ok(StoredForm {
+            bytes,
+            heads,
+            compact,
+        })
     }
 
     /// Reads an Automerge document.
@@ -223,4 +234,16 @@ impl Store {
             Loaded::Crdt(_) => Err(wrong_kind(doc, DocKind::Automerge.alone(), entry.meta.kind)),
         }
     }
+}
+
+/// An Automerge document's records as they are stored; see [`Store::stored_form`].
+#[derive(Clone, Debug)]
+pub struct StoredForm {
+    /// Its snapshot followed by the change chunks committed since.
+    pub bytes: Vec<u8>,
+    /// The heads they reach.
+    pub heads: Vec<ChangeHash>,
+    /// Whether the change records are small beside the snapshot: if not, `load` and `save`
+    /// make a more compact form.
+    pub compact: bool,
 }

@@ -58,6 +58,7 @@ mod unacked;
 mod values;
 mod version;
 
+pub use automerge_docs::StoredForm;
 pub use bounds::{Exceeds, Limits, within_limits};
 pub use documents::{CheckedSnapshot, Unloadable};
 pub use durability::Durability;

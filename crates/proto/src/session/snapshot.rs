@@ -3,6 +3,10 @@
 
 use ferry_store::{Access, Assembly, DocId, DocInfo, DocKind, Origin, PartError, SpaceId};
 
+use automerge::{Automerge, ChangeHash};
+use ferry_store::StoreError;
+
+use super::chunks::guarded;
 use super::crdt_sync::validate_state;
 use super::incoming::{Prechecked, prechecked};
 use super::{Event, Session, SessionError};
@@ -28,6 +32,26 @@ impl std::fmt::Debug for Sending {
             .field("doc", &self.doc)
             .field("offset", &self.offset)
             .field("total", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A document's bytes ready to send, and the heads the peer holds once it has loaded them.
+type Prepared = (Vec<u8>, Vec<ChangeHash>);
+
+/// A large document's bytes being made ready to send in parts, on a thread of its own (read
+/// as stored, and compacted with `load` and `save` there if its change records outweigh its
+/// snapshot), so the session goes on meanwhile.
+pub(super) struct Preparing {
+    doc: DocId,
+    space: SpaceId,
+    ready: std::thread::JoinHandle<Result<Prepared, SessionError>>,
+}
+
+impl std::fmt::Debug for Preparing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preparing")
+            .field("doc", &self.doc)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +95,29 @@ pub(super) enum Receiving {
 impl Session {
     pub(super) fn send_snapshot(&mut self, info: &DocInfo) -> Result<(), SessionError> {
         let (doc, kind, space) = (info.id, info.kind, info.space);
+        let in_parts = self.peer_caps & CAP_SNAPSHOT_PARTS != 0;
+        if kind == DocKind::Automerge && in_parts && info.stored_bytes > self.part_size() as u64 {
+            // Reading a large document, and saving it if need be, takes long: on a thread of
+            // its own, and sent in parts once ready (`send_parts`).
+            let store = self.store.clone();
+            let ready = std::thread::Builder::new()
+                .name("ferry-save".into())
+                .spawn(move || {
+                    let stored = store.stored_form(doc)?;
+                    if stored.compact {
+                        return Ok((stored.bytes, stored.heads));
+                    }
+                    let saved = guarded(|| Automerge::load(&stored.bytes).ok().map(|am| am.save()));
+                    let saved = saved.ok_or(SessionError::Store(StoreError::Damaged {
+                        doc,
+                        what: "its records do not load",
+                    }))?;
+                    Ok((saved, stored.heads))
+                })
+                .map_err(|e| SessionError::Assembly(PartError::Io(e)))?;
+            self.preparing = Some(Preparing { doc, space, ready });
+            return Ok(());
+        }
         let bytes = match kind {
             DocKind::Automerge => {
                 // As stored, when that is compact: no load and save again.
@@ -78,28 +125,13 @@ impl Session {
                     Some(saved) => saved,
                     None => self.store.read(doc, |am| (am.save(), am.get_heads()))?,
                 };
-                // Once the peer has loaded it, it holds these heads (automerge's sync state
-                // learns them when it is next used; a snapshot needs no read of it).
-                let known = self.peer_doc(doc);
-                match &mut known.sync {
-                    Some(state) => state.shared_heads = heads.clone(),
-                    None => known.shared_on_load = Some(heads.clone()),
-                }
-                known.sent_heads = Some(heads);
+                self.will_hold(doc, heads);
                 bytes
             }
             _ => self.store.crdt(doc)?.encode(),
         };
-        if bytes.len() > self.part_size() && self.peer_caps & CAP_SNAPSHOT_PARTS != 0 {
-            // Goes out in parts as steps have room (`send_parts`).
-            self.sending = Some(Sending {
-                doc,
-                kind,
-                space,
-                digest: *blake3::hash(&bytes).as_bytes(),
-                bytes,
-                offset: 0,
-            });
+        if bytes.len() > self.part_size() && in_parts {
+            self.start_parts(doc, kind, space, bytes);
             return Ok(());
         }
         self.send(&Message::Snapshot {
@@ -110,6 +142,49 @@ impl Session {
         });
 
         Ok(())
+    }
+
+    /// Once the peer has loaded what is sent of `doc`, it holds `heads` (automerge's sync
+    /// state learns them when it is next used; a snapshot needs no read of it).
+    fn will_hold(&mut self, doc: DocId, heads: Vec<ChangeHash>) {
+        let known = self.peer_doc(doc);
+        match &mut known.sync {
+            Some(state) => state.shared_heads = heads.clone(),
+            None => known.shared_on_load = Some(heads.clone()),
+        }
+        known.sent_heads = Some(heads);
+    }
+
+    /// Starts sending `bytes` in parts, as steps have room (`send_parts`).
+    fn start_parts(&mut self, doc: DocId, kind: DocKind, space: SpaceId, bytes: Vec<u8>) {
+        self.sending = Some(Sending {
+            doc,
+            kind,
+            space,
+            digest: *blake3::hash(&bytes).as_bytes(),
+            bytes,
+            offset: 0,
+        });
+    }
+
+    /// Whether the large document being made ready is, and if so starts sending it.
+    pub(super) fn take_prepared(&mut self) -> Result<bool, SessionError> {
+        if !self
+            .preparing
+            .as_ref()
+            .is_some_and(|p| p.ready.is_finished())
+        {
+            return Ok(false);
+        }
+        let Some(Preparing { doc, space, ready }) = self.preparing.take() else {
+            return Ok(false);
+        };
+        let (bytes, heads) = ready
+            .join()
+            .map_err(|_| SessionError::Protocol("preparing a document to send panicked"))??;
+        self.will_hold(doc, heads);
+        self.start_parts(doc, DocKind::Automerge, space, bytes);
+        Ok(true)
     }
 
     /// The most bytes of a document one `SnapshotPart` carries, and the size above which a

@@ -276,6 +276,17 @@ messages! {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// The receiver of a `SnapshotPart` at offset 0 already holds the first `offset` bytes of
+    /// the whole with this `digest` (from a transfer that was cut): the sender may go on from
+    /// there. Sent only to a peer that sends parts ([`CAP_SNAPSHOT_PARTS`]).
+    16 => Resume {
+        /// The document.
+        doc: DocId,
+        /// The blake3 hash of the whole snapshot.
+        digest: [u8; 32],
+        /// How many of its bytes the receiver holds.
+        offset: u64,
+    },
 }
 
 /// A list of byte strings, each encoded as bytes (a length, then the bytes) rather than as a

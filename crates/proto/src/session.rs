@@ -621,6 +621,14 @@ impl Session {
             } => self.on_changes(doc, &heads, &changes),
             Message::Ack { doc, digest } => self.on_ack(doc, digest),
             Message::Deleted { doc, kind, space } => self.on_deleted((doc, space), kind),
+            Message::Resume {
+                doc,
+                digest,
+                offset,
+            } => {
+                self.on_resume(doc, digest, offset);
+                Ok(())
+            }
             Message::Pushing { docs } => {
                 // Only what this side lacks, and only so many: the set bounds what a peer can
                 // make this side keep.

@@ -126,6 +126,13 @@ fn message() -> impl Strategy<Value = Message> {
                     bytes,
                 }
             }),
+        (doc(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(doc, digest, offset)| {
+            Message::Resume {
+                doc,
+                digest,
+                offset,
+            }
+        }),
         (doc(), kind(), space()).prop_map(|(doc, kind, space)| Message::Deleted {
             doc,
             kind,

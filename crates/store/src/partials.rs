@@ -3,9 +3,12 @@
 //! travels. Nothing here is a document yet: a finished assembly is checked against the digest
 //! the sender announced, then taken in as any snapshot is, in one durable write.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::{DocId, PeerId, Store};
 
@@ -45,7 +48,8 @@ pub enum PartError {
 }
 
 /// One document being assembled from parts, in a file of its own. Dropped unfinished, it
-/// removes its file.
+/// keeps its file, so the next assembly of the same bytes from the same peer goes on from
+/// there; finished, or found not to match its digest, it removes it.
 #[derive(Debug)]
 pub struct Assembly {
     doc: DocId,
@@ -55,13 +59,17 @@ pub struct Assembly {
     hasher: blake3::Hasher,
     file: Option<File>,
     path: PathBuf,
+    /// Whether the file stays when this is dropped.
+    keep: bool,
 }
 
 impl Store {
-    /// Starts assembling `doc` from `peer`: `total` bytes whose blake3 hash is `digest`. Any
-    /// earlier assembly of the document from that peer is discarded. A document larger than
-    /// [`StoreConfig::max_doc_bytes`](crate::StoreConfig::max_doc_bytes) is refused here, before
-    /// a byte is kept.
+    /// Starts assembling `doc` from `peer`: `total` bytes whose blake3 hash is `digest`. An
+    /// assembly of the same bytes that was cut (its session ended, or the process) is taken
+    /// up where it stopped: [`Assembly::len`] says how much is already there, and the sender
+    /// can be asked to go on from there. Any other leftover from `peer` is discarded. A
+    /// document larger than [`StoreConfig::max_doc_bytes`](crate::StoreConfig::max_doc_bytes)
+    /// is refused here, before a byte is kept.
     ///
     /// # Examples
     ///
@@ -73,8 +81,12 @@ impl Store {
     /// let bytes = b"a document too large for one frame".to_vec();
     /// let digest = *blake3::hash(&bytes).as_bytes();
     /// let (peer, doc) = (PeerId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
-    /// let mut assembly = store.assemble(peer, doc, bytes.len() as u64, digest)?;
+    /// let total = bytes.len() as u64;
+    /// let mut assembly = store.assemble(peer, doc, total, digest)?;
     /// assembly.append(0, &bytes[..10])?;
+    /// drop(assembly); // cut
+    /// let mut assembly = store.assemble(peer, doc, total, digest)?;
+    /// assert_eq!(assembly.len(), 10); // taken up where it stopped
     /// assembly.append(10, &bytes[10..])?;
     /// assert!(assembly.is_complete());
     /// assert_eq!(assembly.finish()?, bytes);
@@ -93,24 +105,48 @@ impl Store {
         }
         let dir = self.shared.dir.join(INCOMING).join(peer.to_string());
         fs::create_dir_all(&dir)?;
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let mut path = dir.join(format!("{doc}-{hex}"));
+        let mut in_use = lock(&IN_USE);
         // Two sessions with one peer (a reconnection overlapping the old connection) may each
-        // assemble the same document: each has a file of its own.
-        let n = ASSEMBLIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("{doc}-{n}"));
-        let file = OpenOptions::new()
+        // assemble the same document: the second gets a file of its own, not resumable.
+        if in_use.contains(&path) {
+            let n = ASSEMBLIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            path = dir.join(format!("{doc}-{hex}-{n}"));
+        }
+        // One leftover per peer is kept for resuming: any other is dropped now.
+        for entry in fs::read_dir(&dir)?.flatten() {
+            if entry.path() != path && !in_use.contains(&entry.path()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let mut file = OpenOptions::new()
             .create(true)
+            .truncate(false)
             .write(true)
-            .truncate(true)
             .read(true)
             .open(&path)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut have = file.metadata()?.len();
+        if have > total {
+            file.set_len(0)?;
+            have = 0;
+        }
+        if have > 0 {
+            // The hash goes on from what is there (read once, not kept in memory whole).
+            std::io::copy(&mut (&mut file).take(have), &mut hasher)?;
+        }
+        file.seek(SeekFrom::Start(have))?;
+        in_use.insert(path.clone());
         Ok(Assembly {
             doc,
             digest,
             total,
-            have: 0,
-            hasher: blake3::Hasher::new(),
+            have,
+            hasher,
             file: Some(file),
             path,
+            keep: true,
         })
     }
 }
@@ -118,16 +154,40 @@ impl Store {
 /// The directory, in the store's, where documents are assembled.
 pub(crate) const INCOMING: &str = "incoming";
 
-/// Numbers assembly files apart.
+/// Numbers apart the files of assemblies that cannot share one.
 static ASSEMBLIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Removes what assemblies left behind in `dir` when the process ended mid-document: called
-/// as the store opens, when no session runs.
+/// Assembly files open in this process.
+static IN_USE: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+fn lock(set: &Mutex<BTreeSet<PathBuf>>) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+    // A set of paths: consistent whatever a panicking holder did.
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long a cut assembly is kept for resuming after the store closes.
+const KEEP_LEFTOVERS: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Removes assemblies left behind over a day ago, when the process ended mid-document: called
+/// as the store opens. Newer ones stay, to be taken up where they stopped.
 pub(crate) fn clear_leftovers(dir: &std::path::Path) -> Result<(), std::io::Error> {
-    match fs::remove_dir_all(dir.join(INCOMING)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    let incoming = dir.join(INCOMING);
+    let Ok(peers) = fs::read_dir(&incoming) else {
+        return Ok(());
+    };
+    for peer in peers.flatten() {
+        for entry in fs::read_dir(peer.path())?.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|at| at.elapsed().unwrap_or_default() > KEEP_LEFTOVERS)
+                .unwrap_or(true);
+            if old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
+    Ok(())
 }
 
 impl Assembly {
@@ -156,11 +216,13 @@ impl Assembly {
         self.have == self.total
     }
 
-    /// Adds `bytes`, which must start at `offset`, where the assembly stands, and end at or
-    /// before the announced total.
+    /// Adds `bytes`, which start at `offset` and end at or before the announced total. Bytes
+    /// already there (a part sent again after a resume) are passed over; a part that starts
+    /// past where the assembly stands is out of place.
     pub fn append(&mut self, offset: u64, bytes: &[u8]) -> Result<(), PartError> {
         let len = bytes.len() as u64;
-        if offset != self.have || self.total - self.have < len {
+        let end = offset.checked_add(len);
+        if offset > self.have || end.is_none_or(|end| end > self.total) {
             return Err(PartError::OutOfPlace {
                 offset,
                 len,
@@ -168,16 +230,21 @@ impl Assembly {
                 total: self.total,
             });
         }
+        let known = usize::try_from(self.have - offset).unwrap_or(usize::MAX);
+        let Some(new) = bytes.get(known..).filter(|new| !new.is_empty()) else {
+            return Ok(());
+        };
         let file = self.file.as_mut().ok_or(PartError::Digest)?;
-        file.write_all(bytes)?;
-        self.hasher.update(bytes);
-        self.have += len;
+        file.write_all(new)?;
+        self.hasher.update(new);
+        self.have += new.len() as u64;
         Ok(())
     }
 
     /// The whole document's bytes, once complete and matching the announced digest. The file
     /// is removed either way.
     pub fn finish(mut self) -> Result<Vec<u8>, PartError> {
+        self.keep = false;
         if !self.is_complete() || *self.hasher.finalize().as_bytes() != self.digest {
             return Err(PartError::Digest);
         }
@@ -197,6 +264,9 @@ impl Assembly {
 impl Drop for Assembly {
     fn drop(&mut self) {
         self.file = None;
-        let _ = fs::remove_file(&self.path);
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+        lock(&IN_USE).remove(&self.path);
     }
 }

@@ -251,6 +251,14 @@ impl Session {
                     .assemble(self.peer, doc, whole.total, whole.digest)
                 {
                     Ok(assembly) => {
+                        if !assembly.is_empty() {
+                            // Cut before, and taken up here: the sender may skip what is here.
+                            self.send(&Message::Resume {
+                                doc,
+                                digest: whole.digest,
+                                offset: assembly.len(),
+                            });
+                        }
                         self.receiving = Some(Receiving::Assembling {
                             assembly: Box::new(assembly),
                             kind,
@@ -321,6 +329,21 @@ impl Session {
             Ok(())
         } else {
             self.on_snapshot((doc, space), kind, &bytes, Prechecked::No)
+        }
+    }
+
+    /// The peer holds the first `offset` bytes of the document going to it in parts: what is
+    /// still to send starts there. (A resume for anything else, or behind what went, changes
+    /// nothing.)
+    pub(super) fn on_resume(&mut self, doc: DocId, digest: [u8; 32], offset: u64) {
+        if let Some(sending) = &mut self.sending
+            && sending.doc == doc
+            && sending.digest == digest
+            && let Ok(offset) = usize::try_from(offset)
+            && offset > sending.offset
+            && offset <= sending.bytes.len()
+        {
+            sending.offset = offset;
         }
     }
 

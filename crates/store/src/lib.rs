@@ -34,6 +34,7 @@
 //! ```
 
 mod automerge_docs;
+mod blobs;
 mod bounds;
 mod cache;
 mod crdt_docs;
@@ -59,6 +60,7 @@ mod values;
 mod version;
 
 pub use automerge_docs::StoredForm;
+pub use blobs::{BadBlobHash, BlobError, BlobHash};
 pub use bounds::{Exceeds, Limits, within_limits};
 pub use documents::{CheckedSnapshot, Unloadable};
 pub use durability::Durability;

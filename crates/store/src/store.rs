@@ -241,6 +241,7 @@ impl Store {
         check_format(&db)?;
         // Documents half-arrived when the process last ended: they come again, whole.
         crate::partials::clear_leftovers(dir).map_err(sled::Error::Io)?;
+        crate::blobs::clear_leftovers(dir).map_err(sled::Error::Io)?;
         let directory = Directory::load(&db)?;
 
         let (events, _) = broadcast::channel(config.event_capacity.max(1));

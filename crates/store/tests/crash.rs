@@ -9,7 +9,9 @@
 //!
 //! Beside the writers, a maker thread takes in whole documents as sync does (`adopt`) and
 //! increments a counter, printing each document's id and each count once its call returned:
-//! every one must be there after the kill, and every document in the store must load.
+//! every one must be there after the kill, and every document in the store must load. It also
+//! adds a blob per document and prints its hash once `add_blob` returned: each must read back
+//! whole.
 //!
 //! `FERRY_CRASH_ROUNDS` sets the number of kills (default 24).
 
@@ -102,7 +104,21 @@ fn maker(store: &Store) {
         println!("made {doc}");
         store.increment(counter, 1).unwrap();
         println!("counted {}", count(store, counter));
+        // An attachment: its hash is printed once `add_blob` returned.
+        let photo = blob_bytes(&doc);
+        let hash = store.add_blob(&photo).unwrap();
+        println!("blob {doc} {hash}");
     }
+}
+
+/// The bytes of the blob added beside `doc`: some tens of kilobytes, derived from its id.
+fn blob_bytes(doc: &DocId) -> Vec<u8> {
+    let mut bytes = vec![0u8; 20_000 + usize::from(doc.as_bytes()[0]) * 100];
+    blake3::Hasher::new()
+        .update(doc.as_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
 }
 
 fn child(dir: &Path) {
@@ -146,6 +162,8 @@ struct Round {
     committed: Vec<String>,
     made: Vec<DocId>,
     counted: u128,
+    /// Blobs added, by the document whose id their bytes derive from.
+    blobs: Vec<(DocId, ferry_store::BlobHash)>,
     killed_in_compaction: bool,
 }
 
@@ -212,9 +230,17 @@ fn round(dir: &Path, writers: usize, aim: Aim) -> Round {
         .filter_map(|l| l.strip_prefix("counted ")?.parse().ok())
         .max()
         .unwrap_or(0);
+    let blobs = lines
+        .iter()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("blob ")?.split(' ');
+            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+        })
+        .collect();
     Round {
         made,
         counted,
+        blobs,
         killed_in_compaction: markers.last().is_some_and(|m| *m == "compact-start"),
         committed: lines.into_iter().filter(|l| l.starts_with('w')).collect(),
     }
@@ -238,6 +264,7 @@ fn parent() {
     let mut made = Vec::new();
     let mut counted = 0;
     let mut in_compaction = 0;
+    let mut blobs = Vec::new();
     for i in 0..rounds {
         let writers = if i % 2 == 0 { 1 } else { 4 };
         let aim = match i % 6 {
@@ -250,6 +277,7 @@ fn parent() {
         promised.extend(round.committed);
         made.extend(round.made);
         counted = counted.max(round.counted);
+        blobs.extend(round.blobs);
 
         // Every key a child printed is there, with its value, after the kill.
         let store = Store::open_with(dir.path(), config(1)).unwrap();
@@ -282,6 +310,13 @@ fn parent() {
                 .unwrap_or_else(|e| panic!("round {i}: document {doc} taken in is lost: {e}"));
             assert_eq!(value, Some(format!("\"{doc}\"")), "round {i}");
         }
+        // Every blob whose hash was printed reads back whole.
+        for (doc, hash) in &blobs {
+            let bytes = store
+                .read_blob(*hash)
+                .unwrap_or_else(|e| panic!("round {i}: blob {hash} added is lost: {e}"));
+            assert_eq!(bytes, blob_bytes(doc), "round {i}: blob {hash}");
+        }
         let reached = count(&store, the_counter(&store));
         assert!(
             reached >= counted,
@@ -307,10 +342,11 @@ fn parent() {
         std::io::stdout().flush().unwrap();
     }
     println!(
-        "{rounds} kills, {in_compaction} during a compaction, {} keys, {} documents taken in \
-         and {counted} increments checked, in {:.1?}",
+        "{rounds} kills, {in_compaction} during a compaction, {} keys, {} documents taken in, \
+         {} blobs and {counted} increments checked, in {:.1?}",
         promised.len(),
         made.len(),
+        blobs.len(),
         started.elapsed()
     );
     assert!(

@@ -32,6 +32,9 @@ pub enum Error {
     /// first to serve elsewhere.
     #[error("the replica is already serving on {0}")]
     AlreadyServing(std::net::SocketAddr),
+    /// A blob could not be stored or read (see its reason).
+    #[error(transparent)]
+    Blob(#[from] ferry_store::BlobError),
     /// A blocking task (a durable write) stopped unexpectedly; nothing was acknowledged.
     #[error("a background write stopped unexpectedly")]
     Background,

@@ -102,6 +102,6 @@ pub struct BenchmarksDoctests;
 pub use ferry_crdt::ReplicaId;
 pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig, SyncReport};
 pub use ferry_store::{
-    Access, DocId, DocInfo, DocKind, Durability, Origin, PeerId, SpaceId, SpaceInfo, StoreConfig,
-    millis_of, time_of, wall_millis,
+    Access, BlobError, BlobHash, DocId, DocInfo, DocKind, Durability, Origin, PeerId, SpaceId,
+    SpaceInfo, StoreConfig, millis_of, time_of, wall_millis,
 };

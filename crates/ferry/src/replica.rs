@@ -9,8 +9,8 @@ use std::time::Duration;
 use ferry_crdt::ReplicaId;
 use ferry_net::{BackoffConfig, ConnectionState, NetConfig, NetEvent, Node, SyncReport};
 use ferry_store::{
-    Access, DocId, DocInfo, DocKind, Durability, PeerId, PeerInfo, SpaceId, SpaceInfo, Store,
-    StoreConfig, StoreEvent,
+    Access, BlobHash, DocId, DocInfo, DocKind, Durability, PeerId, PeerInfo, SpaceId, SpaceInfo,
+    Store, StoreConfig, StoreEvent,
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -330,6 +330,52 @@ impl Replica {
     /// What the replica knows of `doc` (kind, version, size) without loading it.
     pub fn doc_info(&self, doc: DocId) -> Result<DocInfo, Error> {
         self.inner.store.info(doc).map_err(Error::from_store)
+    }
+
+    /// Adds `bytes` as an attachment (a blob): kept as a file beside the store, named by its
+    /// blake3 hash, which a document refers to it by. Returns the hash once the blob is
+    /// durable. (Blobs do not travel to peers yet.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ferry::Error> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let replica = ferry::Replica::open(dir.path()).await?;
+    /// let photo = replica.add_blob(b"jpeg bytes".to_vec()).await?;
+    /// let survey = replica.create_doc().await?;
+    /// survey
+    ///     .change(move |tx| {
+    ///         use ferry::automerge::transaction::Transactable;
+    ///         tx.put(ferry::automerge::ROOT, "photo", photo.to_string())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(replica.blob(photo).await?, b"jpeg bytes");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn add_blob(&self, bytes: Vec<u8>) -> Result<BlobHash, Error> {
+        let store = self.inner.store.clone();
+        blocking(move || Ok(store.add_blob(&bytes)?)).await
+    }
+
+    /// Adds the file at `path` as a blob, copied as it is read (not into memory): its hash
+    /// and length, once it is durable.
+    pub async fn add_blob_file(&self, path: impl Into<PathBuf>) -> Result<(BlobHash, u64), Error> {
+        let (store, path) = (self.inner.store.clone(), path.into());
+        blocking(move || Ok(store.add_blob_file(path)?)).await
+    }
+
+    /// A blob's bytes, checked against its hash.
+    pub async fn blob(&self, hash: BlobHash) -> Result<Vec<u8>, Error> {
+        let store = self.inner.store.clone();
+        blocking(move || Ok(store.read_blob(hash)?)).await
+    }
+
+    /// Every blob on this replica, with its length, in hash order.
+    pub fn blobs(&self) -> Result<Vec<(BlobHash, u64)>, Error> {
+        Ok(self.inner.store.blobs()?)
     }
 
     /// Deletes `doc`: its content goes, and a tombstone that syncs to every peer that may

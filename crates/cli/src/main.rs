@@ -63,6 +63,10 @@ enum Command {
     /// Change a register.
     #[command(subcommand)]
     Register(RegisterCommand),
+    /// Add, list and copy out attachments (blobs): files kept beside the store, named by the
+    /// blake3 hash of their bytes.
+    #[command(subcommand)]
+    Blob(BlobCommand),
     /// Connection states, and pending changes and last sync time per document and peer.
     Status {
         /// Print JSON instead of text.
@@ -82,6 +86,32 @@ enum Command {
         /// Print JSON lines instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlobCommand {
+    /// Add a file as a blob; prints its hash once it is durable.
+    Add {
+        /// The file.
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the blobs here, with their sizes.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a blob out to a file, checking its bytes against its hash.
+    Get {
+        /// The blob's hash (64 hex digits).
+        hash: String,
+        /// Where to write it.
+        out: PathBuf,
     },
 }
 
@@ -347,6 +377,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             false,
         ),
         Command::Status { json } => (Run::Status, json),
+        Command::Blob(BlobCommand::Add { path, json }) => (
+            Run::BlobAdd {
+                // Absolute: a serving replica reads it from its own working directory.
+                path: std::path::absolute(&path)?,
+            },
+            json,
+        ),
+        Command::Blob(BlobCommand::List { json }) => (Run::BlobList, json),
+        Command::Blob(BlobCommand::Get { hash, out }) => {
+            let hash: ferry::BlobHash = hash.parse()?;
+            let reply = call(&dir, Run::BlobLocate { hash }).await?;
+            let protocol::Reply::BlobAt(at) = reply else {
+                anyhow::bail!("unexpected reply to a blob lookup");
+            };
+            let len = ops::copy_blob(&at.path, hash, &out)?;
+            println!("{len} bytes to {}", out.display());
+            return Ok(());
+        }
     };
     let reply = call(&dir, command).await?;
     print!("{}", render::render(&reply, json));

@@ -10,8 +10,9 @@ use ferry::{DocId, DocKind, PeerId, Replica, SpaceId};
 use serde_json::{Value as Json, json};
 
 use crate::protocol::{
-    Command, DocCreated, DocEntry, DocStatus, DocValue, Grant, PeerAdded, PeerEntry, PeerGrant,
-    PeerRef, PeerStatus, Progress, Reply, SpaceEntry, SpaceGrant, SpaceRef, Status, Synced,
+    BlobAt, BlobEntry, Command, DocCreated, DocEntry, DocStatus, DocValue, Grant, PeerAdded,
+    PeerEntry, PeerGrant, PeerRef, PeerStatus, Progress, Reply, SpaceEntry, SpaceGrant, SpaceRef,
+    Status, Synced,
 };
 
 /// Syncs with `peer` once, telling `progress` whenever a document is sent or received. Replies
@@ -281,6 +282,21 @@ pub(crate) async fn execute(replica: &Replica, command: &Command) -> anyhow::Res
             Reply::Doc(doc_value(replica, *doc)?)
         }
         Command::Status => Reply::Status(status(replica).await?),
+        Command::BlobAdd { path } => {
+            let (hash, len) = replica.add_blob_file(path.clone()).await?;
+            Reply::Blob(BlobEntry { hash, len })
+        }
+        Command::BlobList => Reply::Blobs(
+            replica
+                .blobs()?
+                .into_iter()
+                .map(|(hash, len)| BlobEntry { hash, len })
+                .collect(),
+        ),
+        Command::BlobLocate { hash } => Reply::BlobAt(BlobAt {
+            hash: *hash,
+            path: replica.blob_location(*hash)?,
+        }),
     })
 }
 
@@ -430,4 +446,36 @@ fn scalar_of(value: &Json) -> ScalarValue {
         Json::String(s) => ScalarValue::Str(s.as_str().into()),
         _ => ScalarValue::Null,
     }
+}
+
+/// Copies the blob file at `from` to `out`, hashing it as it goes: the copy is kept only if its
+/// bytes are those `hash` names. Returns the length.
+pub(crate) fn copy_blob(
+    from: &std::path::Path,
+    hash: ferry::BlobHash,
+    out: &std::path::Path,
+) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+
+    let mut source = std::fs::File::open(from)?;
+    let mut dest = std::fs::File::create(out)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = source.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        dest.write_all(&buf[..n])?;
+        len += n as u64;
+    }
+    dest.sync_all()?;
+    if hasher.finalize().as_bytes() != hash.as_bytes() {
+        drop(dest);
+        let _ = std::fs::remove_file(out);
+        anyhow::bail!("blob {hash} is damaged on disk: nothing written");
+    }
+    Ok(len)
 }

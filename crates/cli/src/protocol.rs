@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use ferry::{Access, ConnectionState, DocId, DocKind, Event, Origin, PeerId, SpaceId, millis_of};
+use ferry::{
+    Access, BlobHash, ConnectionState, DocId, DocKind, Event, Origin, PeerId, SpaceId, millis_of,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -55,6 +57,14 @@ pub(crate) enum Command {
         value: String,
     },
     Status,
+    BlobAdd {
+        path: std::path::PathBuf,
+    },
+    BlobList,
+    BlobLocate {
+        #[serde(with = "text")]
+        hash: BlobHash,
+    },
 }
 
 /// What a client asks of `ferry serve`.
@@ -108,6 +118,25 @@ pub(crate) enum Reply {
     Doc(DocValue),
     Status(Status),
     Synced(Synced),
+    Blob(BlobEntry),
+    Blobs(Vec<BlobEntry>),
+    BlobAt(BlobAt),
+}
+
+/// A blob: its hash and length.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct BlobEntry {
+    #[serde(with = "text")]
+    pub(crate) hash: BlobHash,
+    pub(crate) len: u64,
+}
+
+/// Where a blob's file is, for `blob get` to copy it from.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct BlobAt {
+    #[serde(with = "text")]
+    pub(crate) hash: BlobHash,
+    pub(crate) path: std::path::PathBuf,
 }
 
 impl Reply {
@@ -125,6 +154,9 @@ impl Reply {
             Reply::Doc(r) => serde_json::to_value(r),
             Reply::Status(r) => serde_json::to_value(r),
             Reply::Synced(r) => serde_json::to_value(r),
+            Reply::Blob(r) => serde_json::to_value(r),
+            Reply::Blobs(r) => serde_json::to_value(r),
+            Reply::BlobAt(r) => serde_json::to_value(r),
         };
         value.expect("replies of ids, numbers and JSON values always serialize")
     }

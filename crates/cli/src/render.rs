@@ -15,6 +15,12 @@ pub(crate) fn render(reply: &Reply, json: bool) -> String {
     }
     match reply {
         Reply::Id(r) => format!("{}\n", r.peer),
+        Reply::Blob(b) => format!("{}\n", b.hash),
+        Reply::Blobs(blobs) => blobs
+            .iter()
+            .map(|b| format!("{}  {:>12} bytes\n", b.hash, b.len))
+            .collect(),
+        Reply::BlobAt(b) => format!("{}\n", b.path.display()),
         Reply::PeerAdded(r) => match r.addr {
             Some(addr) => format!("trusting {} at {addr} ({} access)\n", r.peer, r.access),
             None => format!("trusting {} ({} access); it dials in\n", r.peer, r.access),

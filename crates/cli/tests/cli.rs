@@ -477,3 +477,41 @@ fn the_control_socket_is_private_and_outlives_bad_clients() {
     serving.stop();
     assert!(!d.join("ferry.sock").exists());
 }
+
+#[test]
+fn blobs_are_added_listed_and_copied_out_offline_and_through_a_serving_replica() {
+    let (a, _b) = pair();
+    let photo = a.path().join("photo.jpg");
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let hash = ok(a.path(), &["blob", "add", photo.to_str().unwrap()]);
+    assert_eq!(hash.len(), 64, "{hash}");
+    let listed = json(a.path(), &["blob", "ls", "--json"]);
+    assert_eq!(listed[0]["hash"], hash.as_str());
+    assert_eq!(listed[0]["len"], 200_000);
+    let out = a.path().join("copy.jpg");
+    ok(a.path(), &["blob", "get", &hash, out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+
+    // The same through `ferry serve`, which holds the store.
+    let serving = Serving::start(a.path());
+    let other = a.path().join("notes.pdf");
+    std::fs::write(&other, b"%PDF-1.7 not really").unwrap();
+    let second = ok(a.path(), &["blob", "add", other.to_str().unwrap()]);
+    let out = a.path().join("notes-copy.pdf");
+    ok(a.path(), &["blob", "get", &second, out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"%PDF-1.7 not really");
+    assert_eq!(
+        json(a.path(), &["blob", "ls", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // An unknown hash, and a hash that is not one, get one line each.
+    let missing = fails(a.path(), &["blob", "get", &"0".repeat(64), "/tmp/nothing"]);
+    assert!(missing.contains("no blob"), "{missing}");
+    let bad = fails(a.path(), &["blob", "get", "cafe", "/tmp/nothing"]);
+    assert!(bad.contains("64 hex digits"), "{bad}");
+    serving.stop();
+}

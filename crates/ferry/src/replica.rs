@@ -373,6 +373,11 @@ impl Replica {
         blocking(move || Ok(store.read_blob(hash)?)).await
     }
 
+    /// Where a blob's file is, to stream it (hash what is read to check it).
+    pub fn blob_location(&self, hash: BlobHash) -> Result<PathBuf, Error> {
+        Ok(self.inner.store.blob_location(hash)?)
+    }
+
     /// Every blob on this replica, with its length, in hash order.
     pub fn blobs(&self) -> Result<Vec<(BlobHash, u64)>, Error> {
         Ok(self.inner.store.blobs()?)

@@ -196,6 +196,16 @@ impl Store {
         })
     }
 
+    /// Where the blob's file is, for a process on this machine to read it (the bytes are not
+    /// checked: hash them as they are read).
+    pub fn blob_location(&self, hash: BlobHash) -> Result<PathBuf, BlobError> {
+        let path = self.blob_file(hash);
+        if !path.is_file() {
+            return Err(BlobError::NotFound(hash));
+        }
+        Ok(path)
+    }
+
     /// Every blob here, with its length, in hash order.
     pub fn blobs(&self) -> Result<Vec<(BlobHash, u64)>, BlobError> {
         let mut blobs = Vec::new();

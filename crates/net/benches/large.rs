@@ -14,25 +14,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+#[path = "support/peers.rs"]
+mod peers;
+
+use peers::{loopback, trust};
+
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT, ScalarValue};
 use ferry_net::{NetConfig, Node};
-use ferry_store::{Access, DocKind, PeerInfo, SpaceId, Store, StoreEvent};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>) {
-    let mut info = PeerInfo::new(b.peer_id(), "peer");
-    info.addresses = addr.into_iter().collect();
-    a.put_peer(&info).unwrap();
-    a.grant(b.peer_id(), SpaceId::DEFAULT, Access::ReadWrite)
-        .unwrap();
-}
+use ferry_store::{DocKind, SpaceId, Store, StoreEvent};
 
 fn net() -> NetConfig {
     NetConfig {

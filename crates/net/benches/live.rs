@@ -9,6 +9,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/peers.rs"]
+mod peers;
+
+use peers::{loopback, trust};
+
 // Shared with the store's tests, which also build the trace into a store.
 #[allow(dead_code)]
 #[path = "../../store/tests/support/trace.rs"]
@@ -17,26 +22,13 @@ mod trace;
 #[path = "../../proto/benches/support/anchor.rs"]
 mod anchor;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use automerge::sync::State;
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use ferry_net::{ConnectionState, NetConfig, Node};
-use ferry_store::{Access, DocKind, Origin, PeerInfo, SpaceId, Store, StoreEvent, Version};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn trust(a: &Store, b: &Store, addr: Option<SocketAddr>) {
-    let mut info = PeerInfo::new(b.peer_id(), "peer");
-    info.addresses = addr.into_iter().collect();
-    a.put_peer(&info).unwrap();
-    a.grant(b.peer_id(), SpaceId::DEFAULT, Access::ReadWrite)
-        .unwrap();
-}
+use ferry_store::{DocKind, Origin, Store, StoreEvent, Version};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;

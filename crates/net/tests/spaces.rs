@@ -146,6 +146,24 @@ fn clone_docs() -> usize {
         .unwrap_or(3000)
 }
 
+/// `full` serving, and `empty` ready to sync with it once (not dialing on its own), each
+/// trusting the other with the default space.
+async fn cloning(full: &Store, empty: &Store) -> (Node, Node) {
+    let node_full = start(full).await;
+    grant(full, empty, None, &[SpaceId::DEFAULT], Access::ReadWrite);
+    grant(
+        empty,
+        full,
+        Some(&node_full),
+        &[SpaceId::DEFAULT],
+        Access::ReadWrite,
+    );
+    let node_empty = Node::start_without_dialing(empty.clone(), config(loopback()))
+        .await
+        .unwrap();
+    (node_full, node_empty)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_clone_with_sync_once_brings_every_document() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -162,18 +180,7 @@ async fn a_bulk_clone_with_sync_once_brings_every_document() {
         quick.wait_durable().unwrap();
     }
     eprintln!("made {n} documents in {:.2?}", made.elapsed());
-    let node_full = start(&full).await;
-    grant(&full, &empty, None, &[SpaceId::DEFAULT], Access::ReadWrite);
-    grant(
-        &empty,
-        &full,
-        Some(&node_full),
-        &[SpaceId::DEFAULT],
-        Access::ReadWrite,
-    );
-    let node_empty = Node::start_without_dialing(empty.clone(), config(loopback()))
-        .await
-        .unwrap();
+    let (node_full, node_empty) = cloning(&full, &empty).await;
     let (cloned, cpu) = (Instant::now(), cpu_seconds());
     let report = node_empty
         .sync_once(full.peer_id(), Duration::from_millis(200))
@@ -227,18 +234,7 @@ async fn a_document_of_twenty_one_megabyte_photos_syncs_over_quic() {
     }
     let saved = full.read(survey, |d| d.save().len()).unwrap();
     assert!(saved > 16 << 20 || mb < 17, "{saved} bytes");
-    let node_full = start(&full).await;
-    grant(&full, &empty, None, &[SpaceId::DEFAULT], Access::ReadWrite);
-    grant(
-        &empty,
-        &full,
-        Some(&node_full),
-        &[SpaceId::DEFAULT],
-        Access::ReadWrite,
-    );
-    let node_empty = Node::start_without_dialing(empty.clone(), config(loopback()))
-        .await
-        .unwrap();
+    let (node_full, node_empty) = cloning(&full, &empty).await;
     let started = Instant::now();
     let report = node_empty
         .sync_once(full.peer_id(), Duration::from_millis(200))

@@ -7,6 +7,10 @@
 //!   holder changes a small document both hold every 10 ms; the time from its durable commit
 //!   until the other replica has it durable (p50, p99).
 //!
+//! - **bomb**: a document chunk of about 2 MB whose one column inflates to 2 GiB, checked as a
+//!   receiver checks a peer's snapshot before loading it (`CheckedSnapshot::check_within` with
+//!   the store's default limits): refused, and the peak RSS before and after.
+//!
 //! Peak RSS is the whole process's (both replicas live in it), read from `/proc/self/status`
 //! after resetting the peak (`/proc/self/clear_refs`) before each scenario.
 //!
@@ -100,6 +104,8 @@ fn main() {
         anchor.as_secs_f64()
     );
 
+    bomb(&holder);
+
     runtime.block_on(async {
         let node = Node::start(holder.clone(), net()).await.unwrap();
 
@@ -190,4 +196,47 @@ fn main() {
         live.shutdown().await;
         node.shutdown().await;
     });
+}
+
+/// A document chunk whose raw-values column, deflated to about 2 MB, inflates to 2 GiB.
+fn bomb(store: &Store) {
+    let mut deflated = Vec::new();
+    {
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(&mut deflated, flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..2048 {
+            std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+        }
+        encoder.finish().unwrap();
+    }
+    // Actors, heads, change columns: none; one operation column, raw values (5 << 4 | 7), with
+    // its DEFLATE bit.
+    let mut data = vec![0, 0, 0, 1, (5 << 4) | 7 | 8];
+    leb128::write::unsigned(&mut data, deflated.len() as u64).unwrap();
+    data.extend_from_slice(&deflated);
+    drop(deflated);
+    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 0];
+    leb128::write::unsigned(&mut chunk, data.len() as u64).unwrap();
+    chunk.extend_from_slice(&data);
+    drop(data);
+    let size = chunk.len();
+    reset_peak();
+    let (before, _) = rss_mb();
+    let started = Instant::now();
+    let checked = ferry_store::CheckedSnapshot::check_within(chunk, store.limits());
+    let took = started.elapsed();
+    let (_, peak) = rss_mb();
+    assert!(
+        matches!(checked, Err(ferry_store::Unloadable::Exceeds(_))),
+        "the bomb was not refused"
+    );
+    println!(
+        "bomb    {:.1} MB claiming 2,048 MB: refused in {:.2} s (limit {} MB); RSS {:.0} MB before, peak {:.0} MB  (target: refused, memory flat)",
+        size as f64 / 1e6,
+        took.as_secs_f64(),
+        store.limits().bytes >> 20,
+        before,
+        peak,
+    );
 }

@@ -350,6 +350,70 @@ mod tests {
         assert_eq!(within_limits(&change, ROOMY), Ok(()));
     }
 
+    /// A document chunk of a few bytes whose one operation column is `column` under `spec`.
+    fn bomb(spec: u8, column: &[u8]) -> Vec<u8> {
+        let mut data = vec![
+            0, // actors
+            0, // heads
+            0, // change columns
+            1, // operation columns: one
+            spec,
+        ];
+        leb128::write::unsigned(&mut data, column.len() as u64).unwrap();
+        data.extend_from_slice(column);
+        // Magic and checksum (automerge's; the scan reads neither), type, length, data.
+        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, DOCUMENT_CHUNK];
+        leb128::write::unsigned(&mut chunk, data.len() as u64).unwrap();
+        chunk.extend_from_slice(&data);
+        chunk
+    }
+
+    #[test]
+    fn a_few_bytes_claiming_a_trillion_operations_are_refused_at_once() {
+        // One run: "this action, 10^12 times".
+        let mut run = Vec::new();
+        leb128::write::signed(&mut run, 1_000_000_000_000).unwrap();
+        leb128::write::unsigned(&mut run, 1).unwrap();
+        let chunk = bomb(ACTION as u8, &run);
+        assert!(chunk.len() < 32, "{} bytes", chunk.len());
+        let limits = Limits {
+            bytes: 1 << 30,
+            ops: 10_000_000,
+        };
+        // Counted from the run's header: nothing is materialized.
+        assert_eq!(within_limits(&chunk, limits), Err(Exceeds::Ops));
+    }
+
+    #[test]
+    fn a_column_inflating_past_the_limit_is_refused_without_inflating_it_all() {
+        // 256 MiB of zeros, deflated to some 250 KB, in a column the scan inflates.
+        let mut deflated = Vec::new();
+        {
+            let mut encoder =
+                flate2::write::DeflateEncoder::new(&mut deflated, flate2::Compression::best());
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..256 {
+                std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+            }
+            encoder.finish().unwrap();
+        }
+        let value_column = (5 << 4) | 7 | DEFLATE as u8; // raw values, deflated
+        let chunk = bomb(value_column, &deflated);
+        assert!(chunk.len() < 1 << 20, "{} bytes", chunk.len());
+        let limits = Limits {
+            bytes: 8 << 20,
+            ops: u64::MAX,
+        };
+        // The inflater reads into a counter that fails at the limit: it stops there, and
+        // nothing inflated is kept.
+        assert_eq!(within_limits(&chunk, limits), Err(Exceeds::Bytes));
+        let roomy = Limits {
+            bytes: 1 << 30,
+            ops: u64::MAX,
+        };
+        assert_eq!(within_limits(&chunk, roomy), Ok(()));
+    }
+
     #[test]
     fn bad_headers_are_malformed_not_a_panic() {
         let saved = doc(10).save();

@@ -7,6 +7,8 @@
 //!   holder changes a small document both hold every 10 ms; the time from its durable commit
 //!   until the other replica has it durable (p50, p99).
 //!
+//! - **apart**: the clone again, first of all, with the holder in a process of its own (this
+//!   binary again), so each side's peak RSS is its own; the holder measures the anchor there;
 //! - **bomb**: a document chunk of about 2 MB whose one column inflates to 2 GiB, checked as a
 //!   receiver checks a peer's snapshot before loading it (`CheckedSnapshot::check_within` with
 //!   the store's default limits): refused, and the peak RSS before and after.
@@ -63,6 +65,24 @@ fn base() -> tempfile::TempDir {
     tempfile::tempdir_in(dir).unwrap()
 }
 
+/// A document of `mb` one-megabyte photos in `store`.
+fn survey_of(store: &Store, mb: u64) -> ferry_store::DocId {
+    let survey = store.create(DocKind::Automerge).unwrap();
+    for i in 0..mb {
+        let mut photo = vec![0u8; 1 << 20];
+        blake3::Hasher::new()
+            .update(&i.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut photo);
+        store
+            .change(survey, |tx| {
+                tx.put(ROOT, format!("photo{i}"), ScalarValue::Bytes(photo))
+            })
+            .unwrap();
+    }
+    survey
+}
+
 fn main() {
     let mb: u64 = std::env::var("FERRY_LARGE_MB")
         .ok()
@@ -73,23 +93,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var("FERRY_LARGE_ROLE").as_deref() == Ok("holder") {
+        runtime.block_on(holder_process(mb));
+        return;
+    }
     let dir = base();
+    // First, while this process holds nothing else: each side's own peak RSS.
+    runtime.block_on(clone_across_processes(&dir));
     let holder = Store::open(dir.path().join("holder")).unwrap();
     let note = holder.create(DocKind::Automerge).unwrap();
     holder.change(note, |tx| tx.put(ROOT, "n", 0)).unwrap();
-    let survey = holder.create(DocKind::Automerge).unwrap();
-    for i in 0..mb {
-        let mut photo = vec![0u8; 1 << 20];
-        blake3::Hasher::new()
-            .update(&i.to_le_bytes())
-            .finalize_xof()
-            .fill(&mut photo);
-        holder
-            .change(survey, |tx| {
-                tx.put(ROOT, format!("photo{i}"), ScalarValue::Bytes(photo))
-            })
-            .unwrap();
-    }
+    let survey = survey_of(&holder, mb);
 
     // The anchor: save and load the same document in memory.
     let started = Instant::now();
@@ -239,4 +253,125 @@ fn bomb(store: &Store) {
         before,
         peak,
     );
+}
+
+/// The holder in a process of its own: it makes the document, serves it, and answers lines on
+/// stdin: `trust PEER` (lets it read and write the default space), `reset` (its peak RSS),
+/// `peak` (its peak RSS in MB), `rss` (its RSS now, in MB).
+async fn holder_process(mb: u64) {
+    let dir = std::env::var("FERRY_LARGE_DIR").unwrap();
+    let store = Store::open(&dir).unwrap();
+    let survey = survey_of(&store, mb);
+    let started = Instant::now();
+    let saved = store.read(survey, Automerge::save).unwrap();
+    drop(Automerge::load(&saved).unwrap());
+    let anchor = started.elapsed().as_secs_f64();
+    drop(saved);
+    let node = Node::start(store.clone(), net()).await.unwrap();
+    println!(
+        "ready {} {} {survey} {anchor}",
+        store.peer_id(),
+        node.local_addr()
+    );
+    let answering = store.clone();
+    // Lines are read on a thread of their own; the node serves meanwhile.
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["trust", peer] => {
+                    let peer: ferry_store::PeerId = peer.parse().unwrap();
+                    let info = ferry_store::PeerInfo::new(peer, "taker");
+                    answering.put_peer(&info).unwrap();
+                    answering
+                        .grant(peer, SpaceId::DEFAULT, ferry_store::Access::ReadWrite)
+                        .unwrap();
+                    println!("ok");
+                }
+                ["reset"] => {
+                    reset_peak();
+                    println!("ok");
+                }
+                ["peak"] => println!("peak {:.0}", rss_mb().1),
+                ["rss"] => println!("rss {:.0}", rss_mb().0),
+                _ => println!("?"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    node.shutdown().await;
+}
+
+/// The clone again, with the holder in a process of its own, so each side's peak RSS is its
+/// own.
+async fn clone_across_processes(dir: &tempfile::TempDir) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("FERRY_LARGE_ROLE", "holder")
+        .env("FERRY_LARGE_DIR", dir.path().join("holder-process"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let ["ready", id, addr, survey, anchor] = words.as_slice() else {
+        panic!("the holder said {line:?}");
+    };
+    let anchor = Duration::from_secs_f64(anchor.parse().unwrap());
+    let (holder, addr): (ferry_store::PeerId, std::net::SocketAddr) =
+        (id.parse().unwrap(), addr.parse().unwrap());
+    let survey: ferry_store::DocId = survey.parse().unwrap();
+    let mut ask = |line: &str| {
+        writeln!(stdin, "{line}").unwrap();
+        let mut answer = String::new();
+        stdout.read_line(&mut answer).unwrap();
+        answer.trim().to_owned()
+    };
+
+    let empty = Store::open(dir.path().join("clone-apart")).unwrap();
+    let mut info = ferry_store::PeerInfo::new(holder, "holder");
+    info.addresses = vec![addr];
+    empty.put_peer(&info).unwrap();
+    empty
+        .grant(holder, SpaceId::DEFAULT, ferry_store::Access::ReadWrite)
+        .unwrap();
+    assert_eq!(ask(&format!("trust {}", empty.peer_id())), "ok");
+    let taker = Node::start_without_dialing(empty.clone(), net())
+        .await
+        .unwrap();
+    assert_eq!(ask("reset"), "ok");
+    let theirs_before: f64 = ask("rss").strip_prefix("rss ").unwrap().parse().unwrap();
+    reset_peak();
+    let (mine_before, _) = rss_mb();
+    let started = Instant::now();
+    let report = taker
+        .sync_once(holder, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(report.received.contains(&survey));
+    let size = empty.stored_form(survey).unwrap().bytes.len();
+    let (_, mine) = rss_mb();
+    let theirs: f64 = ask("peak").strip_prefix("peak ").unwrap().parse().unwrap();
+    println!(
+        "apart   {:.1} MB document with sync_once, the holder in a process of its own: {:.2} s = {:.2} x its anchor ({:.2} s there)  peak RSS: holder {theirs:.0} MB ({theirs_before:.0} before: the document built and loaded), taker {mine:.0} MB ({mine_before:.0} before)  (targets: <= 2 x; per side <= 3 x {:.0} + 100 = {:.0} MB)",
+        size as f64 / 1e6,
+        took.as_secs_f64(),
+        took.as_secs_f64() / anchor.as_secs_f64(),
+        anchor.as_secs_f64(),
+        size as f64 / 1e6,
+        3.0 * size as f64 / 1e6 + 100.0,
+    );
+    taker.shutdown().await;
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
 }

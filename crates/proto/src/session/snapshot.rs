@@ -3,10 +3,8 @@
 
 use ferry_store::{Access, Assembly, DocId, DocInfo, DocKind, Origin, PartError, SpaceId};
 
-use automerge::{Automerge, ChangeHash};
-use ferry_store::StoreError;
+use automerge::ChangeHash;
 
-use super::chunks::guarded;
 use super::crdt_sync::validate_state;
 use super::incoming::{Prechecked, prechecked};
 use super::{Event, Session, SessionError};
@@ -39,9 +37,8 @@ impl std::fmt::Debug for Sending {
 /// A document's bytes ready to send, and the heads the peer holds once it has loaded them.
 type Prepared = (Vec<u8>, Vec<ChangeHash>);
 
-/// A large document's bytes being made ready to send in parts, on a thread of its own (read
-/// as stored, and compacted with `load` and `save` there if its change records outweigh its
-/// snapshot), so the session goes on meanwhile.
+/// A large document's bytes being read, as stored, on a thread of its own, to send in parts,
+/// so the session goes on meanwhile.
 pub(super) struct Preparing {
     doc: DocId,
     space: SpaceId,
@@ -97,22 +94,17 @@ impl Session {
         let (doc, kind, space) = (info.id, info.kind, info.space);
         let in_parts = self.peer_caps & CAP_SNAPSHOT_PARTS != 0;
         if kind == DocKind::Automerge && in_parts && info.stored_bytes > self.part_size() as u64 {
-            // Reading a large document, and saving it if need be, takes long: on a thread of
-            // its own, and sent in parts once ready (`send_parts`).
+            // Reading a large document takes long: on a thread of its own, and sent in parts
+            // once ready (`send_parts`). It goes as stored, never loaded and saved again: a
+            // store compacts a document whose change records outgrow its snapshot, so the
+            // stored form is at most about twice the compact one, and a load and save of a
+            // large document would cost seconds and several times its size in memory.
             let store = self.store.clone();
             let ready = std::thread::Builder::new()
-                .name("ferry-save".into())
+                .name("ferry-read".into())
                 .spawn(move || {
                     let stored = store.stored_form(doc)?;
-                    if stored.compact {
-                        return Ok((stored.bytes, stored.heads));
-                    }
-                    let saved = guarded(|| Automerge::load(&stored.bytes).ok().map(|am| am.save()));
-                    let saved = saved.ok_or(SessionError::Store(StoreError::Damaged {
-                        doc,
-                        what: "its records do not load",
-                    }))?;
-                    Ok((saved, stored.heads))
+                    Ok((stored.bytes, stored.heads))
                 })
                 .map_err(|e| SessionError::Assembly(PartError::Io(e)))?;
             self.preparing = Some(Preparing { doc, space, ready });

@@ -867,11 +867,15 @@ mod tests {
         })
         .await;
         let session = || node.inner.live_session(phone.peer_id()).unwrap().1;
-        assert!(session().remembered() > 0, "no peer state to forget");
+        // (However slow this machine, the state was there before it was forgotten.)
         eventually("the relay's idle session forgetting its peer state", || {
             session().remembered() == 0
         })
         .await;
+        assert!(
+            session().remembered_most() >= 20,
+            "no peer state was kept to forget"
+        );
 
         // Both ways, a change still arrives over the same connection.
         phone.change(docs[3], |tx| tx.put(ROOT, "n", 300)).unwrap();

@@ -21,6 +21,8 @@ pub(crate) struct Progress {
     fed: AtomicU64,
     /// Documents the session keeps peer state for (`Session::remembered`).
     remembered: AtomicU64,
+    /// The most it has kept at once.
+    remembered_most: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,7 @@ impl Progress {
             activity: watch::Sender::new(0),
             fed: AtomicU64::new(0),
             remembered: AtomicU64::new(0),
+            remembered_most: AtomicU64::new(0),
         })
     }
 
@@ -132,12 +135,20 @@ impl Progress {
     /// Records how many documents the session keeps peer state for.
     pub(crate) fn set_remembered(&self, docs: usize) {
         self.remembered.store(docs as u64, Ordering::Relaxed);
+        self.remembered_most
+            .fetch_max(docs as u64, Ordering::Relaxed);
     }
 
     /// How many documents the session keeps peer state for, as of its last step.
     #[cfg(test)]
     pub(crate) fn remembered(&self) -> u64 {
         self.remembered.load(Ordering::Relaxed)
+    }
+
+    /// The most documents the session has kept peer state for at once.
+    #[cfg(test)]
+    pub(crate) fn remembered_most(&self) -> u64 {
+        self.remembered_most.load(Ordering::Relaxed)
     }
 
     /// A receiver that wakes whenever the session does something.

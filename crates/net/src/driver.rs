@@ -91,7 +91,8 @@ pub(crate) async fn drive(
     };
     let mut segments = vec![bytes::Bytes::new(); READ_SEGMENTS];
     // Idle for `forget_after`, the session forgets its peer state. The timer is reset only
-    // when it fires early, not at every step, and sleeps while there is nothing to forget.
+    // when it fires early, not at every step; once it has fired on an idle session (whether
+    // or not there was anything to forget), it stays off until the session's next step.
     let mut last_step = Instant::now();
     let mut rested = false;
     let idle = tokio::time::sleep(ctx.forget_after);

@@ -209,16 +209,16 @@ fn runs(r: &mut impl BufRead) -> io::Result<u64> {
     Ok(entries)
 }
 
-/// One column's data, inflated if compressed: the action column's operations counted, any
-/// other column's bytes only.
-fn column(data: impl Read, spec: u64, budget: &Budget) -> io::Result<()> {
+/// One column's data, inflated if compressed: the operations counted if it is an operation
+/// column's action column, any other column's bytes only.
+fn column(data: impl Read, spec: u64, of_ops: bool, budget: &Budget) -> io::Result<()> {
     let mut data: Box<dyn BufRead + '_> = if spec & DEFLATE == 0 {
         Box::new(BufReader::new(Counted::new(data, budget)))
     } else {
         let inflated = DeflateDecoder::new(BufReader::new(data));
         Box::new(BufReader::new(Counted::new(inflated, budget)))
     };
-    if spec & !DEFLATE == ACTION {
+    if of_ops && spec & !DEFLATE == ACTION {
         let ops = runs(&mut data)?;
         budget.count_ops(ops)
     } else {
@@ -246,13 +246,8 @@ fn document(data: &[u8], budget: &Budget) -> io::Result<()> {
         }
         let (data, after) = rest.split_at(len);
         rest = after;
-        // Only an operation column is the action column (change columns reuse the ids).
-        let spec = if i < change_columns.len() {
-            spec | (1 << 60)
-        } else {
-            *spec
-        };
-        column(data, spec, budget)?;
+        // (Change columns reuse the operation columns' ids.)
+        column(data, *spec, i >= change_columns.len(), budget)?;
     }
     // The head indices that follow are small: their bytes are counted.
     budget.spend_bytes(rest.len() as u64)

@@ -181,13 +181,6 @@ impl Store {
         })
     }
 
-    /// The changes to `doc` that `peer` has not acknowledged: [`Store::sync_status`]'s
-    /// `pending`, for a caller that asks it of many documents and needs no times.
-    pub fn pending_for(&self, peer: PeerId, doc: DocId) -> Result<u64, StoreError> {
-        self.pending_with_record(peer, doc)
-            .map(|(pending, _)| pending)
-    }
-
     fn pending_with_record(
         &self,
         peer: PeerId,

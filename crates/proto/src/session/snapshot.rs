@@ -159,7 +159,7 @@ impl Session {
         });
     }
 
-    /// Whether the large document being made ready is, and if so starts sending it.
+    /// Whether the large document being read to send is ready; if so, starts sending it.
     pub(super) fn take_prepared(&mut self) -> Result<bool, SessionError> {
         if !self
             .preparing
@@ -171,9 +171,12 @@ impl Session {
         let Some(Preparing { doc, space, ready }) = self.preparing.take() else {
             return Ok(false);
         };
-        let (bytes, heads) = ready
-            .join()
-            .map_err(|_| SessionError::Protocol("preparing a document to send panicked"))??;
+        // (A panic there is this side's failure, not the peer's.)
+        let (bytes, heads) = ready.join().map_err(|_| {
+            SessionError::Assembly(PartError::Io(std::io::Error::other(
+                "reading a document to send panicked",
+            )))
+        })??;
         self.will_hold(doc, heads);
         self.start_parts(doc, DocKind::Automerge, space, bytes);
         Ok(true)
@@ -230,7 +233,8 @@ impl Session {
         bytes: &[u8],
     ) -> Result<(), SessionError> {
         if offset == 0 {
-            // A new document: whatever was under way is dropped (its file with it).
+            // A new document: whatever was under way is dropped (its file is kept, to be
+            // taken up if the same bytes come again).
             self.receiving = None;
             let here = self.store.space_of(doc)?;
             let refused = if self.store.access_as(self.peer, doc, here.unwrap_or(space))
@@ -287,10 +291,9 @@ impl Session {
                 && *k == kind
                 && *s == space =>
             {
-                assembly.append(offset, bytes).map_err(|e| match e {
-                    PartError::Io(_) => SessionError::Assembly(e),
-                    _ => SessionError::Protocol("a snapshot part out of place"),
-                })?;
+                assembly
+                    .append(offset, bytes)
+                    .map_err(|e| part_error(e, "a snapshot part out of place"))?;
                 assembly.is_complete()
             }
             _ => {
@@ -305,10 +308,9 @@ impl Session {
         let Some(Receiving::Assembling { assembly, .. }) = self.receiving.take() else {
             return Ok(());
         };
-        let bytes = assembly.finish().map_err(|e| match e {
-            PartError::Io(_) => SessionError::Assembly(e),
-            _ => SessionError::Protocol("a document whose parts do not match its digest"),
-        })?;
+        let bytes = assembly
+            .finish()
+            .map_err(|e| part_error(e, "a document whose parts do not match its digest"))?;
         if kind == DocKind::Automerge {
             // Loading a large document takes seconds: on a thread of its own, so the peer's
             // other frames are handled meanwhile (see `take_in_loaded`).
@@ -442,5 +444,14 @@ impl Session {
                 self.merge_state(doc, bytes, None)
             }
         }
+    }
+}
+
+/// An assembly's failure: this side's own (reading or writing its file), or the peer's parts
+/// breaking the protocol (`what`).
+fn part_error(e: PartError, what: &'static str) -> SessionError {
+    match e {
+        PartError::Io(_) => SessionError::Assembly(e),
+        _ => SessionError::Protocol(what),
     }
 }

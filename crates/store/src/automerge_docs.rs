@@ -132,6 +132,19 @@ impl Store {
         } else {
             am.save_after(&old_heads)
         };
+        // The blobs the new changes refer to, indexed before the commit that holds them.
+        let refs = if whole_history {
+            let mut scan = crate::blob_refs::RefScan::default();
+            am.get_changes(&[])
+                .iter()
+                .for_each(|c| scan.feed(c.raw_bytes()));
+            scan.found
+        } else {
+            crate::blob_refs_in(&chunk)
+        };
+        if !refs.is_empty() {
+            self.note_refs(doc, &refs)?;
+        }
         let outgrown = whole_history
             || meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
         let writes = if outgrown {

@@ -16,9 +16,13 @@ use std::str::FromStr;
 use crate::Store;
 
 /// The directory, in the store's, that holds blobs.
-const BLOBS: &str = "blobs";
+pub(crate) const BLOBS: &str = "blobs";
 /// Where blobs are written before they are whole.
 const TMP: &str = "tmp";
+/// Where blobs arriving from peers are kept until whole, across cuts and restarts.
+pub(crate) const PARTIAL: &str = "partial";
+/// How long a partial blob nobody resumes is kept.
+const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// A blob's name: the blake3 hash of its bytes. Shown and parsed as 64 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,20 +88,33 @@ pub enum BlobError {
     /// The file of this blob no longer holds the bytes its name says: damaged on disk.
     #[error("blob {0} is damaged on disk")]
     Damaged(BlobHash),
+    /// Bytes a peer sent for this blob do not match its hash: they were not kept.
+    #[error("bytes received for blob {0} do not match its hash")]
+    Unverified(BlobHash),
+    /// This blob is being received already.
+    #[error("blob {0} is being received already")]
+    InFlight(BlobHash),
     /// Reading or writing failed.
     #[error("blob storage failed")]
     Io(#[from] io::Error),
 }
 
 impl Store {
-    fn blob_dir(&self) -> PathBuf {
+    pub(crate) fn blob_dir(&self) -> PathBuf {
         self.shared.dir.join(BLOBS)
     }
 
     /// Where the blob with `hash` lives (whether or not it is here): `blobs/<2 hex>/<64 hex>`.
-    fn blob_file(&self, hash: BlobHash) -> PathBuf {
+    pub(crate) fn blob_file(&self, hash: BlobHash) -> PathBuf {
         let name = hash.to_string();
         self.blob_dir().join(&name[..2]).join(name)
+    }
+
+    /// A fresh name in the directory of files not yet whole.
+    pub(crate) fn blob_tmp(&self) -> Result<PathBuf, io::Error> {
+        let tmp_dir = self.blob_dir().join(TMP);
+        fs::create_dir_all(&tmp_dir)?;
+        Ok(tmp_dir.join(format!("{:032x}", rand::random::<u128>())))
     }
 
     /// Adds `bytes` as a blob and returns its hash once it is durable.
@@ -127,9 +144,7 @@ impl Store {
     /// Adds everything `reader` yields as a blob, hashed as it is copied (not into memory):
     /// its hash and length, once it is durable.
     pub fn add_blob_from(&self, mut reader: impl Read) -> Result<(BlobHash, u64), BlobError> {
-        let tmp_dir = self.blob_dir().join(TMP);
-        fs::create_dir_all(&tmp_dir)?;
-        let tmp = tmp_dir.join(format!("{:032x}", rand::random::<u128>()));
+        let tmp = self.blob_tmp()?;
         let written = (|| {
             let mut file = File::create(&tmp)?;
             let mut hasher = blake3::Hasher::new();
@@ -157,7 +172,7 @@ impl Store {
             }
         };
         let dest = self.blob_file(hash);
-        let shard = dest.parent().unwrap_or(&tmp_dir).to_path_buf();
+        let shard = dest.parent().map(Path::to_path_buf).unwrap_or_default();
         if dest.exists() {
             // The same bytes are here already (durable when they were added).
             fs::remove_file(&tmp)?;
@@ -213,7 +228,7 @@ impl Store {
             return Ok(blobs);
         };
         for shard in shards.flatten() {
-            if shard.file_name() == TMP || !shard.path().is_dir() {
+            if shard.file_name() == TMP || shard.file_name() == PARTIAL || !shard.path().is_dir() {
                 continue;
             }
             for entry in fs::read_dir(shard.path())?.flatten() {
@@ -228,8 +243,10 @@ impl Store {
     }
 }
 
-/// Removes blobs left half-written when the process ended: called as the store opens.
+/// Removes blobs left half-written when the process ended, and partial blobs from peers
+/// that nobody resumed for a week: called as the store opens.
 pub(crate) fn clear_leftovers(dir: &Path) -> Result<(), io::Error> {
+    crate::blob_transfer::clear_stale_partials(dir, PARTIAL_MAX_AGE);
     match fs::remove_dir_all(dir.join(BLOBS).join(TMP)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

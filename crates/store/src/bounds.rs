@@ -5,10 +5,14 @@
 //! counter with a budget, and counts the operations in each action column's runs, so nothing
 //! it reads grows past the limits in memory.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read};
 
 use flate2::bufread::DeflateDecoder;
+
+use crate::BlobHash;
+use crate::blob_refs::RefScan;
 
 /// Bytes before a chunk's data length: magic (4), checksum (4), type (1).
 const CHUNK_HEADER: usize = 9;
@@ -63,11 +67,17 @@ pub enum Exceeds {
 /// let tight = Limits { bytes: 64 * 1024, ops: 1_000 };
 /// assert_eq!(within_limits(&saved, tight), Err(Exceeds::Bytes));
 /// ```
-pub fn within_limits(mut bytes: &[u8], limits: Limits) -> Result<(), Exceeds> {
+pub fn within_limits(bytes: &[u8], limits: Limits) -> Result<(), Exceeds> {
+    scan(bytes, limits).map(drop)
+}
+
+/// [`within_limits`], and the blob references found in the bytes as they are inflated.
+pub(crate) fn scan(mut bytes: &[u8], limits: Limits) -> Result<BTreeSet<BlobHash>, Exceeds> {
     let budget = Budget {
         bytes: Cell::new(limits.bytes),
         ops: Cell::new(limits.ops),
         exceeded: Cell::new(None),
+        refs: RefCell::default(),
     };
     while !bytes.is_empty() {
         let mut rest = bytes.get(CHUNK_HEADER..).ok_or(Exceeds::Malformed)?;
@@ -92,7 +102,7 @@ pub fn within_limits(mut bytes: &[u8], limits: Limits) -> Result<(), Exceeds> {
         checked.map_err(|_| budget.exceeded.get().unwrap_or(Exceeds::Malformed))?;
         bytes = &bytes[end..];
     }
-    Ok(())
+    Ok(budget.refs.into_inner().found)
 }
 
 /// What is left to spend, shared by the readers nested in one another.
@@ -101,6 +111,8 @@ struct Budget {
     ops: Cell<u64>,
     /// Which limit ran out, so a failed read says so rather than "malformed".
     exceeded: Cell<Option<Exceeds>>,
+    /// The blob references in what was read.
+    refs: RefCell<RefScan>,
 }
 
 impl Budget {
@@ -146,6 +158,7 @@ impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.budget.spend_bytes(n as u64)?;
+        self.budget.refs.borrow_mut().feed(&buf[..n]);
         Ok(n)
     }
 }

@@ -158,6 +158,7 @@ impl Store {
             incremental_bytes: 0,
             next_incremental: 0,
         };
+        self.note_refs(doc, &snapshot.refs)?;
         let content = (!snapshot.heads.is_empty()).then_some(snapshot.bytes);
         self.write_new(state, (doc, space), origin, meta, content, None)?;
         Ok(true)
@@ -361,12 +362,23 @@ pub struct CheckedSnapshot {
     bytes: Vec<u8>,
     heads: Vec<ChangeHash>,
     changes: u64,
+    /// The blobs it refers to.
+    pub(crate) refs: std::collections::BTreeSet<crate::BlobHash>,
 }
 
 impl CheckedSnapshot {
     /// Loads `bytes` as a whole Automerge document (a panic in automerge is a failure like
     /// any other) and keeps what the store needs of it; `None` if they do not load.
     pub fn check(bytes: Vec<u8>) -> Option<Self> {
+        let roomy = crate::Limits {
+            bytes: u64::MAX,
+            ops: u64::MAX,
+        };
+        let refs = crate::bounds::scan(&bytes, roomy).unwrap_or_default();
+        Self::load(bytes, refs)
+    }
+
+    fn load(bytes: Vec<u8>, refs: std::collections::BTreeSet<crate::BlobHash>) -> Option<Self> {
         let (heads, changes) = guarded(|| {
             Automerge::load(&bytes)
                 .ok()
@@ -376,6 +388,7 @@ impl CheckedSnapshot {
             bytes,
             heads,
             changes,
+            refs,
         })
     }
 
@@ -383,11 +396,11 @@ impl CheckedSnapshot {
     /// [`Unloadable::Exceeds`] before anything is loaded if they would cost more than
     /// `limits` (see [`within_limits`](crate::within_limits)).
     pub fn check_within(bytes: Vec<u8>, limits: crate::Limits) -> Result<Self, Unloadable> {
-        crate::within_limits(&bytes, limits).map_err(|e| match e {
+        let refs = crate::bounds::scan(&bytes, limits).map_err(|e| match e {
             crate::Exceeds::Malformed => Unloadable::DoesNotLoad,
             e => Unloadable::Exceeds(e),
         })?;
-        Self::check(bytes).ok_or(Unloadable::DoesNotLoad)
+        Self::load(bytes, refs).ok_or(Unloadable::DoesNotLoad)
     }
 
     /// The heads the document reaches.

@@ -34,6 +34,8 @@
 //! ```
 
 mod automerge_docs;
+mod blob_refs;
+mod blob_transfer;
 mod blobs;
 mod bounds;
 mod cache;
@@ -60,6 +62,8 @@ mod values;
 mod version;
 
 pub use automerge_docs::StoredForm;
+pub use blob_refs::{BLOB_REFERENCE_PREFIX, BlobPolicy, blob_refs_in};
+pub use blob_transfer::{BLOB_GROUP_BYTES, IncomingBlob};
 pub use blobs::{BadBlobHash, BlobError, BlobHash};
 pub use bounds::{Exceeds, Limits, within_limits};
 pub use documents::{CheckedSnapshot, Unloadable};

@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub(crate) removed_peers: Mutex<HashSet<PeerId>>,
     /// Per peer asked about, the documents that may wait for its acknowledgement.
     pub(crate) unacked: Unacked,
+    /// Blobs being received from peers (one transfer per blob at a time).
+    pub(crate) receiving: Mutex<HashSet<crate::BlobHash>>,
 }
 
 pub(crate) struct State {
@@ -267,6 +269,7 @@ impl Store {
                 group,
                 removed_peers: Mutex::new(HashSet::new()),
                 unacked: Unacked::default(),
+                receiving: Mutex::default(),
             }),
         })
     }

@@ -44,10 +44,16 @@ pub(crate) fn peer_of(conn: &Connection) -> Result<PeerId, NetError> {
     tls::peer_id_of(certs.first().ok_or(NetError::BadCertificate)?)
 }
 
+/// Streams a peer may have open at once on a connection: the session's and blob transfers.
+const MAX_STREAMS: u32 = 16;
+
 pub(crate) fn transport(config: &NetConfig) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(config.keep_alive));
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
+    // The session's stream and blob transfers: a peer opens at most this many at once.
+    transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    transport.max_concurrent_uni_streams(0u32.into());
     transport
 }
 

@@ -39,6 +39,15 @@ const LOAD_POLL: Duration = Duration::from_millis(5);
 /// How long an error frame gets to reach the peer before the connection is closed.
 const ERROR_GRACE: Duration = Duration::from_millis(500);
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// When a session ends on its own: never (a live session), or when told to.
 #[derive(Clone, Debug)]
 pub(crate) enum Until {
@@ -71,6 +80,10 @@ pub(crate) async fn drive(
         Role::Responder => conn.accept_bi().await,
     };
     let (mut send, mut recv) = stream.map_err(|source| NetError::Connection { peer, source })?;
+    // Every stream after the session's carries a blob: served for as long as the session runs.
+    progress.stream_opened();
+    let serving = tokio::spawn(crate::blobs::serve(ctx.store.clone(), peer, conn.clone()));
+    let _serving = AbortOnDrop(serving);
     // Watched before the session lists documents, so no change falls between the two. The
     // feed is a set of changed documents: however far behind this session falls, nothing is
     // dropped and nothing needs to start over.

@@ -3,11 +3,24 @@
 use std::net::SocketAddr;
 
 use ferry_proto::SessionError;
-use ferry_store::{PeerId, StoreError};
+use ferry_store::{BlobError, BlobHash, PeerId, StoreError};
 
 /// A network operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// No connected peer had the blob, or would let this replica fetch it (a peer that may
+    /// not read a document referring to it answers as if it had not got it).
+    #[error("no connected peer has blob {0} to give")]
+    BlobUnavailable(BlobHash),
+    /// A blob could not be taken in: bytes that did not match its hash, or storage.
+    #[error("blob {hash} could not be taken in")]
+    Blob {
+        /// The blob.
+        hash: BlobHash,
+        /// Why.
+        #[source]
+        source: BlobError,
+    },
     /// No certificate could be made from the replica's key.
     #[error("cannot make a certificate from the replica's key")]
     Certificate,

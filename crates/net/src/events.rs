@@ -46,4 +46,35 @@ pub enum NetEvent {
         /// Why, for people.
         error: String,
     },
+    /// More of a blob arrived from a peer, verified: sent at most once per MiB, and when it
+    /// is all here.
+    BlobProgress {
+        /// The peer sending it.
+        peer: PeerId,
+        /// The blob.
+        hash: ferry_store::BlobHash,
+        /// Bytes verified and kept so far (from the start, counting what an earlier transfer
+        /// kept).
+        received: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A blob arrived whole from a peer and is durable here.
+    BlobFetched {
+        /// The peer that sent it.
+        peer: PeerId,
+        /// The blob.
+        hash: ferry_store::BlobHash,
+        /// Its length.
+        len: u64,
+    },
+    /// Fetching a blob from a peer failed (it may be tried again, from what arrived).
+    BlobFailed {
+        /// The peer.
+        peer: PeerId,
+        /// The blob.
+        hash: ferry_store::BlobHash,
+        /// Why, for people.
+        error: String,
+    },
 }

@@ -53,6 +53,7 @@
 //! ```
 
 mod backoff;
+mod blobs;
 mod config;
 mod connection;
 mod driver;

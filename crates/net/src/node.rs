@@ -182,6 +182,9 @@ impl Node {
             tasks: Mutex::new(JoinSet::new()),
         });
         inner.spawn(accept_loop(inner.clone()));
+        if !one_off {
+            inner.spawn(crate::blobs::fetch_eagerly(inner.clone()));
+        }
         tracing::info!(peer = %store.peer_id(), addr = %local_addr, "listening");
         Ok(Self { inner })
     }
@@ -238,8 +241,9 @@ impl Node {
         self.inner.live(peer).map(|conn| conn.stats())
     }
 
-    /// How many tasks the node runs now: its accept loop, a dial loop per peer it keeps a
-    /// connection to, and one per open connection. Tasks that have ended are not counted.
+    /// How many tasks the node runs now: its accept loop, its blob fetcher (unless it is for
+    /// one-off syncs), a dial loop per peer it keeps a connection to, and one per open
+    /// connection. Tasks that have ended are not counted.
     pub fn running_tasks(&self) -> usize {
         let mut tasks = self.inner.tasks();
         while tasks.try_join_next().is_some() {}
@@ -249,6 +253,16 @@ impl Node {
     /// Events from now on: connection changes and session events.
     pub fn subscribe(&self) -> broadcast::Receiver<NetEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Fetches a blob this replica has not got from the connected peers, whatever the fetch
+    /// policy of the spaces whose documents refer to it, and returns its length once it is
+    /// durable here (at once if it is here already). Peers that may read a document here
+    /// that refers to it are asked first, then the others. Each checks that this replica may
+    /// read a document of theirs that refers to it. Progress goes out as
+    /// [`NetEvent::BlobProgress`]; a transfer cut before the end resumes from what arrived.
+    pub async fn fetch_blob(&self, hash: ferry_store::BlobHash) -> Result<u64, NetError> {
+        self.inner.fetch_blob_from_any(hash, true).await
     }
 
     /// Closes every connection with [`CloseCode::Shutdown`] and waits (up to a second) until
@@ -302,6 +316,33 @@ impl Inner {
 
     pub(crate) fn emit(&self, event: NetEvent) {
         let _ = self.events.send(event); // no subscriber is fine
+    }
+
+    pub(crate) fn events_sender(&self) -> broadcast::Sender<NetEvent> {
+        self.events.clone()
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<NetEvent> {
+        self.events.subscribe()
+    }
+
+    /// Changes to `true` when the node shuts down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// The peers with an open connection, each with it.
+    pub(crate) fn connected(&self) -> Vec<(PeerId, Connection)> {
+        self.peers()
+            .iter()
+            .filter_map(|(peer, slot)| {
+                let live = slot.live.as_ref()?;
+                live.conn
+                    .close_reason()
+                    .is_none()
+                    .then(|| (*peer, live.conn.clone()))
+            })
+            .collect()
     }
 
     fn shutting_down(&self) -> bool {

@@ -23,6 +23,9 @@ pub(crate) struct Progress {
     remembered: AtomicU64,
     /// The most it has kept at once.
     remembered_most: AtomicU64,
+    /// Whether the session's stream is open: blob streams are opened only after it, so the
+    /// session's is the first stream the connection carries.
+    stream_open: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -52,7 +55,22 @@ impl Progress {
             fed: AtomicU64::new(0),
             remembered: AtomicU64::new(0),
             remembered_most: AtomicU64::new(0),
+            stream_open: watch::Sender::new(false),
         })
+    }
+
+    /// The session's stream is open.
+    pub(crate) fn stream_opened(&self) {
+        self.stream_open.send_replace(true);
+    }
+
+    /// Waits until the session's stream is open; `false` if that did not happen in `within`.
+    pub(crate) async fn wait_stream_open(&self, within: std::time::Duration) -> bool {
+        let mut open = self.stream_open.subscribe();
+        matches!(
+            tokio::time::timeout(within, open.wait_for(|open| *open)).await,
+            Ok(Ok(_))
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -382,10 +382,10 @@ async fn when_both_dial_at_once_one_connection_stays() {
             connected(&node_a, b.peer_id()) && connected(&node_b, a.peer_id())
         })
         .await;
-        // The duplicate has gone on both sides once each runs its accept loop, its dial loop
-        // and one connection (it may take the 1 s replacement grace).
+        // The duplicate has gone on both sides once each runs its accept loop, its blob
+        // fetcher, its dial loop and one connection (it may take the 1 s replacement grace).
         eventually("one connection left on each side", || {
-            node_a.running_tasks() == 3 && node_b.running_tasks() == 3
+            node_a.running_tasks() == 4 && node_b.running_tasks() == 4
         })
         .await;
         let doc = a.create(DocKind::GCounter).unwrap();

@@ -154,6 +154,38 @@ impl Store {
         })
     }
 
+    /// What an earlier, cut transfer of `hash` kept here: the blob's length and the bytes
+    /// verified, from which the next transfer starts.
+    pub fn partial_blob(&self, hash: BlobHash) -> Option<(u64, u64)> {
+        let paths = self.partial_paths(hash);
+        read_progress(&paths.progress).filter(|_| paths.data.exists() && paths.outboard.exists())
+    }
+
+    /// Drops what an earlier transfer of `hash` kept (unless one is under way).
+    pub fn discard_partial_blob(&self, hash: BlobHash) -> Result<(), BlobError> {
+        if self.receiving().contains(&hash) {
+            return Err(BlobError::InFlight(hash));
+        }
+        let paths = self.partial_paths(hash);
+        for path in [paths.progress, paths.data, paths.outboard] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn partial_paths(&self, hash: BlobHash) -> PartialPaths {
+        let dir = self.blob_dir().join(PARTIAL);
+        let name = hash.to_string();
+        PartialPaths {
+            data: dir.join(format!("{name}.data")),
+            outboard: dir.join(format!("{name}.obao")),
+            progress: dir.join(format!("{name}.have")),
+        }
+    }
+
     fn receiving(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<BlobHash>> {
         self.shared
             .receiving
@@ -319,6 +351,14 @@ impl Drop for IncomingBlob {
             let _ = self.checkpoint();
         }
     }
+}
+
+/// A partial blob's progress file: its length and the bytes verified.
+fn read_progress(path: &PathBuf) -> Option<(u64, u64)> {
+    let bytes = fs::read(path).ok()?;
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let verified = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((len, verified))
 }
 
 fn checkpoint(

@@ -1,7 +1,7 @@
 //! What a UI listens to: changes to re-read, and how sync is going.
 
 use ferry_net::ConnectionState;
-use ferry_store::{DocId, Origin, PeerId};
+use ferry_store::{BlobHash, DocId, Origin, PeerId};
 use tokio::sync::broadcast;
 
 /// Something happened to this replica's data or its peers. A UI re-reads the local replica
@@ -43,6 +43,26 @@ pub enum Event {
         peer: PeerId,
         /// The document.
         doc: DocId,
+    },
+    /// More of a blob arrived from a peer, verified (at most once per MiB, and at the end).
+    BlobProgress {
+        /// The peer sending it.
+        peer: PeerId,
+        /// The blob.
+        hash: BlobHash,
+        /// Bytes here so far, counting what an earlier, cut transfer kept.
+        received: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A blob arrived whole from a peer and is durable here.
+    BlobFetched {
+        /// The peer that sent it.
+        peer: PeerId,
+        /// The blob.
+        hash: BlobHash,
+        /// Its length.
+        len: u64,
     },
     /// This subscriber fell behind and `missed` events were dropped: re-read what it shows.
     Lagged {

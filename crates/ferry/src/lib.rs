@@ -69,7 +69,7 @@ mod status;
 pub use doc::{Counter, Doc, MultiRegister, Register};
 pub use error::Error;
 pub use events::{Event, Events};
-pub use replica::{Replica, ReplicaBuilder};
+pub use replica::{DEFAULT_BLOB_GRACE, Replica, ReplicaBuilder};
 pub use space::Space;
 pub use status::{DocStatus, PeerStatus, SyncStatus};
 
@@ -100,8 +100,8 @@ pub struct ProtocolDoctests;
 #[doc = include_str!("../../../docs/benchmarks.md")]
 pub struct BenchmarksDoctests;
 pub use ferry_crdt::ReplicaId;
-pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig, SyncReport};
+pub use ferry_net::{BackoffConfig, ConnectionState, NetConfig, NetError, SyncReport};
 pub use ferry_store::{
-    Access, BlobError, BlobHash, DocId, DocInfo, DocKind, Durability, Origin, PeerId, SpaceId,
-    SpaceInfo, StoreConfig, millis_of, time_of, wall_millis,
+    Access, BlobError, BlobHash, BlobPolicy, DocId, DocInfo, DocKind, Durability, Origin, PeerId,
+    SpaceId, SpaceInfo, StoreConfig, millis_of, time_of, wall_millis,
 };

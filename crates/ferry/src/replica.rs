@@ -48,9 +48,23 @@ pub struct ReplicaBuilder {
     store: StoreConfig,
     net: NetConfig,
     listen: Option<SocketAddr>,
+    blob_grace: Duration,
 }
 
+/// How long a blob no document refers to is kept by default (see
+/// [`ReplicaBuilder::blob_grace`]).
+pub const DEFAULT_BLOB_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 impl ReplicaBuilder {
+    /// How long a blob that no document refers to is kept before it is removed: long enough
+    /// for an app to add a photo and then the document that refers to it. Collection runs in
+    /// the background, a few times per grace period (at most hourly). A blob a document
+    /// refers to is never removed. Default: [`DEFAULT_BLOB_GRACE`] (a day).
+    pub fn blob_grace(mut self, grace: Duration) -> Self {
+        self.blob_grace = grace;
+        self
+    }
+
     /// When writes are durable. Default: [`Durability::Immediate`] (an fsync per write).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.store.durability = durability;
@@ -92,6 +106,7 @@ impl ReplicaBuilder {
         let replica = Replica {
             inner: Arc::new(Inner {
                 store_forwarder: tokio::spawn(forward_store(store.subscribe(), events.clone())),
+                blob_collector: tokio::spawn(collect_blobs(store.clone(), self.blob_grace)),
                 store,
                 net: self.net,
                 node: tokio::sync::Mutex::new(None),
@@ -151,11 +166,14 @@ struct Inner {
     events: broadcast::Sender<Event>,
     /// Forwards the store's events to subscribers for the replica's lifetime.
     store_forwarder: JoinHandle<()>,
+    /// Removes blobs no document refers to, for the replica's lifetime.
+    blob_collector: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.store_forwarder.abort();
+        self.blob_collector.abort();
     }
 }
 
@@ -186,6 +204,7 @@ impl Replica {
             store: StoreConfig::default(),
             net: NetConfig::default(),
             listen: None,
+            blob_grace: DEFAULT_BLOB_GRACE,
         }
     }
 
@@ -333,8 +352,11 @@ impl Replica {
     }
 
     /// Adds `bytes` as an attachment (a blob): kept as a file beside the store, named by its
-    /// blake3 hash, which a document refers to it by. Returns the hash once the blob is
-    /// durable. (Blobs do not travel to peers yet.)
+    /// blake3 hash. Returns the hash once the blob is durable. A document refers to the blob
+    /// by holding [`BlobHash::reference`] as a string anywhere; peers that may read the
+    /// document may then fetch the blob, and fetch it at once where their policy for its
+    /// space is [`BlobPolicy::Eager`](crate::BlobPolicy) (the default). A blob no document
+    /// refers to is removed after a grace period ([`ReplicaBuilder::blob_grace`]).
     ///
     /// # Examples
     ///
@@ -348,7 +370,7 @@ impl Replica {
     /// survey
     ///     .change(move |tx| {
     ///         use ferry::automerge::transaction::Transactable;
-    ///         tx.put(ferry::automerge::ROOT, "photo", photo.to_string())
+    ///         tx.put(ferry::automerge::ROOT, "photo", photo.reference())
     ///     })
     ///     .await?;
     /// assert_eq!(replica.blob(photo).await?, b"jpeg bytes");
@@ -376,6 +398,31 @@ impl Replica {
     /// Where a blob's file is, to stream it (hash what is read to check it).
     pub fn blob_location(&self, hash: BlobHash) -> Result<PathBuf, Error> {
         Ok(self.inner.store.blob_location(hash)?)
+    }
+
+    /// Fetches a blob this replica has not got from the connected peers, whatever the fetch
+    /// policy of its space, and returns its length once it is durable here (at once if it is
+    /// here already). Peers that may read a document here that refers to it are asked first;
+    /// each gives it only if this replica may read a document of theirs that refers to it.
+    /// Progress arrives as [`Event::BlobProgress`](crate::Event::BlobProgress); a transfer
+    /// cut before the end resumes from what arrived. Offline, or when no connected peer has
+    /// it, it fails with [`NetError::BlobUnavailable`](crate::NetError::BlobUnavailable).
+    pub async fn fetch_blob(&self, hash: BlobHash) -> Result<u64, Error> {
+        if let Ok(len) = self.inner.store.blob_len(hash) {
+            return Ok(len);
+        }
+        let node = match self.inner.node.lock().await.as_ref() {
+            Some(serving) => serving.node.clone(),
+            None => return Err(ferry_net::NetError::BlobUnavailable(hash).into()),
+        };
+        Ok(node.fetch_blob(hash).await?)
+    }
+
+    /// Removes now the blobs no document refers to that were added (or arrived) longer than
+    /// `grace` ago, and returns them (the replica also does this in the background).
+    pub async fn collect_blobs(&self, grace: Duration) -> Result<Vec<BlobHash>, Error> {
+        let store = self.inner.store.clone();
+        blocking(move || Ok(store.collect_blobs(grace)?)).await
     }
 
     /// Every blob on this replica, with its length, in hash order.
@@ -648,6 +695,23 @@ async fn forward_store(mut store: ferry_store::Subscription, events: broadcast::
 }
 
 /// Forwards what the network reports that an app cares about.
+/// Removes the blobs no document refers to that are older than `grace`, a few times per
+/// grace period (at most hourly).
+async fn collect_blobs(store: Store, grace: Duration) {
+    let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+    loop {
+        tokio::time::sleep(every).await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.collect_blobs(grace)).await {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(blobs = removed.len(), "removed blobs no document refers to");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "collecting blobs failed"),
+            _ => {}
+        }
+    }
+}
+
 async fn forward_net(mut net: broadcast::Receiver<NetEvent>, events: broadcast::Sender<Event>) {
     loop {
         let event = match net.recv().await {
@@ -660,6 +724,18 @@ async fn forward_net(mut net: broadcast::Receiver<NetEvent>, events: broadcast::
                 peer,
                 event: ferry_proto::Event::Refused { doc, .. },
             }) => Event::Refused { peer, doc },
+            Ok(NetEvent::BlobProgress {
+                peer,
+                hash,
+                received,
+                len,
+            }) => Event::BlobProgress {
+                peer,
+                hash,
+                received,
+                len,
+            },
+            Ok(NetEvent::BlobFetched { peer, hash, len }) => Event::BlobFetched { peer, hash, len },
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(missed)) => Event::Lagged { missed },
             Err(broadcast::error::RecvError::Closed) => return,

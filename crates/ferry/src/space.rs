@@ -1,7 +1,7 @@
 //! Spaces: the unit of sharing. Every document belongs to one space, chosen when it is
 //! created, and each peer is granted access per space.
 
-use ferry_store::{Access, DocId, DocKind, PeerId, SpaceId, Store};
+use ferry_store::{Access, BlobPolicy, DocId, DocKind, PeerId, SpaceId, Store};
 
 use crate::doc::blocking;
 use crate::{Counter, Doc, Error, MultiRegister, Register};
@@ -100,6 +100,20 @@ impl Space {
     /// on, in open sessions too.
     pub async fn revoke(&self, peer: PeerId) -> Result<(), Error> {
         self.grant(peer, Access::None).await
+    }
+
+    /// Sets whether this replica fetches the blobs this space's documents refer to as soon as
+    /// it learns of them ([`BlobPolicy::Eager`], the default) or only when the app asks
+    /// ([`BlobPolicy::OnDemand`], through [`Replica::fetch_blob`](crate::Replica::fetch_blob)).
+    /// Durable when it returns.
+    pub async fn set_blob_policy(&self, policy: BlobPolicy) -> Result<(), Error> {
+        let (store, space) = (self.store.clone(), self.id);
+        blocking(move || Ok(store.set_blob_policy(space, policy)?)).await
+    }
+
+    /// Whether this replica fetches this space's blobs eagerly or on demand.
+    pub fn blob_policy(&self) -> Result<BlobPolicy, Error> {
+        Ok(self.store.blob_policy(self.id)?)
     }
 
     /// The documents held here in this space, in id order.

@@ -381,3 +381,79 @@ async fn access_changes_and_removal_take_effect_on_the_live_connection() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_follows_the_survey_that_refers_to_it_and_strays_are_collected() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (phone, laptop, _) = a_knows_serving_b(&da, &db).await;
+    let mut events = laptop.subscribe();
+    let photo = phone.add_blob(vec![7; 200_000]).await.unwrap();
+    let survey = phone.create_doc().await.unwrap();
+    survey
+        .change(move |tx| tx.put(ROOT, "photo", photo.reference()))
+        .await
+        .unwrap();
+    phone.serve(loopback()).await.unwrap();
+    // The laptop's policy for the default space is eager: the photo arrives by itself.
+    let arrived = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match events.next().await {
+                Some(Event::BlobFetched { hash, len, .. }) if hash == photo => return len,
+                Some(_) => {}
+                None => panic!("the replica went away"),
+            }
+        }
+    })
+    .await
+    .expect("the photo arrives");
+    assert_eq!(arrived, 200_000);
+    assert_eq!(laptop.blob(photo).await.unwrap(), vec![7; 200_000]);
+    // Asked for again, it is here already.
+    assert_eq!(laptop.fetch_blob(photo).await.unwrap(), 200_000);
+
+    // A blob nothing refers to is collected once past the grace period; the photo stays.
+    let stray = laptop
+        .add_blob(b"never referred to".to_vec())
+        .await
+        .unwrap();
+    assert!(
+        laptop
+            .collect_blobs(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        laptop.collect_blobs(Duration::ZERO).await.unwrap(),
+        vec![stray]
+    );
+    assert!(laptop.blob(photo).await.is_ok());
+    let unknown = ferry::BlobHash::of(b"nobody has this");
+    assert!(matches!(
+        laptop.fetch_blob(unknown).await,
+        Err(Error::Net(ferry::NetError::BlobUnavailable(h))) if h == unknown
+    ));
+    phone.shutdown().await;
+    laptop.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_nothing_refers_to_are_collected_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::builder(dir.path())
+        .blob_grace(Duration::from_millis(200))
+        .open()
+        .await
+        .unwrap();
+    let kept = replica.add_blob(b"referred to".to_vec()).await.unwrap();
+    let note = replica.create_doc().await.unwrap();
+    note.change(move |tx| tx.put(ROOT, "attachment", kept.reference()))
+        .await
+        .unwrap();
+    let stray = replica.add_blob(b"stray".to_vec()).await.unwrap();
+    eventually("the stray blob collected", || async {
+        replica.blob(stray).await.is_err()
+    })
+    .await;
+    assert!(replica.blob(kept).await.is_ok());
+}

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use ferry::Replica;
 
 use crate::ops;
-use crate::protocol::{Command, Line, Progress, Reply, Request, WatchEvent};
+use crate::protocol::{Command, Fetching, Line, Progress, Reply, Request, WatchEvent};
 
 /// The largest request or reply line accepted.
 #[cfg(unix)]
@@ -163,6 +163,22 @@ async fn answer(stream: tokio::net::UnixStream, replica: Replica) {
                 }
             }
         }
+        Request::FetchBlob { hash } => {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let fetch = ops::fetch_blob(&replica, hash, move |p| {
+                let _ = tx.send(p);
+            });
+            tokio::pin!(fetch);
+            let mut listening = true;
+            loop {
+                tokio::select! {
+                    result = &mut fetch => break result.map(Reply::Blob),
+                    Some(fetching) = rx.recv(), if listening => {
+                        listening = send(Line::Fetching(fetching)).await;
+                    }
+                }
+            }
+        }
         Request::Run(command) => ops::execute(&replica, &command).await,
     };
     send(match result {
@@ -181,13 +197,25 @@ pub(crate) async fn call(server: Server, command: Command) -> anyhow::Result<Rep
 pub(crate) async fn call_with_progress(
     server: Server,
     request: Request,
+    progress: impl FnMut(Progress),
+) -> anyhow::Result<Reply> {
+    call_with_lines(server, request, progress, |_| {}).await
+}
+
+/// Sends `request` and returns the reply, handing sync progress lines to `progress` and blob
+/// progress lines to `fetching`.
+pub(crate) async fn call_with_lines(
+    server: Server,
+    request: Request,
     mut progress: impl FnMut(Progress),
+    mut fetching: impl FnMut(Fetching),
 ) -> anyhow::Result<Reply> {
     let mut lines = open(server, &request).await?;
     loop {
         match lines.next().await? {
             None => bail!("`ferry serve` closed the connection without answering"),
             Some(Line::Progress(p)) => progress(p),
+            Some(Line::Fetching(f)) => fetching(f),
             Some(Line::Ok(reply)) => return Ok(reply),
             Some(Line::Error(error)) => bail!("{error}"),
             Some(Line::Event(_)) => bail!("`ferry serve` answered with an event"),

@@ -106,12 +106,21 @@ enum BlobCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Copy a blob out to a file, checking its bytes against its hash.
+    /// Copy a blob out to a file, checking its bytes against its hash. A blob not here is
+    /// fetched first from the peers (going online for it if `ferry serve` is not running),
+    /// with a progress bar; a fetch cut before the end resumes from what arrived.
     Get {
         /// The blob's hash (64 hex digits).
         hash: String,
         /// Where to write it.
         out: PathBuf,
+    },
+    /// Remove the blobs no document refers to that are older than the grace period (the
+    /// replica does this by itself, with a day's grace, while it is open).
+    Gc {
+        /// Keep blobs added less than this many seconds ago.
+        #[arg(long, default_value_t = 86_400)]
+        grace: u64,
     },
 }
 
@@ -174,6 +183,16 @@ enum SpaceCommand {
         space: String,
         /// The peer's id.
         peer: String,
+    },
+    /// Say when this replica fetches the blobs the space's documents refer to: as soon as it
+    /// learns of them (`eager`, the default), or only when asked (`on-demand`, `ferry blob
+    /// get`).
+    Blobs {
+        /// The space's id, or `default`.
+        space: String,
+        /// `eager` or `on-demand`.
+        #[arg(value_parser = ["eager", "on-demand"])]
+        policy: String,
     },
 }
 
@@ -323,6 +342,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             false,
         ),
+        Command::Space(SpaceCommand::Blobs { space, policy }) => (
+            Run::SpaceBlobs {
+                space: ops::parse_space(&space)?,
+                on_demand: policy == "on-demand",
+            },
+            false,
+        ),
+        Command::Blob(BlobCommand::Gc { grace }) => (Run::BlobGc { grace_secs: grace }, false),
         Command::Space(SpaceCommand::Revoke { space, peer }) => (
             Run::SpaceGrant {
                 space: ops::parse_space(&space)?,
@@ -387,6 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blob(BlobCommand::List { json }) => (Run::BlobList, json),
         Command::Blob(BlobCommand::Get { hash, out }) => {
             let hash: ferry::BlobHash = hash.parse()?;
+            fetch_blob(&dir, hash).await?;
             let reply = call(&dir, Run::BlobLocate { hash }).await?;
             let protocol::Reply::BlobAt(at) = reply else {
                 anyhow::bail!("unexpected reply to a blob lookup");
@@ -553,6 +581,49 @@ async fn watch(dir: &Path, json: bool) -> anyhow::Result<()> {
         println!("{}", render::event(event, json));
     })
     .await
+}
+
+/// Fetches the blob `hash` unless it is here, through `ferry serve` if it runs, with a bar
+/// of the bytes (on a terminal, for fetches past half a second).
+async fn fetch_blob(dir: &Path, hash: ferry::BlobHash) -> anyhow::Result<()> {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {elapsed} fetching {prefix} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(hash.to_string()[..12].to_owned());
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(100));
+        })
+    };
+    let on_progress = |f: protocol::Fetching| {
+        bar.set_length(f.len);
+        bar.set_position(f.received);
+    };
+    let result = match control::connect(dir).await {
+        Some(server) => {
+            let request = Request::FetchBlob { hash };
+            control::call_with_lines(server, request, |_| {}, on_progress)
+                .await
+                .map(drop)
+        }
+        None => {
+            let replica = open(dir).await?;
+            let result = ops::fetch_blob(&replica, hash, on_progress).await.map(drop);
+            replica.shutdown().await;
+            result
+        }
+    };
+    ticker.abort();
+    bar.finish_and_clear();
+    result
 }
 
 async fn sync_once(dir: &Path, peer: &str) -> anyhow::Result<()> {

@@ -6,14 +6,72 @@ use std::net::SocketAddr;
 use anyhow::{Context, bail};
 use ferry::automerge::transaction::{Transactable, Transaction};
 use ferry::automerge::{AutoSerde, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use ferry::{DocId, DocKind, PeerId, Replica, SpaceId};
+use ferry::{ConnectionState, DocId, DocKind, Event, PeerId, Replica, SpaceId};
 use serde_json::{Value as Json, json};
 
 use crate::protocol::{
-    BlobAt, BlobEntry, Command, DocCreated, DocEntry, DocStatus, DocValue, Grant, PeerAdded,
-    PeerEntry, PeerGrant, PeerRef, PeerStatus, Progress, Reply, SpaceEntry, SpaceGrant, SpaceRef,
-    Status, Synced,
+    BlobAt, BlobEntry, BlobPolicyEntry, Command, DocCreated, DocEntry, DocStatus, DocValue,
+    Fetching, Grant, PeerAdded, PeerEntry, PeerGrant, PeerRef, PeerStatus, Progress, Reply,
+    SpaceEntry, SpaceGrant, SpaceRef, Status, Synced,
 };
+
+/// The name of a blob fetch policy, as `ferry space blobs` takes it.
+pub(crate) fn policy_name(policy: ferry::BlobPolicy) -> &'static str {
+    match policy {
+        ferry::BlobPolicy::Eager => "eager",
+        ferry::BlobPolicy::OnDemand => "on-demand",
+    }
+}
+
+/// How long `fetch_blob` waits for a first connection when the replica was offline.
+const FIRST_CONNECTION: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Fetches the blob `hash` from the peers unless it is here, telling `progress` how much has
+/// arrived. An offline replica goes online for it (dialing its peers, waiting up to 10 s for
+/// one to answer); the caller shuts it down after.
+pub(crate) async fn fetch_blob(
+    replica: &Replica,
+    hash: ferry::BlobHash,
+    mut progress: impl FnMut(Fetching),
+) -> anyhow::Result<BlobEntry> {
+    if let Ok(len) = replica.store().blob_len(hash) {
+        return Ok(BlobEntry { hash, len });
+    }
+    let mut events = replica.subscribe();
+    if replica.local_addr().await.is_none() {
+        let dials = replica.peers()?.iter().any(|p| !p.addresses.is_empty());
+        replica.serve(([0, 0, 0, 0], 0).into()).await?;
+        if dials {
+            let connected = async {
+                while let Some(event) = events.next().await {
+                    if let Event::Connection {
+                        state: ConnectionState::Connected { .. },
+                        ..
+                    } = event
+                    {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(FIRST_CONNECTION, connected).await;
+        }
+    }
+    let fetch = replica.fetch_blob(hash);
+    tokio::pin!(fetch);
+    let len = loop {
+        tokio::select! {
+            result = &mut fetch => break result?,
+            Some(event) = events.next() => {
+                if let Event::BlobProgress { hash: h, received, len, .. } = event
+                    && h == hash
+                {
+                    progress(Fetching { received, len });
+                }
+            }
+        }
+    };
+    Ok(BlobEntry { hash, len })
+}
 
 /// Syncs with `peer` once, telling `progress` whenever a document is sent or received. Replies
 /// with the counts: documents sent (the peer lacked changes to them and now holds them),
@@ -293,6 +351,32 @@ pub(crate) async fn execute(replica: &Replica, command: &Command) -> anyhow::Res
                 .map(|(hash, len)| BlobEntry { hash, len })
                 .collect(),
         ),
+        Command::BlobGc { grace_secs } => {
+            let lens: std::collections::HashMap<_, _> = replica.blobs()?.into_iter().collect();
+            let removed = replica
+                .collect_blobs(std::time::Duration::from_secs(*grace_secs))
+                .await?;
+            Reply::BlobsRemoved(
+                removed
+                    .into_iter()
+                    .map(|hash| BlobEntry {
+                        hash,
+                        len: lens.get(&hash).copied().unwrap_or_default(),
+                    })
+                    .collect(),
+            )
+        }
+        Command::SpaceBlobs { space, on_demand } => {
+            let policy = match on_demand {
+                true => ferry::BlobPolicy::OnDemand,
+                false => ferry::BlobPolicy::Eager,
+            };
+            replica.space(*space).set_blob_policy(policy).await?;
+            Reply::BlobPolicy(BlobPolicyEntry {
+                space: *space,
+                policy: policy_name(policy).to_owned(),
+            })
+        }
         Command::BlobLocate { hash } => Reply::BlobAt(BlobAt {
             hash: *hash,
             path: replica.blob_location(*hash)?,

@@ -65,6 +65,13 @@ pub(crate) enum Command {
         #[serde(with = "text")]
         hash: BlobHash,
     },
+    BlobGc {
+        grace_secs: u64,
+    },
+    SpaceBlobs {
+        space: SpaceId,
+        on_demand: bool,
+    },
 }
 
 /// What a client asks of `ferry serve`.
@@ -75,6 +82,11 @@ pub(crate) enum Request {
     Run(Command),
     /// Sync with a peer: progress lines, then the reply.
     SyncOnce { peer: PeerId },
+    /// Fetch a blob from the peers unless it is here: progress lines, then the reply.
+    FetchBlob {
+        #[serde(with = "text")]
+        hash: BlobHash,
+    },
     /// Event lines until the client hangs up.
     Watch,
 }
@@ -85,6 +97,8 @@ pub(crate) enum Request {
 pub(crate) enum Line {
     /// How far a `sync --once` has come; the reply follows.
     Progress(Progress),
+    /// How much of a blob being fetched is here; the reply follows.
+    Fetching(Fetching),
     /// An event, for `watch`.
     Event(WatchEvent),
     /// The command's reply.
@@ -100,6 +114,13 @@ pub(crate) struct Progress {
     pub(crate) to_send: u64,
     pub(crate) sent: u64,
     pub(crate) received: u64,
+}
+
+/// How much of a blob being fetched is here, verified.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
+pub(crate) struct Fetching {
+    pub(crate) received: u64,
+    pub(crate) len: u64,
 }
 
 /// A command's reply. `--json` prints the variant's content alone.
@@ -121,6 +142,17 @@ pub(crate) enum Reply {
     Blob(BlobEntry),
     Blobs(Vec<BlobEntry>),
     BlobAt(BlobAt),
+    BlobsRemoved(Vec<BlobEntry>),
+    BlobPolicy(BlobPolicyEntry),
+}
+
+/// A space's blob fetch policy here.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct BlobPolicyEntry {
+    #[serde(with = "text")]
+    pub(crate) space: SpaceId,
+    /// `eager` or `on-demand`.
+    pub(crate) policy: String,
 }
 
 /// A blob: its hash and length.
@@ -157,6 +189,8 @@ impl Reply {
             Reply::Blob(r) => serde_json::to_value(r),
             Reply::Blobs(r) => serde_json::to_value(r),
             Reply::BlobAt(r) => serde_json::to_value(r),
+            Reply::BlobsRemoved(r) => serde_json::to_value(r),
+            Reply::BlobPolicy(r) => serde_json::to_value(r),
         };
         value.expect("replies of ids, numbers and JSON values always serialize")
     }
@@ -354,6 +388,14 @@ pub(crate) enum WatchEvent {
         #[serde(with = "text")]
         doc: DocId,
     },
+    Blob {
+        #[serde(with = "text")]
+        peer: PeerId,
+        #[serde(with = "text")]
+        hash: BlobHash,
+        received: u64,
+        len: u64,
+    },
     Lagged {
         missed: u64,
     },
@@ -378,6 +420,23 @@ impl From<&Event> for WatchEvent {
             Event::Refused { peer, doc } => WatchEvent::Refused {
                 peer: *peer,
                 doc: *doc,
+            },
+            Event::BlobProgress {
+                peer,
+                hash,
+                received,
+                len,
+            } => WatchEvent::Blob {
+                peer: *peer,
+                hash: *hash,
+                received: *received,
+                len: *len,
+            },
+            Event::BlobFetched { peer, hash, len } => WatchEvent::Blob {
+                peer: *peer,
+                hash: *hash,
+                received: *len,
+                len: *len,
             },
             Event::Lagged { missed } => WatchEvent::Lagged { missed: *missed },
         }

@@ -21,6 +21,12 @@ pub(crate) fn render(reply: &Reply, json: bool) -> String {
             .map(|b| format!("{}  {:>12} bytes\n", b.hash, b.len))
             .collect(),
         Reply::BlobAt(b) => format!("{}\n", b.path.display()),
+        Reply::BlobsRemoved(blobs) if blobs.is_empty() => "no blob to remove\n".to_owned(),
+        Reply::BlobsRemoved(blobs) => blobs
+            .iter()
+            .map(|b| format!("removed {}  {:>12} bytes\n", b.hash, b.len))
+            .collect(),
+        Reply::BlobPolicy(p) => format!("space {}: blobs fetched {}\n", p.space, p.policy),
         Reply::PeerAdded(r) => match r.addr {
             Some(addr) => format!("trusting {} at {addr} ({} access)\n", r.peer, r.access),
             None => format!("trusting {} ({} access); it dials in\n", r.peer, r.access),
@@ -232,6 +238,18 @@ pub(crate) fn event(event: &WatchEvent, json: bool) -> String {
         }
         WatchEvent::Synced { peer, doc } => format!("synced   {doc}  with {peer}"),
         WatchEvent::Refused { peer, doc } => format!("refused  {doc}  by {peer} (read-only)"),
+        WatchEvent::Blob {
+            peer,
+            hash,
+            received,
+            len,
+        } if received == len => format!("blob     {hash}  {len} bytes here, from {peer}"),
+        WatchEvent::Blob {
+            peer,
+            hash,
+            received,
+            len,
+        } => format!("blob     {hash}  {received}/{len} bytes from {peer}"),
         WatchEvent::Lagged { missed } => format!("lagged   {missed} events missed: re-read"),
     }
 }

@@ -510,8 +510,56 @@ fn blobs_are_added_listed_and_copied_out_offline_and_through_a_serving_replica()
     );
     // An unknown hash, and a hash that is not one, get one line each.
     let missing = fails(a.path(), &["blob", "get", &"0".repeat(64), "/tmp/nothing"]);
-    assert!(missing.contains("no blob"), "{missing}");
+    assert!(missing.contains("is not here"), "{missing}");
     let bad = fails(a.path(), &["blob", "get", "cafe", "/tmp/nothing"]);
     assert!(bad.contains("64 hex digits"), "{bad}");
     serving.stop();
+}
+
+#[test]
+fn a_photo_a_document_refers_to_is_fetched_on_demand_and_strays_are_collected() {
+    let (a, b) = pair();
+    ok(b.path(), &["space", "blobs", "default", "on-demand"]);
+    let photo = a.path().join("photo.jpg");
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let hash = ok(a.path(), &["blob", "add", photo.to_str().unwrap()]);
+    let survey = ok(a.path(), &["doc", "new"]);
+    let reference = format!("\"ferry-blob:{hash}\"");
+    ok(a.path(), &["doc", "set", &survey, "photo", &reference]);
+
+    let serving_b = Serving::start(b.path());
+    dials(a.path(), b.path(), &serving_b);
+    let serving_a = Serving::start(a.path());
+    eventually("the survey on b", || {
+        ferry(b.path(), &["doc", "get", &survey]).status.success()
+    });
+    // On demand: the survey came, the photo did not.
+    assert_eq!(
+        json(b.path(), &["blob", "ls", "--json"]),
+        serde_json::json!([])
+    );
+    let out = b.path().join("photo-copy.jpg");
+    ok(b.path(), &["blob", "get", &hash, out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(
+        json(b.path(), &["blob", "ls", "--json"])[0]["hash"],
+        hash.as_str()
+    );
+
+    // A blob no document refers to goes; the photo stays.
+    let stray = a.path().join("stray.bin");
+    std::fs::write(&stray, b"nobody refers to this").unwrap();
+    let stray = ok(a.path(), &["blob", "add", stray.to_str().unwrap()]);
+    let removed = ok(a.path(), &["blob", "gc", "--grace", "0"]);
+    assert!(
+        removed.starts_with(&format!("removed {stray}")),
+        "{removed}"
+    );
+    assert_eq!(
+        json(a.path(), &["blob", "ls", "--json"])[0]["hash"],
+        hash.as_str()
+    );
+    serving_a.stop();
+    serving_b.stop();
 }

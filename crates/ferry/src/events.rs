@@ -44,7 +44,8 @@ pub enum Event {
         /// The document.
         doc: DocId,
     },
-    /// More of a blob arrived from a peer, verified (at most once per MiB, and at the end).
+    /// More of a blob arrived from a peer, verified (at most once per MiB; the end is
+    /// [`Event::BlobFetched`]).
     BlobProgress {
         /// The peer sending it.
         peer: PeerId,

@@ -159,7 +159,7 @@ pub(crate) async fn fetch(
     let taken = tokio::task::spawn_blocking(move || {
         let mut reported = from;
         let report = |received: u64| {
-            if received >= reported + PROGRESS_STEP || received == len {
+            if received >= reported + PROGRESS_STEP {
                 reported = received;
                 let _ = events.send(NetEvent::BlobProgress {
                     peer,

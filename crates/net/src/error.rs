@@ -10,7 +10,7 @@ use ferry_store::{BlobError, BlobHash, PeerId, StoreError};
 pub enum NetError {
     /// No connected peer had the blob, or would let this replica fetch it (a peer that may
     /// not read a document referring to it answers as if it had not got it).
-    #[error("no connected peer has blob {0} to give")]
+    #[error("blob {0} is not here, and no connected peer has it to give")]
     BlobUnavailable(BlobHash),
     /// A blob could not be taken in: bytes that did not match its hash, or storage.
     #[error("blob {hash} could not be taken in")]

@@ -46,8 +46,8 @@ pub enum NetEvent {
         /// Why, for people.
         error: String,
     },
-    /// More of a blob arrived from a peer, verified: sent at most once per MiB, and when it
-    /// is all here.
+    /// More of a blob arrived from a peer, verified: sent at most once per MiB (the end is
+    /// [`NetEvent::BlobFetched`]).
     BlobProgress {
         /// The peer sending it.
         peer: PeerId,

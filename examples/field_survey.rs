@@ -10,9 +10,14 @@
 //! - `answers`, an Automerge document: a list every answer is appended to, with who typed it,
 //!   so even the answer that lost a low-risk field stays in the record.
 //!
-//! Both tablets go offline, both inspectors answer both fields, and they come back online.
-//! The example prints what each tablet shows, merges the critical field by hand, and exits 0
-//! only if both tablets agree and every typed answer is in the record.
+//! Photos are attachments (blobs): kept as files beside the store, named by their hash, and
+//! referred to from the `answers` document. A tablet fetches the photos of the documents it
+//! holds as soon as it learns of them, each 16 KiB checked against the hash as it arrives.
+//!
+//! Both tablets go offline, both inspectors answer both fields, Ben photographs the crack he
+//! reports, and they come back online. The example prints what each tablet shows, merges the
+//! critical field by hand, and exits 0 only if both tablets agree, every typed answer is in
+//! the record, and Ana's tablet holds Ben's photo, byte for byte.
 //!
 //! Run it with `cargo run --example field_survey`.
 
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use ferry::automerge::transaction::Transactable;
 use ferry::automerge::{ObjType, ROOT, ReadDoc, Value};
-use ferry::{Access, BackoffConfig, Doc, MultiRegister, Register, Replica};
+use ferry::{Access, BackoffConfig, BlobHash, Doc, MultiRegister, Register, Replica};
 
 /// One tablet: its replica and its handles on the survey's documents.
 struct Tablet {
@@ -82,6 +87,32 @@ impl Tablet {
         let mut values: Vec<String> = self.damage.values()?.into_iter().map(text).collect();
         values.sort();
         Ok(values)
+    }
+}
+
+/// A stand-in for a 1 MB JPEG: bytes that do not compress.
+fn photo_bytes() -> Vec<u8> {
+    let mut x: u32 = 0x2545_f491;
+    (0..1_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Waits until `replica` holds the blob `hash` (fetched by itself, as its documents refer to
+/// it).
+async fn photo_arrives(replica: &Replica, hash: BlobHash) -> anyhow::Result<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(bytes) = replica.blob(hash).await {
+            return Ok(bytes);
+        }
+        ensure!(Instant::now() < deadline, "the photo did not arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -165,6 +196,17 @@ async fn main() -> anyhow::Result<()> {
     a.answer("weather", "sunny").await?;
     b.answer("structural damage", "crack in the north wall, 2 m")
         .await?;
+    // Ben photographs the crack: the photo is saved on his tablet, and the answers refer to it.
+    let photo = photo_bytes();
+    let crack_photo = ben.add_blob(photo.clone()).await?;
+    b.answers
+        .change(move |tx| tx.put(ROOT, "crack photo", crack_photo.reference()))
+        .await?;
+    println!(
+        "  Ben  photographs the crack: {} KB, saved as blob {}…",
+        photo.len() / 1000,
+        &crack_photo.to_string()[..12]
+    );
     a.answer("structural damage", "none visible").await?;
     tokio::time::sleep(Duration::from_millis(5)).await;
     b.answer("weather", "overcast").await?; // the later write
@@ -179,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
     ana.serve(ana_addr).await?;
     ben.serve(ben_addr).await?;
     converged(&a, &b).await?;
+    let arrived = photo_arrives(&ana, crack_photo).await?;
     for t in [&a, &b] {
         println!("\n{}'s tablet shows", t.inspector);
         println!("  weather (last writer wins):  {}", t.weather()?);
@@ -195,6 +238,8 @@ async fn main() -> anyhow::Result<()> {
             println!("  structural damage: {}", values.join(""));
         }
         println!("  answer log: {} entries", t.log()?.len());
+        let photos = t.replica.blobs()?;
+        println!("  photos held: {}", photos.len());
     }
 
     // The checks this example exists for.
@@ -209,6 +254,20 @@ async fn main() -> anyhow::Result<()> {
                 "none visible".to_owned()
             ],
         "both damage assessments should be kept"
+    );
+    ensure!(
+        arrived == photo,
+        "Ana's copy of the photo should be Ben's, byte for byte"
+    );
+    let referred = a.answers.read(|d| {
+        d.get(ROOT, "crack photo")
+            .ok()
+            .flatten()
+            .and_then(|(v, _)| v.to_str().and_then(BlobHash::from_reference))
+    })?;
+    ensure!(
+        referred == Some(crack_photo),
+        "Ana's answers should refer to the photo"
     );
     for t in [&a, &b] {
         let log = t.log()?;
@@ -245,6 +304,7 @@ async fn main() -> anyhow::Result<()> {
         println!("  {line}");
     }
     println!("\nno typed answer was lost: yes");
+    println!("Ben's photo on Ana's tablet, checked against its hash: yes");
     for t in [&a, &b] {
         t.replica.shutdown().await;
     }

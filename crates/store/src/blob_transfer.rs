@@ -24,7 +24,8 @@ const BLOCK: BlockSize = BlockSize::from_chunk_log(4);
 /// The bytes of one verified group: transfers resume at a multiple of it.
 pub const BLOB_GROUP_BYTES: u64 = 16 * 1024;
 /// How much arrives between two checkpoints of a partial blob (its files fsynced and its
-/// progress written): what a crash can cost a transfer at most.
+/// progress written, on a thread of their own so that the transfer goes on meanwhile): about
+/// what a crash can cost a transfer at most.
 const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 impl Store {
@@ -146,6 +147,7 @@ impl Store {
             len,
             verified: kept.unwrap_or(0),
             checkpointed: kept.unwrap_or(0),
+            background: None,
             data,
             outboard,
             outboard_sync,
@@ -227,8 +229,11 @@ pub struct IncomingBlob {
     len: u64,
     /// Bytes from the start that are verified and written.
     verified: u64,
-    /// Of those, how many are durable, with the progress file saying so.
+    /// Of those, how many are durable, with the progress file saying so (or will be, once
+    /// the checkpoint under way is done).
     checkpointed: u64,
+    /// The checkpoint under way, if any.
+    background: Option<std::thread::JoinHandle<()>>,
     data: File,
     outboard: PostOrderOutboard<File>,
     /// The outboard's file again, to fsync it while the decoder writes it.
@@ -292,6 +297,7 @@ impl IncomingBlob {
             len: self.len,
             verified: &mut self.verified,
             checkpointed: &mut self.checkpointed,
+            background: &mut self.background,
             progress,
         };
         let decoded = decode_ranges(encoded, &ranges, target, &mut self.outboard);
@@ -315,6 +321,7 @@ impl IncomingBlob {
         if self.verified < self.len {
             return Err(BlobError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
+        self.wait_checkpoint();
         self.data.sync_all()?;
         self.outboard.data.sync_all()?;
         let store = self._claim.store.clone();
@@ -329,6 +336,13 @@ impl IncomingBlob {
         // Nothing left to checkpoint.
         self.checkpointed = self.len;
         Ok(self.len)
+    }
+
+    /// Waits for the checkpoint under way, if any.
+    fn wait_checkpoint(&mut self) {
+        if let Some(background) = self.background.take() {
+            let _ = background.join();
+        }
     }
 
     /// Makes what was verified durable and says so in the progress file.
@@ -347,6 +361,7 @@ impl IncomingBlob {
 
 impl Drop for IncomingBlob {
     fn drop(&mut self) {
+        self.wait_checkpoint();
         if self.verified > self.checkpointed && self.paths.data.exists() {
             let _ = self.checkpoint();
         }
@@ -389,6 +404,7 @@ struct Verifying<'a, P> {
     len: u64,
     verified: &'a mut u64,
     checkpointed: &'a mut u64,
+    background: &'a mut Option<std::thread::JoinHandle<()>>,
     progress: P,
 }
 
@@ -402,14 +418,18 @@ impl<P: FnMut(u64)> WriteAt for Verifying<'_, P> {
             *self.verified = end;
             (self.progress)(end);
         }
-        if *self.verified - *self.checkpointed >= CHECKPOINT_BYTES {
-            checkpoint(
-                self.file,
-                self.outboard,
-                self.progress_file,
-                self.len,
-                *self.verified,
-            )?;
+        // A checkpoint runs beside the transfer; the next waits until it is done.
+        let idle = self.background.as_ref().is_none_or(|b| b.is_finished());
+        if *self.verified - *self.checkpointed >= CHECKPOINT_BYTES && idle {
+            if let Some(done) = self.background.take() {
+                let _ = done.join();
+            }
+            let (data, outboard) = (self.file.try_clone()?, self.outboard.try_clone()?);
+            let (progress, len, verified) = (self.progress_file.clone(), self.len, *self.verified);
+            *self.background = Some(std::thread::spawn(move || {
+                // A checkpoint that fails only costs a resume more bytes.
+                let _ = checkpoint(&data, &outboard, &progress, len, verified);
+            }));
             *self.checkpointed = *self.verified;
         }
         Ok(buf.len())

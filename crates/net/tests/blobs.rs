@@ -164,3 +164,44 @@ async fn a_space_fetched_on_demand_waits_for_the_app_and_a_cut_transfer_resumes(
     node_t.shutdown().await;
     node_h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_peer_fetches_blobs_but_cannot_add_them_to_a_document() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [relay, viewer] = [0, 1].map(|i| open(dirs[i].path()));
+    let node_r = start(&relay).await;
+    let space = relay.create_space("site").unwrap();
+    grant(&relay, &viewer, None, space, Access::Read);
+    grant(&viewer, &relay, Some(&node_r), space, Access::ReadWrite);
+    let (survey, photo_hash) = survey_with_photo(&relay, space, 500_000);
+
+    let node_v = start(&viewer).await;
+    eventually("the photo on the viewer", || viewer.has_blob(photo_hash)).await;
+
+    // The viewer attaches a photo of its own: the change is refused, and the relay neither
+    // takes the photo nor lets anyone fetch it.
+    let mut events = node_v.subscribe();
+    let own = viewer.add_blob(&photo(300_000, 77)).unwrap();
+    viewer
+        .change(survey, |tx| tx.put(ROOT, "second photo", own.reference()))
+        .unwrap();
+    let refused = tokio::time::timeout(support::PATIENCE, async {
+        loop {
+            if let Ok(NetEvent::Session {
+                event: ferry_proto::Event::Refused { doc, .. },
+                ..
+            }) = events.recv().await
+                && doc == survey
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "the relay did not refuse the change");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!relay.has_blob(own));
+    assert!(relay.docs_referring_to(own).unwrap().is_empty());
+    assert!(!relay.may_fetch_blob(viewer.peer_id(), own).unwrap());
+    node_v.shutdown().await;
+}

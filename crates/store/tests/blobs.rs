@@ -267,3 +267,47 @@ fn references_in_a_peer_snapshot_or_changes_are_indexed() {
     store.apply_changes(doc, from, vec![change]).unwrap();
     assert!(store.blobs_referenced_by(doc).unwrap().contains(&later));
 }
+
+#[test]
+fn a_transfer_cut_at_random_points_resumes_each_time_until_whole() {
+    let (_a, sender) = open();
+    let bytes = photo(1_500_000, 9);
+    let hash = sender.add_blob(&bytes).unwrap();
+    let len = bytes.len() as u64;
+    // A fixed seed, so a failure replays: each round cuts the next transfer somewhere in it.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..8 {
+        let (_b, receiver) = open();
+        let mut cuts = 0;
+        loop {
+            let mut incoming = receiver.receive_blob(hash, len).unwrap();
+            let from = incoming.resume_at();
+            let mut encoded = Vec::new();
+            sender.encode_blob(hash, from, &mut encoded).unwrap();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let limit = if cuts < 4 {
+                (seed % encoded.len() as u64) as usize
+            } else {
+                usize::MAX
+            };
+            let cut = Cut {
+                inner: &encoded[..],
+                limit,
+            };
+            match incoming.take(cut, |_| {}) {
+                Ok(()) => {
+                    incoming.finish().unwrap();
+                    break;
+                }
+                Err(BlobError::Io(_)) => {
+                    assert!(incoming.resume_at() >= from, "round {round}: went back");
+                    cuts += 1;
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(receiver.read_blob(hash).unwrap(), bytes, "round {round}");
+    }
+}

@@ -147,7 +147,10 @@ impl Store {
         }
         let outgrown = whole_history
             || meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
+        // A snapshot file the compaction replaces goes once the compaction is durable.
+        let mut replaced = None;
         let writes = if outgrown {
+            replaced = crate::snapshot_files::current(&self.shared.db, &self.shared.dir, doc);
             Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
         } else {
             // One record, carrying the metadata after this commit.
@@ -164,6 +167,9 @@ impl Store {
         entry.meta = meta;
         let commit = Commit::changed(writes, (doc, entry.space), origin, version);
         self.commit(state, doc, commit)?;
+        if let Some(file) = replaced {
+            let _ = std::fs::remove_file(file);
+        }
         Ok(result)
     }
 
@@ -177,19 +183,26 @@ impl Store {
             return Ok(());
         }
         let mut meta = entry.meta.clone();
+        let replaced = crate::snapshot_files::current(&self.shared.db, &self.shared.dir, doc);
         let batch = match &entry.doc {
             Loaded::Automerge(am) => compaction(&self.shared.db, doc, am, &mut meta)?,
             Loaded::Crdt(crdt) => crdt_compaction(&self.shared.db, doc, crdt.encode(), &mut meta)?,
         };
         entry.meta = meta;
-        self.commit(
+        let committed = self.commit(
             state,
             doc,
             Commit {
                 writes: Writes::Batch(batch),
                 events: Vec::new(),
             },
-        )
+        );
+        if committed.is_ok()
+            && let Some(file) = replaced
+        {
+            let _ = std::fs::remove_file(file);
+        }
+        committed
     }
 
     /// An Automerge document as it is stored, without loading it: its snapshot followed by
@@ -222,14 +235,35 @@ impl Store {
             return Err(wrong_kind(doc, DocKind::Automerge.alone(), meta.kind));
         }
         let compact = meta.incremental_bytes <= meta.snapshot_bytes / 8 + SAVED_FORM_SLACK;
-        let mut bytes = match db.get(records::snapshot_key(doc))? {
-            Some(snapshot) => snapshot.to_vec(),
-            None => Vec::new(),
+        let damaged = || StoreError::Damaged {
+            doc,
+            what: "snapshot file",
         };
+        let record = db.get(records::snapshot_key(doc))?;
+        // A snapshot kept as a file is opened under the lock (a compaction may remove it
+        // afterwards; what is open stays readable) and read after.
+        let file = match record
+            .as_deref()
+            .map(|r| crate::snapshot_files::file_of(&self.shared.dir, r))
+        {
+            Some(Some(path)) => Some(std::fs::File::open(path).map_err(|_| damaged())?),
+            _ => None,
+        };
+        let mut changes = Vec::new();
         for item in db.scan_prefix(records::incremental_prefix(doc)).values() {
-            bytes.extend_from_slice(&decode_incremental(doc, &item?)?.changes);
+            changes.extend_from_slice(&decode_incremental(doc, &item?)?.changes);
         }
         drop(state);
+        let mut bytes = match (file, record) {
+            (Some(mut file), _) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|_| damaged())?;
+                bytes
+            }
+            (None, Some(record)) => record.to_vec(),
+            (None, None) => Vec::new(),
+        };
+        bytes.extend_from_slice(&changes);
         let heads = meta.heads.iter().map(|h| ChangeHash(*h)).collect();
         Ok(StoredForm {
             bytes,

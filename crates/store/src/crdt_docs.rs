@@ -148,7 +148,7 @@ impl Store {
             clock,
             deltas,
         } = &mut *state;
-        let entry = entry_in(cache, &self.shared.db, replica, doc)?;
+        let entry = entry_in(cache, (&self.shared.db, &self.shared.dir), replica, doc)?;
         let Loaded::Crdt(crdt) = &mut entry.doc else {
             return Err(CrdtUpdateError::Kind(doc, DocKind::Automerge));
         };

@@ -126,6 +126,23 @@ impl Store {
         origin: Origin,
         snapshot: CheckedSnapshot,
     ) -> Result<bool, StoreError> {
+        // A large snapshot goes to a file first, outside the store's lock; used only if the
+        // document turns out to be new here.
+        let file = if snapshot.bytes.len() >= crate::snapshot_files::FILE_MIN {
+            let pointer = crate::snapshot_files::write(&self.shared.dir, doc, &snapshot.bytes)
+                .map_err(sled::Error::Io)?;
+            Some(pointer)
+        } else {
+            None
+        };
+        let unused = |file: &Option<Vec<u8>>| {
+            if let Some(path) = file
+                .as_deref()
+                .and_then(|f| crate::snapshot_files::file_of(&self.shared.dir, f))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+        };
         let state = self.lock();
         // A document with no space here was never here: neither gone nor held (one read).
         let never_here = state.cache.peek_meta(&doc).is_none()
@@ -136,12 +153,14 @@ impl Store {
         let held = if never_here {
             None
         } else if self.gone(doc)?.is_some() {
+            unused(&file);
             return Err(StoreError::Gone(doc));
         } else {
             self.held_meta(&state, doc)?
         };
         if held.is_some() {
             drop(state);
+            unused(&file);
             let theirs =
                 guarded(|| Automerge::load(&snapshot.bytes).ok()).ok_or(StoreError::Damaged {
                     doc,
@@ -154,14 +173,22 @@ impl Store {
             heads: snapshot.heads.iter().map(|h| h.0).collect(),
             digest: *heads_digest(&snapshot.heads).as_bytes(),
             changes: snapshot.changes,
-            snapshot_bytes: 0,
+            snapshot_bytes: snapshot.bytes.len() as u64,
             incremental_bytes: 0,
             next_incremental: 0,
         };
-        self.note_refs(doc, &snapshot.refs)?;
-        let content = (!snapshot.heads.is_empty()).then_some(snapshot.bytes);
-        self.write_new(state, (doc, space), origin, meta, content, None)?;
-        Ok(true)
+        let written = (|| {
+            self.note_refs(doc, &snapshot.refs)?;
+            let content = match file.clone() {
+                Some(pointer) => Some(pointer),
+                None => (!snapshot.heads.is_empty()).then_some(snapshot.bytes),
+            };
+            self.write_new(state, (doc, space), origin, meta, content, None)
+        })();
+        if written.is_err() {
+            unused(&file);
+        }
+        written.map(|()| true)
     }
 
     /// Takes in the whole state of a CRDT document a peer sent: if `doc` is not here, it is
@@ -277,7 +304,8 @@ impl Store {
             (records::space_doc_key(space, doc).to_vec(), Vec::new()),
         ];
         if let Some(snapshot) = snapshot {
-            meta.snapshot_bytes = snapshot.len() as u64;
+            // (A pointer to a snapshot file is shorter than the size already set.)
+            meta.snapshot_bytes = meta.snapshot_bytes.max(snapshot.len() as u64);
             writes.push((records::snapshot_key(doc).to_vec(), snapshot));
         }
         writes.push((records::meta_key(doc).to_vec(), encode_record(&meta)));

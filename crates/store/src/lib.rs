@@ -53,6 +53,7 @@ mod migrate;
 mod partials;
 mod peers;
 mod records;
+mod snapshot_files;
 mod spaces;
 mod store;
 mod sync_records;

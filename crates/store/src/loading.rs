@@ -56,12 +56,12 @@ pub(crate) fn crdt_compaction(
 /// Finds `doc` in the cache or loads it from sled.
 pub(crate) fn entry_in<'a>(
     cache: &'a mut Cache,
-    db: &sled::Db,
+    (db, dir): (&sled::Db, &std::path::Path),
     replica: ReplicaId,
     doc: DocId,
 ) -> Result<&'a mut Entry, StoreError> {
     if !cache.contains(&doc) {
-        let loaded = load(db, replica, doc)?;
+        let loaded = load((db, dir), replica, doc)?;
         cache.put(doc, loaded);
     }
     cache.get_mut(&doc).ok_or(StoreError::NoSuchDocument(doc))
@@ -69,9 +69,13 @@ pub(crate) fn entry_in<'a>(
 
 /// Loads a document from its records: snapshot, then incrementals in order. The heads it ends
 /// with must be the ones its metadata recorded, or a record is missing or damaged.
-pub(crate) fn load(db: &sled::Db, replica: ReplicaId, doc: DocId) -> Result<Entry, StoreError> {
+pub(crate) fn load(
+    (db, dir): (&sled::Db, &std::path::Path),
+    replica: ReplicaId,
+    doc: DocId,
+) -> Result<Entry, StoreError> {
     let meta = read_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
-    let snapshot = db.get(records::snapshot_key(doc))?;
+    let snapshot = crate::snapshot_files::read(db, dir, doc)?;
     let damaged = |what| StoreError::Damaged { doc, what };
     let base = read_base_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
     let incrementals = db.scan_prefix(records::incremental_prefix(doc));

@@ -31,7 +31,7 @@ struct SyncRecordV2 {
     last_sync_millis: Option<u64>,
 }
 
-/// Brings a store of format `found` (2 to 5) up to this build's, in one batch, flushed.
+/// Brings a store of format `found` (2 to 6) up to this build's, in one batch, flushed.
 ///
 /// - 2 to 3: each sync record's acknowledged hashes become a [`Version`] of its document's
 ///   kind. A record that does not decode, or whose document is gone, is dropped: sync records
@@ -43,6 +43,8 @@ struct SyncRecordV2 {
 ///   may read and write exactly what it could before.
 /// - 5 to 6: a CRDT document's updates became delta records (`i`); a format 5 store has none,
 ///   so only the marker changes.
+/// - 6 to 7: blob references (`h`, `j`), blob fetch policies (`e`) and snapshot records that
+///   point to files; a format 6 store has none, so only the marker changes.
 pub(crate) fn upgrade(db: &sled::Db, found: u32) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
     if found == 2 {

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `f` | format version, `u32` little endian |
 //! | `d` doc | [`DocMeta`] as of the document's creation, last compaction or CRDT update |
-//! | `s` doc | snapshot: `Automerge::save()`, or the encoded CRDT state |
+//! | `s` doc | snapshot: `Automerge::save()`, or the encoded CRDT state; or, for a large snapshot taken in from a peer, `ferry-snapshot-file:` and the name of the file in `snapshots/` that holds it |
 //! | `i` doc seq(u64 BE) | [`Incremental`]: one commit's Automerge changes, or one CRDT update's delta (its canonical encoding), and the metadata after it |
 //!
 //! A commit to a document writes one record, its incremental, which carries the document's
@@ -26,13 +26,16 @@
 //! | `n` space doc | empty: the index of a space's documents (live, deleted or forgotten) |
 //! | `a` peer space | the peer's [`Access`] to the space, encoded |
 //! | `c` space | [`SpaceRecord`]: a space this replica created or named |
+//! | `h` hash doc | empty: the document refers to the blob (see `blob_refs`) |
+//! | `j` doc hash | empty: the same, by document |
+//! | `e` space | the space's blob fetch policy when not eager: `[1]`, on demand |
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Access, DocId, DocKind, PeerId, SpaceId, Version};
 
 /// The format this build writes; bump it with any change to the layout or a record.
-pub(crate) const FORMAT: u32 = 6;
+pub(crate) const FORMAT: u32 = 7;
 
 /// Records are small; anything larger than this in a record slot is damage.
 pub(crate) const RECORD_LIMIT: usize = 16 << 20;

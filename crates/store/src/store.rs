@@ -241,6 +241,7 @@ impl Store {
         let identity = Identity::load_or_create(dir)?;
         let db = open_db(&dir.join("db"))?;
         check_format(&db)?;
+        crate::snapshot_files::clear_orphans(&db, dir);
         // Documents half-arrived when the process last ended: they come again, whole.
         crate::partials::clear_leftovers(dir).map_err(sled::Error::Io)?;
         crate::blobs::clear_leftovers(dir).map_err(sled::Error::Io)?;
@@ -404,7 +405,8 @@ impl Store {
         state: &'a mut State,
         doc: DocId,
     ) -> Result<&'a mut Entry, StoreError> {
-        entry_in(&mut state.cache, &self.shared.db, self.replica_id(), doc)
+        let (db, dir) = (&self.shared.db, self.shared.dir.as_path());
+        entry_in(&mut state.cache, (db, dir), self.replica_id(), doc)
     }
 
     /// Applies a commit's records and returns once they are durable; its events are sent, in

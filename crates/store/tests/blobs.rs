@@ -311,3 +311,66 @@ fn a_transfer_cut_at_random_points_resumes_each_time_until_whole() {
         assert_eq!(receiver.read_blob(hash).unwrap(), bytes, "round {round}");
     }
 }
+
+/// The files in the store's `snapshots/` directory.
+fn snapshot_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("snapshots")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn a_large_snapshot_from_a_peer_is_kept_as_a_file_until_compacted_or_deleted() {
+    use automerge::ReadDoc;
+    let (dir, store) = open();
+    let mut theirs = Automerge::new();
+    theirs
+        .transact(|tx| {
+            tx.put(
+                ROOT,
+                "photo",
+                automerge::ScalarValue::Bytes(photo(6 << 20, 10)),
+            )
+        })
+        .unwrap();
+    let saved = theirs.save();
+    let from = Origin::Remote(PeerId::from_bytes([7; 16]));
+    let survey = ferry_store::DocId::random();
+    let checked = CheckedSnapshot::check_within(saved.clone(), store.limits()).unwrap();
+    store
+        .adopt_snapshot((survey, SpaceId::DEFAULT), from, checked)
+        .unwrap();
+    assert_eq!(snapshot_files(dir.path()), 1);
+    assert_eq!(store.stored_form(survey).unwrap().bytes, saved);
+
+    // Read back after a restart, with a stray file (a crash before its pointer) gone.
+    drop(store);
+    std::fs::write(dir.path().join("snapshots").join("stray"), b"cut").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(snapshot_files(dir.path()), 1);
+    let heads = store.read(survey, |d| d.get_heads()).unwrap();
+    assert_eq!(heads, theirs.get_heads());
+
+    // A change, then a compaction: the snapshot goes back into the store, the file goes.
+    store.change(survey, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    store.compact(survey).unwrap();
+    assert_eq!(snapshot_files(dir.path()), 0);
+    let photo_len = store
+        .read(survey, |d| match d.get(ROOT, "photo").unwrap() {
+            Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
+                automerge::ScalarValue::Bytes(b) => b.len(),
+                _ => 0,
+            },
+            _ => 0,
+        })
+        .unwrap();
+    assert_eq!(photo_len, 6 << 20);
+
+    // Another, deleted: its file goes with it.
+    let other = ferry_store::DocId::random();
+    let checked = CheckedSnapshot::check_within(saved, store.limits()).unwrap();
+    store
+        .adopt_snapshot((other, SpaceId::DEFAULT), from, checked)
+        .unwrap();
+    assert_eq!(snapshot_files(dir.path()), 1);
+    store.delete(other).unwrap();
+    assert_eq!(snapshot_files(dir.path()), 0);
+}

@@ -94,7 +94,7 @@ fn an_unknown_format_is_refused() {
             err,
             StoreError::UnknownFormat {
                 found: 99,
-                supported: 6
+                supported: 7
             }
         ),
         "{err:?}"

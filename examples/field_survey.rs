@@ -263,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
         d.get(ROOT, "crack photo")
             .ok()
             .flatten()
-            .and_then(|(v, _)| v.to_str().and_then(BlobHash::from_reference))
+            .and_then(|(v, _)| v.as_str().and_then(BlobHash::from_reference))
     })?;
     ensure!(
         referred == Some(crack_photo),

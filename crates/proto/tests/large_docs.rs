@@ -256,9 +256,13 @@ fn a_part_changed_in_flight_ends_the_session_and_stores_nothing() {
                 (&mut sb, &mut sa)
             };
             if s.is_loading() {
-                // A document made ready, or checked, on a thread of its own.
+                // A document made ready, or read back and checked, on a thread of its own:
+                // where the receiver finds that the parts do not match their digest.
                 std::thread::sleep(std::time::Duration::from_millis(1));
-                s.work().unwrap();
+                if let Err(e) = s.work() {
+                    error = Some(e.to_string());
+                    break 'run;
+                }
                 moved = true;
             }
             if s.has_backlog() {

@@ -7,6 +7,7 @@ use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, Change, ChangeHash, ReadDoc};
 
 use crate::loading::{WHOLE_HISTORY, compaction, crdt_compaction, decode_incremental};
+use crate::record_files::Found;
 use crate::records::{self, Incremental};
 use crate::store::{Commit, Loaded, Store, Writes, automerge_error, encode_record, wrong_kind};
 use crate::{DocId, DocKind, Origin, StoreError, Version, heads_digest};
@@ -147,29 +148,38 @@ impl Store {
         }
         let outgrown = whole_history
             || meta.incremental_bytes + chunk.len() as u64 > meta.snapshot_bytes.max(compact_min);
-        // A snapshot file the compaction replaces goes once the compaction is durable.
-        let mut replaced = None;
-        let writes = if outgrown {
-            replaced = crate::snapshot_files::current(&self.shared.db, &self.shared.dir, doc);
-            Writes::Batch(compaction(&self.shared.db, doc, am, &mut meta)?)
+        // Files of records the compaction replaces go once the compaction is durable.
+        let mut replaced = Vec::new();
+        let written = if outgrown {
+            replaced = crate::record_files::current(&self.shared.db, &self.shared.dir, doc);
+            compaction((&self.shared.db, &self.shared.dir), doc, am, &mut meta).map(Writes::Batch)
         } else {
-            // One record, carrying the metadata after this commit.
+            // One record, carrying the metadata after this commit; large changes (a photo
+            // put in as bytes) in a file of their own, outside sled.
             let key = records::incremental_key(doc, meta.next_incremental);
             meta.next_incremental += 1;
             meta.incremental_bytes += chunk.len() as u64;
-            let record = Incremental {
-                meta: meta.clone(),
-                changes: chunk,
-            };
-            Writes::One(key.to_vec(), encode_record(&record))
+            crate::record_files::kept(&self.shared.dir, doc, chunk).map(|changes| {
+                let record = Incremental {
+                    meta: meta.clone(),
+                    changes,
+                };
+                Writes::One(key.to_vec(), encode_record(&record))
+            })
+        };
+        let writes = match written {
+            Ok(writes) => writes,
+            Err(e) => {
+                // Changed in memory but not stored: read back from the records next time.
+                state.cache.pop(&doc);
+                return Err(e);
+            }
         };
         let version = Version::Heads(heads);
         entry.meta = meta;
         let commit = Commit::changed(writes, (doc, entry.space), origin, version);
         self.commit(state, doc, commit)?;
-        if let Some(file) = replaced {
-            let _ = std::fs::remove_file(file);
-        }
+        crate::record_files::remove(replaced);
         Ok(result)
     }
 
@@ -183,9 +193,11 @@ impl Store {
             return Ok(());
         }
         let mut meta = entry.meta.clone();
-        let replaced = crate::snapshot_files::current(&self.shared.db, &self.shared.dir, doc);
+        let replaced = crate::record_files::current(&self.shared.db, &self.shared.dir, doc);
         let batch = match &entry.doc {
-            Loaded::Automerge(am) => compaction(&self.shared.db, doc, am, &mut meta)?,
+            Loaded::Automerge(am) => {
+                compaction((&self.shared.db, &self.shared.dir), doc, am, &mut meta)?
+            }
             Loaded::Crdt(crdt) => crdt_compaction(&self.shared.db, doc, crdt.encode(), &mut meta)?,
         };
         entry.meta = meta;
@@ -197,10 +209,8 @@ impl Store {
                 events: Vec::new(),
             },
         );
-        if committed.is_ok()
-            && let Some(file) = replaced
-        {
-            let _ = std::fs::remove_file(file);
+        if committed.is_ok() {
+            crate::record_files::remove(replaced);
         }
         committed
     }
@@ -235,35 +245,27 @@ impl Store {
             return Err(wrong_kind(doc, DocKind::Automerge.alone(), meta.kind));
         }
         let compact = meta.incremental_bytes <= meta.snapshot_bytes / 8 + SAVED_FORM_SLACK;
-        let damaged = || StoreError::Damaged {
-            doc,
-            what: "snapshot file",
-        };
-        let record = db.get(records::snapshot_key(doc))?;
-        // A snapshot kept as a file is opened under the lock (a compaction may remove it
-        // afterwards; what is open stays readable) and read after.
-        let file = match record
-            .as_deref()
-            .map(|r| crate::snapshot_files::file_of(&self.shared.dir, r))
-        {
-            Some(Some(path)) => Some(std::fs::File::open(path).map_err(|_| damaged())?),
-            _ => None,
-        };
-        let mut changes = Vec::new();
+        let dir = &self.shared.dir;
+        // Under the lock, the records, and the files they point to opened (a compaction may
+        // remove them afterwards; what is open stays readable); read after.
+        let mut found = Vec::new();
+        if let Some(record) = db.get(records::snapshot_key(doc))? {
+            found.push(Found::of(dir, doc, &record, "snapshot file")?);
+        }
         for item in db.scan_prefix(records::incremental_prefix(doc)).values() {
-            changes.extend_from_slice(&decode_incremental(doc, &item?)?.changes);
+            let record = decode_incremental(doc, &item?)?;
+            found.push(Found::of(
+                dir,
+                doc,
+                &record.changes,
+                "incremental change file",
+            )?);
         }
         drop(state);
-        let mut bytes = match (file, record) {
-            (Some(mut file), _) => {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|_| damaged())?;
-                bytes
-            }
-            (None, Some(record)) => record.to_vec(),
-            (None, None) => Vec::new(),
-        };
-        bytes.extend_from_slice(&changes);
+        let mut bytes = Vec::new();
+        for piece in found {
+            piece.read_into(&mut bytes, doc, "record file")?;
+        }
         let heads = meta.heads.iter().map(|h| ChangeHash(*h)).collect();
         Ok(StoredForm {
             bytes,

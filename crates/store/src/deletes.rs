@@ -91,7 +91,7 @@ impl Store {
         batch.insert(&records::space_doc_key(space, doc)[..], &[]);
         batch.remove(&records::meta_key(doc));
         batch.remove(&records::snapshot_key(doc));
-        let replaced = crate::snapshot_files::current(db, &self.shared.dir, doc);
+        let replaced = crate::record_files::current(db, &self.shared.dir, doc);
         for key in self
             .shared
             .db
@@ -116,9 +116,7 @@ impl Store {
             events: vec![StoreEvent::Deleted { doc, space }],
         };
         self.commit(state, doc, commit)?;
-        if let Some(file) = replaced {
-            let _ = std::fs::remove_file(file);
-        }
+        crate::record_files::remove(replaced);
         Ok(())
     }
 }

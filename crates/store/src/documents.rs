@@ -124,21 +124,23 @@ impl Store {
         &self,
         (doc, space): (DocId, SpaceId),
         origin: Origin,
-        snapshot: CheckedSnapshot,
+        mut snapshot: CheckedSnapshot,
     ) -> Result<bool, StoreError> {
-        // A large snapshot goes to a file first, outside the store's lock; used only if the
-        // document turns out to be new here.
-        let file = if snapshot.bytes.len() >= crate::snapshot_files::FILE_MIN {
-            let pointer = crate::snapshot_files::write(&self.shared.dir, doc, &snapshot.bytes)
-                .map_err(sled::Error::Io)?;
-            Some(pointer)
-        } else {
-            None
+        // A large snapshot goes to a file first, outside the store's lock (unless it was
+        // staged already); used only if the document turns out to be new here.
+        let staged = snapshot.staged.take().filter(|staged| staged.doc == doc);
+        let file = match staged {
+            Some(staged) => Some(staged.keep()),
+            None if snapshot.bytes.len() >= crate::record_files::FILE_MIN => Some(
+                crate::record_files::write(&self.shared.dir, doc, &snapshot.bytes)
+                    .map_err(sled::Error::Io)?,
+            ),
+            None => None,
         };
         let unused = |file: &Option<Vec<u8>>| {
             if let Some(path) = file
                 .as_deref()
-                .and_then(|f| crate::snapshot_files::file_of(&self.shared.dir, f))
+                .and_then(|f| crate::record_files::file_of(&self.shared.dir, f))
             {
                 let _ = std::fs::remove_file(path);
             }
@@ -189,6 +191,28 @@ impl Store {
             unused(&file);
         }
         written.map(|()| true)
+    }
+
+    /// Writes the file a large snapshot of `doc` is kept in (see [`Store::adopt_snapshot`]) now,
+    /// durably, so that taking it in later costs no more than a small write. A session calls
+    /// this on the thread that checked the snapshot, so that the write of a 100 MB file holds
+    /// up none of its other work. A small snapshot has no file and is left as it is; a staged
+    /// snapshot that is dropped, or taken in as another document, removes its file.
+    pub fn stage_snapshot(
+        &self,
+        doc: DocId,
+        snapshot: &mut CheckedSnapshot,
+    ) -> Result<(), StoreError> {
+        if snapshot.bytes.len() < crate::record_files::FILE_MIN
+            || snapshot.staged.as_ref().is_some_and(|s| s.doc == doc)
+        {
+            return Ok(());
+        }
+        let pointer = crate::record_files::write(&self.shared.dir, doc, &snapshot.bytes)
+            .map_err(sled::Error::Io)?;
+        let path = crate::record_files::file_of(&self.shared.dir, &pointer);
+        snapshot.staged = Some(Staged { doc, pointer, path });
+        Ok(())
     }
 
     /// Takes in the whole state of a CRDT document a peer sent: if `doc` is not here, it is
@@ -385,13 +409,52 @@ pub enum Unloadable {
 /// loading them found: what [`Store::adopt_snapshot`] takes in. The check is the costly part
 /// of taking in a peer's document and needs nothing of the store, so a sync session runs it
 /// for many documents at once, on several threads.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CheckedSnapshot {
     bytes: Vec<u8>,
     heads: Vec<ChangeHash>,
     changes: u64,
     /// The blobs it refers to.
     pub(crate) refs: std::collections::BTreeSet<crate::BlobHash>,
+    /// Its file, written ahead by [`Store::stage_snapshot`].
+    staged: Option<Staged>,
+}
+
+impl Clone for CheckedSnapshot {
+    /// A clone has no staged file: one file is pointed to by one document record at most.
+    fn clone(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            heads: self.heads.clone(),
+            changes: self.changes,
+            refs: self.refs.clone(),
+            staged: None,
+        }
+    }
+}
+
+/// A large snapshot's file, written before it is taken in; removed if it never is.
+#[derive(Debug)]
+struct Staged {
+    doc: DocId,
+    pointer: Vec<u8>,
+    path: Option<std::path::PathBuf>,
+}
+
+impl Staged {
+    /// The pointer to the file, which from now on is the caller's to keep or remove.
+    fn keep(mut self) -> Vec<u8> {
+        self.path = None;
+        std::mem::take(&mut self.pointer)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl CheckedSnapshot {
@@ -417,6 +480,7 @@ impl CheckedSnapshot {
             heads,
             changes,
             refs,
+            staged: None,
         })
     }
 

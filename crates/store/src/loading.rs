@@ -12,17 +12,20 @@ use crate::{CrdtState, DocId, DocKind, SpaceId, StoreError, Version};
 /// and the base metadata is rewritten, so a crash leaves the old records or the new ones.
 /// Updates `meta` to match.
 pub(crate) fn compaction(
-    db: &sled::Db,
+    (db, dir): (&sled::Db, &std::path::Path),
     doc: DocId,
     am: &Automerge,
     meta: &mut DocMeta,
 ) -> Result<sled::Batch, StoreError> {
-    let snapshot = am.save();
+    let saved = am.save();
+    let snapshot_bytes = saved.len() as u64;
+    // A large snapshot in a file of its own (see `record_files`).
+    let snapshot = crate::record_files::kept(dir, doc, saved)?;
     let mut batch = sled::Batch::default();
     for key in db.scan_prefix(records::incremental_prefix(doc)).keys() {
         batch.remove(key?);
     }
-    meta.snapshot_bytes = snapshot.len() as u64;
+    meta.snapshot_bytes = snapshot_bytes;
     meta.incremental_bytes = 0;
     batch.insert(&records::snapshot_key(doc), snapshot);
     batch.insert(&records::meta_key(doc), encode_record(meta));
@@ -75,7 +78,7 @@ pub(crate) fn load(
     doc: DocId,
 ) -> Result<Entry, StoreError> {
     let meta = read_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
-    let snapshot = crate::snapshot_files::read(db, dir, doc)?;
+    let snapshot = crate::record_files::read(db, dir, doc)?;
     let damaged = |what| StoreError::Damaged { doc, what };
     let base = read_base_meta(db, doc)?.ok_or(StoreError::NoSuchDocument(doc))?;
     let incrementals = db.scan_prefix(records::incremental_prefix(doc));
@@ -93,7 +96,13 @@ pub(crate) fn load(
                     return Err(damaged("incremental records are not contiguous"));
                 }
                 let record = decode_incremental(doc, &value)?;
-                guarded(|| am.load_incremental(&record.changes).ok())
+                let changes = crate::record_files::resolve(
+                    dir,
+                    doc,
+                    &record.changes,
+                    "incremental change file",
+                )?;
+                guarded(|| am.load_incremental(&changes).ok())
                     .ok_or(damaged("incremental change record"))?;
             }
             let heads: Vec<[u8; 32]> = am.get_heads().iter().map(|h| h.0).collect();
@@ -114,7 +123,9 @@ pub(crate) fn load(
                     return Err(damaged("incremental records are not contiguous"));
                 }
                 let record = decode_incremental(doc, &value)?;
-                let delta = CrdtState::decode(kind, &record.changes)
+                let changes =
+                    crate::record_files::resolve(dir, doc, &record.changes, "incremental file")?;
+                let delta = CrdtState::decode(kind, &changes)
                     .map_err(|_| damaged("incremental state record"))?;
                 crdt.merge_owned(delta);
             }

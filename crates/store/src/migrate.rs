@@ -43,8 +43,9 @@ struct SyncRecordV2 {
 ///   may read and write exactly what it could before.
 /// - 5 to 6: a CRDT document's updates became delta records (`i`); a format 5 store has none,
 ///   so only the marker changes.
-/// - 6 to 7: blob references (`h`, `j`), blob fetch policies (`e`) and snapshot records that
-///   point to files; a format 6 store has none, so only the marker changes.
+/// - 6 to 7: blob references (`h`, `j`), blob fetch policies (`e`), and snapshots and changes
+///   kept in files that records point to; a format 6 store has none, so only the marker
+///   changes (its large records stay in sled until the document is next compacted).
 pub(crate) fn upgrade(db: &sled::Db, found: u32) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
     if found == 2 {

@@ -5,8 +5,8 @@
 //! |---|---|
 //! | `f` | format version, `u32` little endian |
 //! | `d` doc | [`DocMeta`] as of the document's creation, last compaction or CRDT update |
-//! | `s` doc | snapshot: `Automerge::save()`, or the encoded CRDT state; or, for a large snapshot taken in from a peer, `ferry-snapshot-file:` and the name of the file in `snapshots/` that holds it |
-//! | `i` doc seq(u64 BE) | [`Incremental`]: one commit's Automerge changes, or one CRDT update's delta (its canonical encoding), and the metadata after it |
+//! | `s` doc | snapshot: `Automerge::save()`, or the encoded CRDT state; or, for a snapshot of 256 KiB or more, `ferry-record-file:` and the name of the file in `records/` that holds it |
+//! | `i` doc seq(u64 BE) | [`Incremental`]: one commit's Automerge changes, or one CRDT update's delta (its canonical encoding), and the metadata after it; changes of 256 KiB or more are a pointer to a file, as for `s` |
 //!
 //! A commit to a document writes one record, its incremental, which carries the document's
 //! new metadata: one sled insert, never a batch. For an Automerge document it holds the

@@ -241,7 +241,7 @@ impl Store {
         let identity = Identity::load_or_create(dir)?;
         let db = open_db(&dir.join("db"))?;
         check_format(&db)?;
-        crate::snapshot_files::clear_orphans(&db, dir);
+        crate::record_files::clear_orphans(&db, dir);
         // Documents half-arrived when the process last ended: they come again, whole.
         crate::partials::clear_leftovers(dir).map_err(sled::Error::Io)?;
         crate::blobs::clear_leftovers(dir).map_err(sled::Error::Io)?;

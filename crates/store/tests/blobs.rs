@@ -312,14 +312,32 @@ fn a_transfer_cut_at_random_points_resumes_each_time_until_whole() {
     }
 }
 
-/// The files in the store's `snapshots/` directory.
-fn snapshot_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join("snapshots")).map_or(0, |d| d.count())
+/// The names of the files in the store's `records/` directory.
+fn record_files(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir.join("records")).map_or_else(
+        |_| Default::default(),
+        |d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        },
+    )
 }
 
 #[test]
-fn a_large_snapshot_from_a_peer_is_kept_as_a_file_until_compacted_or_deleted() {
+fn large_snapshots_and_changes_are_kept_as_files_until_replaced() {
     use automerge::ReadDoc;
+    let bytes_len = |store: &Store, doc, key: &str| {
+        store
+            .read(doc, |d| match d.get(ROOT, key).unwrap() {
+                Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
+                    automerge::ScalarValue::Bytes(b) => b.len(),
+                    _ => 0,
+                },
+                _ => 0,
+            })
+            .unwrap()
+    };
     let (dir, store) = open();
     let mut theirs = Automerge::new();
     theirs
@@ -338,39 +356,75 @@ fn a_large_snapshot_from_a_peer_is_kept_as_a_file_until_compacted_or_deleted() {
     store
         .adopt_snapshot((survey, SpaceId::DEFAULT), from, checked)
         .unwrap();
-    assert_eq!(snapshot_files(dir.path()), 1);
+    let taken_in = record_files(dir.path());
+    assert_eq!(taken_in.len(), 1);
     assert_eq!(store.stored_form(survey).unwrap().bytes, saved);
+
+    // A large change goes to a file of its own; a small one does not.
+    store
+        .change(survey, |tx| {
+            tx.put(
+                ROOT,
+                "plan",
+                automerge::ScalarValue::Bytes(photo(1 << 20, 11)),
+            )
+        })
+        .unwrap();
+    store.change(survey, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    assert_eq!(record_files(dir.path()).len(), 2);
+    let heads = store.read(survey, |d| d.get_heads()).unwrap();
+    let stored = store.stored_form(survey).unwrap();
+    let reloaded = Automerge::load(&stored.bytes).unwrap();
+    assert_eq!(reloaded.get_heads(), heads);
 
     // Read back after a restart, with a stray file (a crash before its pointer) gone.
     drop(store);
-    std::fs::write(dir.path().join("snapshots").join("stray"), b"cut").unwrap();
+    let stray = format!("{survey}-{:032x}", 1);
+    std::fs::write(dir.path().join("records").join(&stray), b"cut").unwrap();
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(snapshot_files(dir.path()), 1);
-    let heads = store.read(survey, |d| d.get_heads()).unwrap();
-    assert_eq!(heads, theirs.get_heads());
+    assert_eq!(record_files(dir.path()).len(), 2);
+    assert!(!record_files(dir.path()).contains(&stray));
+    assert_eq!(store.read(survey, |d| d.get_heads()).unwrap(), heads);
+    assert_eq!(bytes_len(&store, survey, "plan"), 1 << 20);
 
-    // A change, then a compaction: the snapshot goes back into the store, the file goes.
-    store.change(survey, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    // A compaction: one new file for the new snapshot; the files it replaced go.
     store.compact(survey).unwrap();
-    assert_eq!(snapshot_files(dir.path()), 0);
-    let photo_len = store
-        .read(survey, |d| match d.get(ROOT, "photo").unwrap() {
-            Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
-                automerge::ScalarValue::Bytes(b) => b.len(),
-                _ => 0,
-            },
-            _ => 0,
-        })
-        .unwrap();
-    assert_eq!(photo_len, 6 << 20);
+    let compacted = record_files(dir.path());
+    assert_eq!(compacted.len(), 1);
+    assert!(compacted.is_disjoint(&taken_in));
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes_len(&store, survey, "photo"), 6 << 20);
+    assert_eq!(bytes_len(&store, survey, "plan"), 1 << 20);
 
     // Another, deleted: its file goes with it.
     let other = ferry_store::DocId::random();
-    let checked = CheckedSnapshot::check_within(saved, store.limits()).unwrap();
+    let checked = CheckedSnapshot::check_within(saved.clone(), store.limits()).unwrap();
     store
         .adopt_snapshot((other, SpaceId::DEFAULT), from, checked)
         .unwrap();
-    assert_eq!(snapshot_files(dir.path()), 1);
+    assert_eq!(record_files(dir.path()).len(), 2);
     store.delete(other).unwrap();
-    assert_eq!(snapshot_files(dir.path()), 0);
+    assert_eq!(record_files(dir.path()), compacted);
+
+    // Staged ahead of being taken in (as a session does, off its own path): taken in, it
+    // is the document's file; dropped instead, or taken in as another document, it goes.
+    let third = ferry_store::DocId::random();
+    let mut checked = CheckedSnapshot::check_within(saved.clone(), store.limits()).unwrap();
+    store.stage_snapshot(third, &mut checked).unwrap();
+    assert_eq!(record_files(dir.path()).len(), 2);
+    drop(checked);
+    assert_eq!(record_files(dir.path()), compacted);
+    let mut checked = CheckedSnapshot::check_within(saved, store.limits()).unwrap();
+    store.stage_snapshot(third, &mut checked).unwrap();
+    store
+        .adopt_snapshot((third, SpaceId::DEFAULT), from, checked)
+        .unwrap();
+    assert_eq!(record_files(dir.path()).len(), 2);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes_len(&store, third, "photo"), 6 << 20);
+    store.delete(survey).unwrap();
+    store.delete(third).unwrap();
+    assert!(record_files(dir.path()).is_empty());
 }

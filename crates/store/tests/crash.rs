@@ -11,7 +11,9 @@
 //! increments a counter, printing each document's id and each count once its call returned:
 //! every one must be there after the kill, and every document in the store must load. It also
 //! adds a blob per document and prints its hash once `add_blob` returned: each must read back
-//! whole.
+//! whole. Now and then it makes a change too large for a sled record to a document it made
+//! (kept in a file beside the store) and compacts that document: each such change must be
+//! there whole.
 //!
 //! `FERRY_CRASH_ROUNDS` sets the number of kills (default 24).
 
@@ -104,6 +106,24 @@ fn maker(store: &Store) {
         println!("made {doc}");
         store.increment(counter, 1).unwrap();
         println!("counted {}", count(store, counter));
+        // Now and then a change too large for a sled record (kept in a file of its own),
+        // printed once it returned, and every other time the document is compacted after
+        // it (its snapshot then a file of its own too).
+        if doc.as_bytes()[1].is_multiple_of(4) {
+            store
+                .change(doc, |tx| {
+                    tx.put(
+                        ROOT,
+                        "scan",
+                        automerge::ScalarValue::Bytes(large_bytes(&doc)),
+                    )
+                })
+                .unwrap();
+            println!("large {doc}");
+            if doc.as_bytes()[2].is_multiple_of(2) {
+                store.compact(doc).unwrap();
+            }
+        }
         // An attachment: its hash is printed once `add_blob` returned.
         let photo = blob_bytes(&doc);
         let hash = store.add_blob(&photo).unwrap();
@@ -115,6 +135,17 @@ fn maker(store: &Store) {
 fn blob_bytes(doc: &DocId) -> Vec<u8> {
     let mut bytes = vec![0u8; 20_000 + usize::from(doc.as_bytes()[0]) * 100];
     blake3::Hasher::new()
+        .update(doc.as_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
+}
+
+/// The bytes of the large change made to `doc`: 300 kB, over the size kept in sled.
+fn large_bytes(doc: &DocId) -> Vec<u8> {
+    let mut bytes = vec![0u8; 300_000];
+    blake3::Hasher::new()
+        .update(b"large")
         .update(doc.as_bytes())
         .finalize_xof()
         .fill(&mut bytes);
@@ -161,6 +192,8 @@ fn child(dir: &Path) {
 struct Round {
     committed: Vec<String>,
     made: Vec<DocId>,
+    /// Documents given a large change, once it returned.
+    large: Vec<DocId>,
     counted: u128,
     /// Blobs added, by the document whose id their bytes derive from.
     blobs: Vec<(DocId, ferry_store::BlobHash)>,
@@ -230,6 +263,10 @@ fn round(dir: &Path, writers: usize, aim: Aim) -> Round {
         .filter_map(|l| l.strip_prefix("counted ")?.parse().ok())
         .max()
         .unwrap_or(0);
+    let large = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("large ")?.parse().ok())
+        .collect();
     let blobs = lines
         .iter()
         .filter_map(|l| {
@@ -239,6 +276,7 @@ fn round(dir: &Path, writers: usize, aim: Aim) -> Round {
         .collect();
     Round {
         made,
+        large,
         counted,
         blobs,
         killed_in_compaction: markers.last().is_some_and(|m| *m == "compact-start"),
@@ -262,6 +300,7 @@ fn parent() {
     let started = Instant::now();
     let mut promised = BTreeSet::new();
     let mut made = Vec::new();
+    let mut large = Vec::new();
     let mut counted = 0;
     let mut in_compaction = 0;
     let mut blobs = Vec::new();
@@ -276,6 +315,7 @@ fn parent() {
         in_compaction += usize::from(round.killed_in_compaction);
         promised.extend(round.committed);
         made.extend(round.made);
+        large.extend(round.large);
         counted = counted.max(round.counted);
         blobs.extend(round.blobs);
 
@@ -310,6 +350,22 @@ fn parent() {
                 .unwrap_or_else(|e| panic!("round {i}: document {doc} taken in is lost: {e}"));
             assert_eq!(value, Some(format!("\"{doc}\"")), "round {i}");
         }
+        // Every large change that returned is there whole.
+        for doc in &large {
+            let value = store
+                .read(*doc, |d| match d.get(ROOT, "scan").unwrap() {
+                    Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
+                        automerge::ScalarValue::Bytes(b) => Some(b.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .unwrap_or_else(|e| panic!("round {i}: document {doc} is lost: {e}"));
+            assert!(
+                value == Some(large_bytes(doc)),
+                "round {i}: the large change to {doc} is lost"
+            );
+        }
         // Every blob whose hash was printed reads back whole.
         for (doc, hash) in &blobs {
             let bytes = store
@@ -343,9 +399,10 @@ fn parent() {
     }
     println!(
         "{rounds} kills, {in_compaction} during a compaction, {} keys, {} documents taken in, \
-         {} blobs and {counted} increments checked, in {:.1?}",
+         {} large changes, {} blobs and {counted} increments checked, in {:.1?}",
         promised.len(),
         made.len(),
+        large.len(),
         blobs.len(),
         started.elapsed()
     );

@@ -57,7 +57,7 @@ impl std::fmt::Debug for Preparing {
 pub(super) struct Loading {
     doc: DocId,
     space: SpaceId,
-    check: std::thread::JoinHandle<Prechecked>,
+    check: std::thread::JoinHandle<Result<Prechecked, SessionError>>,
 }
 
 impl std::fmt::Debug for Loading {
@@ -308,20 +308,32 @@ impl Session {
         let Some(Receiving::Assembling { assembly, .. }) = self.receiving.take() else {
             return Ok(());
         };
-        let bytes = assembly
-            .finish()
-            .map_err(|e| part_error(e, "a document whose parts do not match its digest"))?;
+        let finished = |assembly: Box<ferry_store::Assembly>| {
+            assembly
+                .finish()
+                .map_err(|e| part_error(e, "a document whose parts do not match its digest"))
+        };
         if kind == DocKind::Automerge {
-            // Loading a large document takes seconds: on a thread of its own, so the peer's
-            // other frames are handled meanwhile (see `take_in_loaded`).
+            // Reading the assembly back, loading it (seconds for a large document) and
+            // writing the file it is kept in: on a thread of its own, so the peer's other
+            // frames are handled meanwhile (see `take_in_loaded`).
             let limits = self.store.limits();
+            let store = self.store.clone();
             let check = std::thread::Builder::new()
                 .name("ferry-load".into())
-                .spawn(move || prechecked(bytes, limits))
+                .spawn(move || {
+                    let mut checked = prechecked(finished(assembly)?, limits);
+                    if let Prechecked::Loads(snapshot) = &mut checked {
+                        // Written when taken in, if this fails.
+                        let _ = store.stage_snapshot(doc, snapshot);
+                    }
+                    Ok(checked)
+                })
                 .map_err(|e| SessionError::Assembly(PartError::Io(e)))?;
             self.loading.push(Loading { doc, space, check });
             Ok(())
         } else {
+            let bytes = finished(assembly)?;
             self.on_snapshot((doc, space), kind, &bytes, Prechecked::No)
         }
     }
@@ -349,7 +361,7 @@ impl Session {
         {
             let Loading { doc, space, check } = self.loading.remove(0);
             // A panic there is a document that does not load, like any other.
-            let checked = check.join().unwrap_or(Prechecked::DoesNotLoad);
+            let checked = check.join().unwrap_or(Ok(Prechecked::DoesNotLoad))?;
             self.on_snapshot((doc, space), DocKind::Automerge, &[], checked)?;
         }
         Ok(())

@@ -26,10 +26,10 @@ pub struct NetConfig {
     pub listen: SocketAddr,
     /// The sync sessions' configuration (frame limit).
     pub session: SessionConfig,
-    /// How often an idle connection is pinged, so middleboxes keep it. Default 15 s: under
-    /// the 30 s after which many NATs forget a UDP mapping, and rare enough that a relay's
-    /// 10,000 idle devices cost it little (their pings are most of its idle work) and a phone's
-    /// radio sleeps between them.
+    /// How often an idle connection is pinged, so middleboxes keep it: by the side that dialed
+    /// it only (a device, not its relay). Default 15 s: under the 30 s after which many NATs
+    /// forget a UDP mapping, and rare enough that a relay's 10,000 idle devices cost it little
+    /// (their pings are most of its idle work) and a phone's radio sleeps between them.
     pub keep_alive: Duration,
     /// A connection silent this long is dropped: a peer that vanished is noticed this late.
     /// Default 45 s, three keep-alives.

@@ -143,7 +143,7 @@ impl Node {
     async fn bind(store: Store, config: NetConfig, one_off: bool) -> Result<Self, NetError> {
         let credentials = Credentials::of(&store)?;
         let mut server = tls::server_config(&store, &credentials)?;
-        server.transport_config(Arc::new(transport(&config)));
+        server.transport_config(Arc::new(transport(&config, false)));
         let socket =
             udp_socket(config.listen, config.udp_buffer).map_err(|source| NetError::Bind {
                 addr: config.listen,
@@ -709,7 +709,7 @@ impl Inner {
         addresses: &[SocketAddr],
     ) -> Result<Connection, NetError> {
         let mut client = tls::client_config_with(&self.store, &self.credentials, peer)?;
-        client.transport_config(Arc::new(transport(&self.config)));
+        client.transport_config(Arc::new(transport(&self.config, true)));
         let mut last = NetError::NoAddress(peer);
         for &addr in addresses {
             let connecting = match self

@@ -124,12 +124,13 @@ fn a_document_larger_than_a_frame_arrives_in_parts_and_whole() {
 }
 
 #[test]
-fn documents_just_under_and_just_over_the_part_size() {
+fn documents_just_under_and_just_over_the_part_size_and_the_frame_limit() {
     let (a, b) = friends(Replica::new());
     let config = small_frames();
-    // Two single-key documents whose saved forms straddle the part size.
+    // Single-key documents whose saved forms straddle the part size (16 KiB), then the frame
+    // limit (64 KiB).
     let mut docs = Vec::new();
-    for len in [15 * 1024, 17 * 1024] {
+    for len in [15 * 1024, 17 * 1024, 63 * 1024, 65 * 1024] {
         let doc = a.store.create(DocKind::Automerge).unwrap();
         a.store
             .change(doc, |tx| {
@@ -143,6 +144,8 @@ fn documents_just_under_and_just_over_the_part_size() {
         .map(|d| a.store.read(*d, |am| am.save().len()).unwrap())
         .collect();
     assert!(saved[0] <= 16 * 1024 && saved[1] > 16 * 1024, "{saved:?}");
+    let frame = config.max_frame as usize;
+    assert!(saved[2] < frame && saved[3] > frame, "{saved:?}");
     let (run, _) = pump(sessions(&a, &b, &config), Faults::default());
     assert!(run.error.is_none(), "{:?}", run.error);
     let sent = messages(&run.sent[0]);
@@ -150,7 +153,7 @@ fn documents_just_under_and_just_over_the_part_size() {
         sent.iter()
             .any(|m| matches!(m, Message::Snapshot { doc: d, .. } if *d == doc))
     };
-    assert!(whole(docs[0]) && !whole(docs[1]));
+    assert!(whole(docs[0]) && !docs[1..].iter().any(|d| whole(*d)));
     for doc in docs {
         assert_eq!(
             b.store.info(doc).unwrap().digest,

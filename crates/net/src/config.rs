@@ -49,6 +49,14 @@ pub struct NetConfig {
     /// after its loss timers, seconds later for a handshake. The system caps what it grants
     /// (Linux at `net.core.rmem_max` and `wmem_max`); a node granted less says so in its log.
     pub udp_buffer: usize,
+    /// Failed handshakes (a certificate this node does not trust, or none) from one IP
+    /// address within [`NetConfig::failure_window`] after which its connection attempts are
+    /// refused before any cryptography, until the window has passed. Default 20. Successful
+    /// handshakes are never limited, so many devices behind one address connect freely; a
+    /// misbehaving one among them holds the others back for at most the window.
+    pub max_failed_handshakes: u32,
+    /// See [`NetConfig::max_failed_handshakes`]. Default 30 s.
+    pub failure_window: Duration,
 }
 
 impl Default for NetConfig {
@@ -62,6 +70,8 @@ impl Default for NetConfig {
             backoff: BackoffConfig::default(),
             forget_after: Duration::from_secs(30),
             udp_buffer: 4 << 20,
+            max_failed_handshakes: 20,
+            failure_window: Duration::from_secs(30),
         }
     }
 }

@@ -59,6 +59,7 @@ mod connection;
 mod driver;
 mod error;
 mod events;
+mod gate;
 mod node;
 mod progress;
 mod sync_once;

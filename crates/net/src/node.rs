@@ -73,6 +73,10 @@ pub(crate) struct Inner {
     /// Every task the node runs (accepting, dial loops, connections); finished ones are reaped
     /// as new ones start, and the rest are aborted at shutdown.
     tasks: Mutex<JoinSet<()>>,
+    /// Refuses addresses whose handshakes keep failing.
+    gate: crate::gate::Gate,
+    /// Connection attempts refused by the gate.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 /// What the node knows of one peer's connection.
@@ -141,6 +145,7 @@ impl Node {
     }
 
     async fn bind(store: Store, config: NetConfig, one_off: bool) -> Result<Self, NetError> {
+        let gate = crate::gate::Gate::new(config.max_failed_handshakes, config.failure_window);
         let credentials = Credentials::of(&store)?;
         let mut server = tls::server_config(&store, &credentials)?;
         server.transport_config(Arc::new(transport(&config, false)));
@@ -180,6 +185,8 @@ impl Node {
             shutdown: watch::Sender::new(false),
             one_off,
             tasks: Mutex::new(JoinSet::new()),
+            gate,
+            refused: std::sync::atomic::AtomicU64::new(0),
         });
         inner.spawn(accept_loop(inner.clone()));
         if !one_off {
@@ -239,6 +246,14 @@ impl Node {
     /// time), if there is one.
     pub fn connection_stats(&self, peer: PeerId) -> Option<quinn::ConnectionStats> {
         self.inner.live(peer).map(|conn| conn.stats())
+    }
+
+    /// How many connection attempts this node refused before their handshake, from addresses
+    /// whose handshakes kept failing (see [`NetConfig::max_failed_handshakes`]).
+    pub fn refused_handshakes(&self) -> u64 {
+        self.inner
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many tasks the node runs now: its accept loop, its blob fetcher (unless it is for
@@ -756,7 +771,16 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
 /// Accepts connections until the endpoint closes; each runs its session on its own task.
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
+        let ip = incoming.remote_address().ip();
         if inner.shutting_down() {
+            incoming.refuse();
+            continue;
+        }
+        if !inner.gate.admits(ip) {
+            // Before any cryptography: an address whose handshakes keep failing.
+            inner
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             incoming.refuse();
             continue;
         }
@@ -766,6 +790,11 @@ async fn accept_loop(inner: Arc<Inner>) {
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::debug!(error = %e, "incoming handshake failed");
+                    // Only a refused certificate counts against the address: a handshake that
+                    // timed out or was cut is a bad network, not a stranger.
+                    if crate::gate::refused_in_tls(&e) {
+                        node.gate.failed(ip);
+                    }
                     return;
                 }
             };
@@ -775,7 +804,10 @@ async fn accept_loop(inner: Arc<Inner>) {
                     node.run_connection(peer, (conn, Progress::new()), Role::Responder, None)
                         .await
                 }
-                Err(_) => conn.close(CloseCode::Protocol.into(), b"no certificate"),
+                Err(_) => {
+                    node.gate.failed(ip);
+                    conn.close(CloseCode::Protocol.into(), b"no certificate");
+                }
             }
         });
     }

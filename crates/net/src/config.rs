@@ -57,6 +57,11 @@ pub struct NetConfig {
     pub max_failed_handshakes: u32,
     /// See [`NetConfig::max_failed_handshakes`]. Default 30 s.
     pub failure_window: Duration,
+    /// How long a peer may take to open its session and send its hello, or to finish a frame
+    /// it began, before the connection is closed with a protocol error: a peer sending a byte
+    /// at a time (slowloris) holds nothing for long. Default 60 s, which a 1 MiB frame (a
+    /// document part) meets at 17 KB/s.
+    pub frame_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -72,6 +77,7 @@ impl Default for NetConfig {
             udp_buffer: 4 << 20,
             max_failed_handshakes: 20,
             failure_window: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -22,6 +22,9 @@ pub(crate) struct SessionContext {
     /// How long a session stays idle before it forgets its peer state
     /// ([`Session::forget_idle`]).
     pub(crate) forget_after: Duration,
+    /// How long the peer may take to open the session and send its hello, or to finish a
+    /// frame it began ([`NetConfig::frame_timeout`](crate::NetConfig::frame_timeout)).
+    pub(crate) frame_timeout: Duration,
 }
 
 /// Most stream segments taken in one read: everything that has arrived, up to this many, goes
@@ -38,6 +41,27 @@ const LOAD_POLL: Duration = Duration::from_millis(5);
 
 /// How long an error frame gets to reach the peer before the connection is closed.
 const ERROR_GRACE: Duration = Duration::from_millis(500);
+
+/// Since when a session has waited on its peer (see [`Session::awaits_peer`]): from the moment
+/// it first did, or from the last whole frame it read while it goes on waiting, so a peer that
+/// keeps sending whole frames is never cut off, and one that dribbles one frame is.
+#[derive(Default)]
+struct Awaited {
+    since: Option<Instant>,
+    frames_in: u64,
+}
+
+impl Awaited {
+    fn update(&mut self, session: &Session) {
+        let moved = session.frames_in() != self.frames_in;
+        self.frames_in = session.frames_in();
+        self.since = match (session.awaits_peer(), self.since) {
+            (false, _) => None,
+            (true, Some(since)) if !moved => Some(since),
+            (true, _) => Some(Instant::now()),
+        };
+    }
+}
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -77,7 +101,20 @@ pub(crate) async fn drive(
 ) -> Result<(), NetError> {
     let stream = match role {
         Role::Initiator => conn.open_bi().await,
-        Role::Responder => conn.accept_bi().await,
+        Role::Responder => {
+            // A peer that connects but never opens its session holds the connection no longer
+            // than it may take to finish a frame.
+            match tokio::time::timeout(ctx.frame_timeout, conn.accept_bi()).await {
+                Ok(stream) => stream,
+                Err(_) => {
+                    conn.close(CloseCode::Protocol.into(), b"no session opened in time");
+                    return Err(NetError::Stream {
+                        peer,
+                        what: "the peer opened no session in time".into(),
+                    });
+                }
+            }
+        }
     };
     let (mut send, mut recv) = stream.map_err(|source| NetError::Connection { peer, source })?;
     // Every stream after the session's carries a blob: served for as long as the session runs.
@@ -110,6 +147,10 @@ pub(crate) async fn drive(
     let mut rested = false;
     let idle = tokio::time::sleep(ctx.forget_after);
     tokio::pin!(idle);
+    // Since when the session has waited on the peer to finish its hello or a frame, if it
+    // does: the peer gets `frame_timeout` from there.
+    let mut awaited = Awaited::default();
+    awaited.update(&session);
     loop {
         let backlog = session.has_backlog();
         let (room, reading) = (out.len() < OUT_LOW, out.len() < OUT_HIGH);
@@ -182,6 +223,9 @@ pub(crate) async fn drive(
                 rested = true;
                 None
             }
+            () = tokio::time::sleep_until(awaited.since.unwrap_or_else(Instant::now) + ctx.frame_timeout), if awaited.since.is_some() => {
+                Some(Err(SessionError::Protocol("the peer did not finish its hello or a frame in time")))
+            }
             () = stopped(stop.as_deref()) => {
                 out.write_all(peer, &mut send).await?;
                 let _ = send.finish();
@@ -190,6 +234,7 @@ pub(crate) async fn drive(
             }
         };
         if let Some(result) = stepped {
+            awaited.update(&session);
             progress.set_remembered(session.remembered());
             last_step = Instant::now();
             rested = false;

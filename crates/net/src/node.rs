@@ -326,6 +326,7 @@ impl Inner {
             config: self.config.session.clone(),
             events: self.events.clone(),
             forget_after: self.config.forget_after,
+            frame_timeout: self.config.frame_timeout,
         }
     }
 

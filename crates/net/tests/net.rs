@@ -173,6 +173,80 @@ async fn a_pinned_peer_sending_garbage_or_oversized_frames_is_closed_and_nothing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_peer_too_slow_to_open_its_session_or_finish_a_frame_is_closed() {
+    let (db, dc, dd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (b, c, d) = (open(db.path()), open(dc.path()), open(dd.path()));
+    let doc = b.create(DocKind::Automerge).unwrap();
+    b.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    trust(&b, &c, None, Access::ReadWrite);
+    trust(&c, &b, None, Access::ReadWrite);
+    let timeout = Duration::from_millis(800);
+    let node_b = Node::start(
+        b.clone(),
+        NetConfig {
+            frame_timeout: timeout,
+            ..config(loopback())
+        },
+    )
+    .await
+    .unwrap();
+    // A well-behaved peer syncs with b all along.
+    trust(&b, &d, None, Access::ReadWrite);
+    trust(&d, &b, Some(node_b.local_addr()), Access::ReadWrite);
+    let node_d = start(&d).await;
+    eventually("d synced", || same(&b, &d, doc)).await;
+
+    let hello = ferry_proto::Message::Hello {
+        version: ferry_proto::PROTOCOL_VERSION,
+        capabilities: 0,
+    }
+    .to_frame();
+    // A frame that would be out of place once whole; it never is, at a byte every 300 ms.
+    let ping = hello.clone();
+    // Three slow peers: one that never opens its session; one that sends its hello a byte at
+    // a time; one that sends its hello, then begins a frame and sends a byte at a time.
+    for what in ["no session", "a slow hello", "a slow frame"] {
+        let started = Instant::now();
+        let conn = raw_connection(&c, b.peer_id(), node_b.local_addr()).await;
+        let dribble = async {
+            if what == "no session" {
+                return std::future::pending::<()>().await;
+            }
+            let (mut send, _recv) = conn.open_bi().await.unwrap();
+            if what == "a slow frame" {
+                send.write_all(&hello).await.unwrap();
+            }
+            for byte in ping.iter().cycle() {
+                if send.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        let closed = tokio::select! {
+            closed = closed_with(&conn) => closed,
+            () = dribble => unreachable!(),
+        };
+        assert_eq!(closed, Some(CloseCode::Protocol), "{what}");
+        let took = started.elapsed();
+        assert!(
+            took >= timeout,
+            "{what}: closed after {took:?}, before its time"
+        );
+        // Meanwhile the well-behaved peer's changes go on.
+        d.change(doc, |tx| tx.put(ROOT, what, 1)).unwrap();
+        eventually("d's change on b", || same(&b, &d, doc)).await;
+    }
+    node_d.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_peers_changes_are_not_stored() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (open(da.path()), open(db.path()));

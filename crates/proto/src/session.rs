@@ -198,6 +198,8 @@ pub struct Session {
     changed_early: BTreeSet<DocId>,
     /// The capabilities the peer's hello announced.
     peer_caps: u64,
+    /// Whole frames read from the peer so far.
+    frames_in: u64,
     /// A whole document going to the peer in parts, if any: one at a time.
     sending: Option<snapshot::Sending>,
     /// A large document being made ready to go in parts, if any.
@@ -231,6 +233,7 @@ impl Session {
         let listed = access::listed_docs(&store, peer)?;
         let mut session = Self {
             reader: FrameReader::new(config.max_frame),
+            frames_in: 0,
             reconciler: Reconciler::new(listed, config.leaf),
             // What the peer sends is written without waiting for each flush; each step ends
             // with one wait (see `release`), so many documents share a flush, and nothing is
@@ -334,6 +337,19 @@ impl Session {
         Some(frame)
     }
 
+    /// Whether the session waits on the peer to finish something it must finish: its hello
+    /// has not come yet, or only part of a frame has. A driver gives this a deadline (counted
+    /// from when [`Session::frames_in`] last moved), so that a peer sending a byte at a time
+    /// cannot hold a session open.
+    pub fn awaits_peer(&self) -> bool {
+        self.phase == Phase::AwaitHello || (self.phase == Phase::Open && !self.reader.is_empty())
+    }
+
+    /// How many whole frames the session has read from the peer.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in
+    }
+
     /// Whether whole documents are queued for the peer: call [`Session::work`] when the
     /// frames sent so far have left.
     pub fn has_backlog(&self) -> bool {
@@ -374,6 +390,7 @@ impl Session {
                 Err(e) => break Some(e),
             }
         };
+        self.frames_in += frames.len() as u64;
         let mut handled = Ok(());
         let limits = self.store.limits();
         for decoded in incoming::decode_all(&frames, self.config.max_frame, limits) {
@@ -392,6 +409,7 @@ impl Session {
     /// time of a completed sync. Frames it queues are released once what they carry is
     /// durable here (see [`Store::wait_durable`]).
     pub fn handle_frame(&mut self, frame: &[u8], now_millis: u64) -> Result<(), SessionError> {
+        self.frames_in += 1;
         let handled = self.handle(frame, now_millis);
         self.release(handled)
     }

@@ -154,3 +154,51 @@ async fn unknown_peers_redialing_are_refused_and_a_trusted_device_syncs_on() {
     node_d.shutdown().await;
     node_r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_peer_opening_hundreds_of_connections_keeps_one() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (relay, peer) = (open(dirs[0].path()), open(dirs[1].path()));
+    let node_r = support::start(&relay).await;
+    trust(&relay, &peer, None, Access::ReadWrite);
+    trust(&peer, &relay, None, Access::ReadWrite);
+    let baseline = node_r.running_tasks();
+    let mut endpoint = quinn::Endpoint::client(support::loopback()).unwrap();
+    endpoint.set_default_client_config(tls::client_config(&peer, relay.peer_id()).unwrap());
+    let mut conns = Vec::new();
+    for _ in 0..300 {
+        let conn = endpoint
+            .connect(node_r.local_addr(), "ferry")
+            .unwrap()
+            .await
+            .unwrap();
+        // Each opens its session, as a real dialer would, and says nothing more.
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let hello = ferry_proto::Message::Hello {
+            version: ferry_proto::PROTOCOL_VERSION,
+            capabilities: 0,
+        }
+        .to_frame();
+        send.write_all(&hello).await.unwrap();
+        conns.push((conn, send, recv));
+    }
+    // Every connection but the newest is closed as a duplicate, and the relay keeps a task
+    // for one connection only.
+    eventually("all but one closed", || {
+        conns
+            .iter()
+            .filter(|(c, ..)| c.close_reason().is_none())
+            .count()
+            <= 1
+    })
+    .await;
+    assert!(
+        conns.last().unwrap().0.close_reason().is_none(),
+        "the newest was closed"
+    );
+    eventually("the relay's tasks back to one connection's", || {
+        node_r.running_tasks() <= baseline + 1
+    })
+    .await;
+    node_r.shutdown().await;
+}

@@ -1175,3 +1175,43 @@ fn replicas_read_only_to_each_other_do_not_trade_states_forever() {
     // Each refused the other's state.
     assert_eq!([&a, &b].map(|r| r.store.info(doc).unwrap().digest), before);
 }
+
+#[test]
+fn frames_replayed_from_an_old_session_change_nothing() {
+    let (a, b) = friends();
+    let doc = a.store.create(DocKind::Automerge).unwrap();
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    let count = a.store.create(DocKind::PNCounter).unwrap();
+    a.store.increment(count, 5).unwrap();
+    // The old session: everything a sent b, recorded.
+    let old = synced(&a, &b).sent[0].clone();
+    // Since then both moved on, and synced again.
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 2)).unwrap();
+    b.store.decrement(count, 3).unwrap();
+    synced(&a, &b);
+    let before: Vec<_> = [doc, count].map(|d| b.store.info(d).unwrap().digest).into();
+    assert_eq!(get(&b.store, doc, "k"), Some(2));
+
+    // The old session's frames, replayed to b as a new session from a: whatever b makes of
+    // them, nothing it holds goes back or changes, and nothing panics.
+    let mut replayed = responder(&b, &a, SessionConfig::default());
+    let mut error = None;
+    for frame in &old {
+        if let Err(e) = replayed.handle_frame(frame, 2_000) {
+            error = Some(e);
+            break;
+        }
+        while replayed.poll_transmit().is_some() {}
+    }
+    let after: Vec<_> = [doc, count].map(|d| b.store.info(d).unwrap().digest).into();
+    assert_eq!(after, before, "a replay changed b (ended with {error:?})");
+    assert_eq!(get(&b.store, doc, "k"), Some(2));
+    match b.store.crdt(count).unwrap() {
+        CrdtState::PNCounter(c) => assert_eq!(c.value(), 2),
+        other => panic!("{other:?}"),
+    }
+    // And the peers still sync as before.
+    a.store.change(doc, |tx| tx.put(ROOT, "k", 3)).unwrap();
+    synced(&a, &b);
+    assert_eq!(get(&b.store, doc, "k"), Some(3));
+}

@@ -247,6 +247,58 @@ async fn a_pinned_peer_too_slow_to_open_its_session_or_finish_a_frame_is_closed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_peer_asking_for_a_document_it_may_not_read_learns_nothing() {
+    let (db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (b, c) = (open(db.path()), open(dc.path()));
+    let secret = b.create_space("secret").unwrap();
+    let hidden = b.create_in(secret, DocKind::Automerge).unwrap();
+    b.change(hidden, |tx| tx.put(ROOT, "k", 1)).unwrap();
+    let before = b.info(hidden).unwrap();
+    // c may read and write the default space only.
+    trust(&b, &c, None, Access::ReadWrite);
+    trust(&c, &b, None, Access::ReadWrite);
+    let node_b = start(&b).await;
+    let hello = ferry_proto::Message::Hello {
+        version: ferry_proto::PROTOCOL_VERSION,
+        capabilities: 0,
+    }
+    .to_frame();
+    // What b answers a request for the hidden document, and for one that does not exist.
+    let mut answers = Vec::new();
+    for doc in [hidden, DocId::random()] {
+        let conn = raw_connection(&c, b.peer_id(), node_b.local_addr()).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&hello).await.unwrap();
+        send.write_all(&ferry_proto::Message::Want { doc }.to_frame())
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        while let Ok(Some(chunk)) = recv.read_chunk(1 << 16, true).await {
+            bytes.extend_from_slice(&chunk.bytes);
+        }
+        assert_eq!(closed_with(&conn).await, Some(CloseCode::Protocol));
+        let mut reader = ferry_proto::FrameReader::new(1 << 20);
+        reader.push(&bytes);
+        let mut error = None;
+        while let Ok(Some(frame)) = reader.next_frame() {
+            if let Ok(ferry_proto::Message::Error { code, detail }) =
+                ferry_proto::Message::from_frame(&frame, 1 << 20)
+            {
+                error = Some((code, detail.replace(&doc.to_string(), "DOC")));
+            }
+        }
+        answers.push(error.expect("an error frame before the close"));
+    }
+    assert_eq!(answers[0].0, ferry_proto::ErrorCode::NoAccess);
+    assert_eq!(
+        answers[0], answers[1],
+        "the hidden document is told apart from one that does not exist"
+    );
+    assert_eq!(b.info(hidden).unwrap(), before);
+    node_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_peers_changes_are_not_stored() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (open(da.path()), open(db.path()));

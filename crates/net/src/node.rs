@@ -158,16 +158,13 @@ impl Node {
             addr: config.listen,
             source: std::io::Error::other("no async runtime"),
         })?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(|source| NetError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(tls::ResetKey::of(&store)));
+        endpoint_config.cid_generator(|| Box::new(tls::RandomIds));
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(|source| NetError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
             source,

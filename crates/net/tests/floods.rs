@@ -172,30 +172,31 @@ async fn a_trusted_peer_opening_hundreds_of_connections_keeps_one() {
             .unwrap()
             .await
             .unwrap();
-        // Each opens its session, as a real dialer would, and says nothing more.
-        let (mut send, recv) = conn.open_bi().await.unwrap();
-        let hello = ferry_proto::Message::Hello {
-            version: ferry_proto::PROTOCOL_VERSION,
-            capabilities: 0,
+        // Each opens its session, as a real dialer would, and says nothing more. (The relay
+        // may close it as a duplicate first: it registers connections as their handshakes
+        // end on its side, not in the order they were dialed.)
+        if let Ok((mut send, recv)) = conn.open_bi().await {
+            let hello = ferry_proto::Message::Hello {
+                version: ferry_proto::PROTOCOL_VERSION,
+                capabilities: 0,
+            }
+            .to_frame();
+            let _ = send.write_all(&hello).await;
+            conns.push((conn, Some((send, recv))));
+        } else {
+            conns.push((conn, None));
         }
-        .to_frame();
-        send.write_all(&hello).await.unwrap();
-        conns.push((conn, send, recv));
     }
-    // Every connection but the newest is closed as a duplicate, and the relay keeps a task
-    // for one connection only.
+    // Every connection but one is closed as a duplicate, and the relay keeps a task for one
+    // connection only.
     eventually("all but one closed", || {
         conns
             .iter()
-            .filter(|(c, ..)| c.close_reason().is_none())
+            .filter(|(c, _)| c.close_reason().is_none())
             .count()
-            <= 1
+            == 1
     })
     .await;
-    assert!(
-        conns.last().unwrap().0.close_reason().is_none(),
-        "the newest was closed"
-    );
     eventually("the relay's tasks back to one connection's", || {
         node_r.running_tasks() <= baseline + 1
     })

@@ -3,7 +3,7 @@
 //! the running server, or on the replica directly while its server is down); a third device
 //! joins late and is killed in the middle of its first clone, which holds a 2 MB document.
 //! Every write whose command succeeded must then be on every replica, and the replicas must
-//! agree, within 20 s of the last restart; no process may have panicked.
+//! agree, within 30 s of the last restart; no process may have panicked.
 //!
 //! `FERRY_KILL_ROUNDS` sets the number of kills (default 6); a soak is the same test with
 //! more, for example `FERRY_KILL_ROUNDS=500 cargo test --release -p ferry-cli --test
@@ -251,8 +251,8 @@ fn serving_replicas_killed_at_random_lose_nothing_and_converge() {
     // Under the 45 s after which a peer would give up a connection to a process that died: a
     // restarted server answers its previous run's connections with a stateless reset, so a
     // peer learns of the death at its next packet (a keep-alive, 15 s, at the latest) and
-    // dials again.
-    let deadline = settling + Duration::from_secs(20);
+    // dials again: 0.4 to 15 s in the runs so far, against 42 to 58 s before the resets.
+    let deadline = settling + Duration::from_secs(30);
     loop {
         let mut missing = Vec::new();
         let values: Vec<Vec<Option<Value>>> = replicas
@@ -306,7 +306,7 @@ fn serving_replicas_killed_at_random_lose_nothing_and_converge() {
         }
         assert!(
             Instant::now() < deadline,
-            "seed {seed}: {} differences 20 s after the last restart, e.g. {:?}",
+            "seed {seed}: {} differences 30 s after the last restart, e.g. {:?}",
             missing.len(),
             &missing[..missing.len().min(5)]
         );

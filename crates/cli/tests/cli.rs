@@ -2,36 +2,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{ferry, ok};
 use tempfile::TempDir;
-
-fn ferry(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("FERRY_DIR")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-/// Runs a command that must succeed; returns its stdout, trimmed.
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = ferry(dir, args);
-    assert!(
-        out.status.success(),
-        "ferry {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// Runs a command that must fail; returns its stderr, which must be one line.
 fn fails(dir: &Path, args: &[&str]) -> String {

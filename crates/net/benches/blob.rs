@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/memory.rs"]
+mod memory;
 #[path = "support/peers.rs"]
 mod peers;
 
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use ferry_net::{NetConfig, NetEvent, Node};
 use ferry_store::{BlobHash, BlobPolicy, DocKind, SpaceId, Store};
+use memory::{reset_peak, rss_mb};
 use peers::{loopback, trust};
 
 fn net() -> NetConfig {
@@ -28,22 +31,6 @@ fn net() -> NetConfig {
         listen: loopback(),
         ..NetConfig::default()
     }
-}
-
-/// Resident memory at its peak since the last reset, in MB.
-fn peak_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Where stores live: under `target/`, on the build disk, so every fsync is real.
@@ -173,10 +160,10 @@ async fn connected(node: &Node, peer: ferry_store::PeerId) {
 async fn fetch(pair: &Pair, hash: BlobHash) -> (Duration, f64) {
     connected(&pair.node_t, pair.holder.peer_id()).await;
     reset_peak();
-    let before = peak_mb();
+    let before = rss_mb().1;
     let started = Instant::now();
     pair.node_t.fetch_blob(hash).await.unwrap();
-    (started.elapsed(), peak_mb() - before)
+    (started.elapsed(), rss_mb().1 - before)
 }
 
 fn main() {

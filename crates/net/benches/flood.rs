@@ -10,9 +10,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/memory.rs"]
+mod memory;
 #[path = "support/peers.rs"]
 mod peers;
 
+use memory::{reset_peak, rss_mb};
 use peers::{loopback, trust};
 
 use std::net::SocketAddr;
@@ -36,17 +39,8 @@ fn usage() -> (f64, f64, f64) {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let cpu =
         (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) as f64 / 100.0;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb = |name: &str| -> f64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+    let (rss, peak) = rss_mb();
+    (cpu, rss, peak)
 }
 
 /// The strangers' process: `count` replicas redialing `addr` until stdin closes.
@@ -153,7 +147,7 @@ async fn scenario(gate: bool, count: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rounds = 300;
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    reset_peak();
     let (cpu0, _, _) = usage();
     let started = Instant::now();
     let quiet = live(&device, &relay, doc, rounds).await;
@@ -182,7 +176,7 @@ async fn scenario(gate: bool, count: usize) {
         .unwrap();
     assert_eq!(ready.trim(), "ready");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    reset_peak();
     let (cpu0, _, _) = usage();
     let started = Instant::now();
     let flooded = live(&device, &relay, doc, rounds).await;

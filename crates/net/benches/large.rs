@@ -20,9 +20,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/memory.rs"]
+mod memory;
 #[path = "support/peers.rs"]
 mod peers;
 
+use memory::{reset_peak, rss_mb};
 use peers::{loopback, trust};
 
 use std::time::{Duration, Instant};
@@ -37,25 +40,6 @@ fn net() -> NetConfig {
         listen: loopback(),
         ..NetConfig::default()
     }
-}
-
-/// Resident memory now and at its peak, in MB.
-fn rss_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let field = |name: &str| -> f64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Where stores live: under `target/`, on the build disk, so every flush is a real fsync.

@@ -98,8 +98,7 @@ async fn reopen(dir: &PathBuf) -> Store {
     loop {
         match Store::open(dir) {
             Ok(store) => return store,
-            Err(e) if started.elapsed() < Duration::from_secs(10) => {
-                let _ = e;
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("reopening {}: {e}", dir.display()),
